@@ -1,0 +1,96 @@
+// pgd_linf_step_ and project_linf_ on the CPU (SPEC §2.4): one pass over delta, grad, clean.
+// Bitwise equal to the fp32 formula (fp64 for an fp64 delta). Reference: miue/reference.py.
+#include <algorithm>
+#include <type_traits>
+
+#include "common.h"
+
+namespace miue {
+namespace {
+
+template <typename comp_t, typename clean_t>
+inline comp_t clean_value(clean_t c) {
+  if constexpr (std::is_same_v<clean_t, uint8_t>) {
+    return static_cast<comp_t>(c) / static_cast<comp_t>(255);  // a true division, as specified
+  } else {
+    return static_cast<comp_t>(c);
+  }
+}
+
+template <typename comp_t>
+inline comp_t clamp_(comp_t v, comp_t lo, comp_t hi) {
+  return std::min(std::max(v, lo), hi);  // NaN in v propagates, as torch.clamp
+}
+
+// step == nullptr: projection only.
+template <typename delta_t, typename grad_t, typename clean_t, typename comp_t>
+void pgd_loop(delta_t* d, const grad_t* g, const clean_t* c, int64_t n, comp_t step, comp_t eps, comp_t lo, comp_t hi,
+              bool do_step) {
+  at::parallel_for(0, n, 32768, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      comp_t t = static_cast<comp_t>(d[k]);
+      if (do_step) {
+        const comp_t gv = static_cast<comp_t>(g[k]);
+        const comp_t s = gv > comp_t(0) ? comp_t(1) : (gv < comp_t(0) ? comp_t(-1) : comp_t(0));
+        t = t - step * s;
+      }
+      t = clamp_(t, -eps, eps);
+      const comp_t cv = clean_value<comp_t>(c[k]);
+      d[k] = static_cast<delta_t>(clamp_(cv + t, lo, hi) - cv);
+    }
+  });
+}
+
+template <typename delta_t, typename grad_t>
+void dispatch_clean(const at::Tensor& delta, const grad_t* g, const at::Tensor& clean, double step, double eps,
+                    double lo, double hi, bool do_step) {
+  using comp_t = std::conditional_t<std::is_same_v<delta_t, double>, double, float>;
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, clean.scalar_type(), "miue_pgd_clean", [&] {
+    pgd_loop<delta_t, grad_t, scalar_t, comp_t>(delta.data_ptr<delta_t>(), g, clean.data_ptr<scalar_t>(), delta.numel(),
+                                                static_cast<comp_t>(step), static_cast<comp_t>(eps),
+                                                static_cast<comp_t>(lo), static_cast<comp_t>(hi), do_step);
+  });
+}
+
+void check_pgd(const at::Tensor& delta, const at::Tensor& clean, const at::Tensor& eps, double lo, double hi) {
+  TORCH_CHECK(at::isFloatingType(delta.scalar_type()), "delta must be floating point, got ", delta.scalar_type());
+  TORCH_CHECK(clean.scalar_type() == at::kByte || at::isFloatingType(clean.scalar_type()),
+              "clean must be uint8 or floating point, got ", clean.scalar_type());
+  check_same_dense_layout(delta, clean, "clean");
+  check_scalar(eps, delta, "eps");
+  TORCH_CHECK(lo <= hi, "lo must be <= hi");
+}
+
+void pgd_linf_step_cpu(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& clean, const at::Tensor& step_size,
+                       const at::Tensor& eps, double lo, double hi) {
+  check_pgd(delta, clean, eps, lo, hi);
+  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be floating point, got ", grad.scalar_type());
+  check_same_dense_layout(delta, grad, "grad");
+  check_scalar(step_size, delta, "step_size");
+  const double step = step_size.item<double>(), e = eps.item<double>();
+  TORCH_CHECK(e >= 0, "eps must be >= 0, got ", e);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, delta.scalar_type(), "miue_pgd_delta", [&] {
+    using delta_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "miue_pgd_grad", [&] {
+      dispatch_clean<delta_t, scalar_t>(delta, grad.data_ptr<scalar_t>(), clean, step, e, lo, hi, true);
+    });
+  });
+}
+
+void project_linf_cpu(at::Tensor& delta, const at::Tensor& clean, const at::Tensor& eps, double lo, double hi) {
+  check_pgd(delta, clean, eps, lo, hi);
+  const double e = eps.item<double>();
+  TORCH_CHECK(e >= 0, "eps must be >= 0, got ", e);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, delta.scalar_type(), "miue_project_delta", [&] {
+    dispatch_clean<scalar_t, scalar_t>(delta, static_cast<const scalar_t*>(nullptr), clean, 0.0, e, lo, hi, false);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(miue_C, CPU, m) {
+  m.impl("pgd_linf_step_", &pgd_linf_step_cpu);
+  m.impl("project_linf_", &project_linf_cpu);
+}
+
+}  // namespace miue

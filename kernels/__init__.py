@@ -1,0 +1,1 @@
+"""Triton kernels (installed as ``miue.kernels``); filled in by the Triton backend work."""

@@ -1,0 +1,30 @@
+"""miue: fast MI-UE unlearnable examples (Zhu et al., ICLR 2026) with fused Triton and C++/CUDA kernels.
+
+Ops (``miue.ops``): :func:`grouped_normalize`, :func:`supcon_loss`,
+:func:`intra_class_cosine_loss`, :func:`pgd_linf_step_`, :func:`project_linf_`.
+Backends: :func:`available_backends`, :func:`use_backend`, ``backend=`` on every op,
+the ``MIUE_BACKEND`` environment variable.
+"""
+
+import torch  # noqa: F401  (the compiled extension needs torch loaded first)
+
+from miue._backend import _load_extension, available_backends, resolve_backend, use_backend
+from miue._validate import set_validation
+from miue.ops import grouped_normalize, intra_class_cosine_loss, pgd_linf_step_, project_linf_, supcon_loss
+
+__version__ = "0.1.0"
+
+_load_extension()  # registers torch.ops.miue_C.* or warns once
+
+__all__ = [
+    "__version__",
+    "available_backends",
+    "use_backend",
+    "resolve_backend",
+    "set_validation",
+    "grouped_normalize",
+    "supcon_loss",
+    "intra_class_cosine_loss",
+    "pgd_linf_step_",
+    "project_linf_",
+]

@@ -1,0 +1,174 @@
+"""Backend registry and dispatch (SPEC §2.5).
+
+Three implementations stand behind every ``miue::`` op:
+
+``reference``  pure PyTorch (:mod:`miue.reference`), any device; the oracle.
+``cpp``        the compiled extension ``miue._C`` (ops in the ``miue_C`` namespace):
+               C++ CPU kernels, plus CUDA kernels when built with CUDA.
+``triton``     Triton kernels (:mod:`miue.kernels`): CUDA tensors, or CPU tensors when
+               ``TRITON_INTERPRET=1`` (used by the tests).
+
+Choice, highest priority first: the ``backend=`` argument of an op, the innermost
+``with miue.use_backend(name):`` block, the ``MIUE_BACKEND`` environment variable, then
+auto: CUDA tensors -> triton, else cpp (CUDA build), else reference; CPU tensors -> cpp,
+else reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("reference", "cpp", "triton")
+AUTO = "auto"
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("miue_backend", default=None)
+
+
+# --------------------------------------------------------------------------- extension
+
+
+@functools.lru_cache(maxsize=None)
+def _load_extension() -> bool:
+    """Import ``miue._C`` once. Returns whether its ops are registered; warns once if not."""
+    if os.environ.get("MIUE_SKIP_EXT", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        from miue import _C  # noqa: F401  (registers torch.ops.miue_C.*)
+    except Exception as exc:  # ImportError, OSError (undefined symbol), ...
+        warnings.warn(
+            f"miue: the compiled extension miue._C could not be loaded ({type(exc).__name__}: {exc}). "
+            "The 'cpp' backend is unavailable; using the reference and triton backends. "
+            "Reinstall with `pip install --no-build-isolation -e .` to build it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return hasattr(torch.ops, "miue_C") and hasattr(torch.ops.miue_C, "supcon_fwd")
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_has_cuda() -> bool:
+    """Whether the compiled extension carries CUDA kernels."""
+    if not _load_extension():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key("miue_C::supcon_fwd", "CUDA")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    """Whether triton and the kernel package import (imports triton on first call)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        from miue import kernels
+    except Exception as exc:
+        warnings.warn(f"miue: the triton backend failed to import ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=3)
+        return False
+    return hasattr(kernels, "supcon_fwd")
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def backend_supports(name: str, device: torch.device) -> bool:
+    """Whether backend ``name`` is loaded and can run on tensors on ``device``."""
+    device = torch.device(device)
+    if name == "reference":
+        return True
+    if name == "cpp":
+        if not _load_extension():
+            return False
+        if device.type == "cpu":
+            return True
+        return device.type == "cuda" and cpp_has_cuda()
+    if name == "triton":
+        if not _triton_importable():
+            return False
+        if device.type == "cuda":
+            return torch.cuda.is_available()
+        return device.type == "cpu" and triton_interpret()
+    raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {name!r}")
+
+
+def available_backends() -> list[str]:
+    """Backends that loaded and can run on at least one device of this machine."""
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return [b for b in BACKENDS if any(backend_supports(b, d) for d in devices)]
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS + (AUTO,):
+        raise ValueError(f"{what} must be one of {BACKENDS + (AUTO,)}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None):
+    """Force a backend inside a ``with`` block (``None`` or ``"auto"`` restores auto choice)."""
+    if name is not None:
+        _check_name(name, "use_backend(name)")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def _auto(device: torch.device) -> str:
+    order = ("triton", "cpp", "reference") if device.type == "cuda" else ("cpp", "reference")
+    for name in order:
+        if backend_supports(name, device):
+            return name
+    return "reference"
+
+
+@torch.compiler.assume_constant_result
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """The concrete backend an op on ``device`` runs with (see the module docstring)."""
+    if backend is not None:
+        name, source = _check_name(backend, "backend"), "backend="
+    elif _forced.get() is not None:
+        name, source = _forced.get(), "use_backend()"
+    elif os.environ.get("MIUE_BACKEND"):
+        name, source = _check_name(os.environ["MIUE_BACKEND"], "MIUE_BACKEND"), "MIUE_BACKEND"
+    else:
+        name, source = AUTO, "auto"
+    if name == AUTO:
+        return _auto(device)
+    if not backend_supports(name, device):
+        raise RuntimeError(
+            f"miue: backend {name!r} (chosen by {source}) cannot run on {device.type} tensors here; "
+            f"available backends: {available_backends()}"
+            + (" (the triton backend needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors)" if name == "triton" else "")
+        )
+    return name
+
+
+def implementation(name: str):
+    """The module that implements the ops for backend ``name``."""
+    if name == "reference":
+        from miue import reference
+
+        return reference
+    if name == "cpp":
+        from miue import _cpp
+
+        return _cpp
+    if name == "triton":
+        from miue import kernels
+
+        return kernels
+    raise ValueError(f"unknown backend {name!r}")

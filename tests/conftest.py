@@ -1,0 +1,49 @@
+"""Test configuration.
+
+TRITON_INTERPRET=1 is set before anything imports triton, so the Triton kernels run on CPU
+tensors. Hypothesis profiles: "ci" (default; bounded example counts, no deadline) and
+"dev" (more examples): select with HYPOTHESIS_PROFILE=dev.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+import miue  # noqa: E402
+from miue._backend import backend_supports  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def cpu_backends(include_reference: bool = False) -> list[str]:
+    names = ["reference"] if include_reference else []
+    return names + [b for b in ("cpp", "triton") if backend_supports(b, CPU)]
+
+
+def cuda_backends() -> list[str]:
+    if not torch.cuda.is_available():
+        return []
+    return [b for b in ("reference", "cpp", "triton") if backend_supports(b, torch.device("cuda"))]
+
+
+def pytest_report_header(config):
+    return f"miue backends: {miue.available_backends()}; cuda: {torch.cuda.is_available()}; torch {torch.__version__}"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

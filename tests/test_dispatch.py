@@ -1,0 +1,110 @@
+"""Backend selection (SPEC §2.5): available_backends, use_backend, backend=, MIUE_BACKEND,
+auto choice, and the fallback when the compiled extension is missing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import miue
+from miue._backend import resolve_backend
+
+CPU = torch.device("cpu")
+HAS_CPP = "cpp" in miue.available_backends()
+
+
+def test_available_backends_lists_reference():
+    names = miue.available_backends()
+    assert names[0] == "reference"
+    assert set(names) <= {"reference", "cpp", "triton"}
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="extension not built")
+def test_auto_picks_cpp_on_cpu():
+    assert resolve_backend(None, CPU) == "cpp"
+
+
+def test_priority_argument_over_context_over_env(monkeypatch):
+    monkeypatch.setenv("MIUE_BACKEND", "reference")
+    assert resolve_backend(None, CPU) == "reference"
+    if HAS_CPP:
+        with miue.use_backend("cpp"):
+            assert resolve_backend(None, CPU) == "cpp"
+            assert resolve_backend("reference", CPU) == "reference"
+            with miue.use_backend("reference"):
+                assert resolve_backend(None, CPU) == "reference"
+            assert resolve_backend(None, CPU) == "cpp"
+    monkeypatch.setenv("MIUE_BACKEND", "auto")
+    assert resolve_backend(None, CPU) == ("cpp" if HAS_CPP else "reference")
+
+
+def test_bad_backend_names():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        miue.supcon_loss(torch.randn(3, 2), torch.tensor([0, 1, 0]), backend="cuda")
+    with pytest.raises(ValueError, match="use_backend"):
+        with miue.use_backend("fast"):
+            pass
+
+
+def test_bad_env_backend(monkeypatch):
+    monkeypatch.setenv("MIUE_BACKEND", "nope")
+    with pytest.raises(ValueError, match="MIUE_BACKEND"):
+        miue.supcon_loss(torch.randn(3, 2), torch.tensor([0, 1, 0]))
+
+
+def test_unavailable_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="triton"):
+        miue.supcon_loss(torch.randn(3, 2), torch.tensor([0, 1, 0]), backend="triton")
+
+
+def test_ops_route_to_the_chosen_backend(monkeypatch):
+    calls = []
+    from miue import reference
+
+    real = reference.supcon_fwd
+
+    def spy(*args):
+        calls.append("reference")
+        return real(*args)
+
+    monkeypatch.setattr(reference, "supcon_fwd", spy)
+    with miue.use_backend("reference"):
+        miue.supcon_loss(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    assert calls == ["reference"]
+
+
+def _run(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_missing_extension_warns_once_and_falls_back():
+    code = (
+        "import sys, warnings, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'miue._C': raise ImportError('simulated: extension not built')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    import torch, miue\n"
+        "    names = miue.available_backends()\n"
+        "    loss = miue.supcon_loss(torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1]))\n"
+        "msgs = [str(x.message) for x in w if 'compiled extension' in str(x.message)]\n"
+        "print(len(msgs), names, float(loss) > 0)\n"
+    )
+    out = _run(code, TRITON_INTERPRET="0", MIUE_SKIP_EXT="")
+    assert out.returncode == 0, out.stderr
+    count, *rest = out.stdout.split(" ", 1)
+    assert count == "1", out.stdout
+    assert "'cpp'" not in rest[0] and "True" in rest[0]
+
+
+def test_skip_ext_is_silent():
+    out = _run("import warnings; warnings.simplefilter('error'); import miue; print(miue.available_backends())",
+               MIUE_SKIP_EXT="1", TRITON_INTERPRET="0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['reference']"
