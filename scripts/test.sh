@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-VENV=${MIUE_VENV:-.venv}
+VENV=$(realpath -m "${MIUE_VENV:-.venv}")
 
 if [ "${MIUE_SKIP_INSTALL:-0}" != "1" ]; then
   if [ -w /var/lib/apt/lists ] || [ "$(id -u)" = 0 ]; then
