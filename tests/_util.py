@@ -111,3 +111,11 @@ def intra_dz_bound(y: torch.Tensor, f: torch.Tensor) -> float:
 
 def supcon_dz_bound(B: int, tau: float) -> float:
     return 4.0 / (B * tau)
+
+
+def cases_for(backend: str, **kw):
+    """feature_cases sized for a backend: small for triton, which runs in its interpreter on CPU."""
+    if backend == "triton":
+        kw = {**kw, "max_b": min(kw.get("max_b", 600), 160), "max_d": min(kw.get("max_d", 2048), 200),
+              "max_c": min(kw.get("max_c", 1000), 40), "max_bd": 12_000}
+    return feature_cases(**kw)

@@ -1,0 +1,70 @@
+"""Helpers shared by the Triton launchers."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERP = tl.constexpr(INTERPRET)  # the same, as a compile-time constant for kernels
+
+SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# Tests set POISON = True: every buffer a launcher allocates then starts as NaN (or a
+# sentinel for integers), so an element a kernel forgets to write shows up as a failure.
+POISON = False
+
+
+def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON:
+        out.fill_(float("nan") if dtype.is_floating_point else -7777)
+    return out
+
+
+def check_dtype(t: torch.Tensor, name: str = "features") -> None:
+    if t.dtype not in SUPPORTED:
+        raise TypeError(
+            f"the triton backend supports {name} of dtype float32, float16 or bfloat16, got {t.dtype}; "
+            "use backend='cpp' or 'reference' for float64"
+        )
+
+
+def acc_dtype_for(t: torch.Tensor) -> torch.dtype:
+    return torch.float32
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def dot_operands_fp32(dtype: torch.dtype) -> bool:
+    """Whether tl.dot operands are fp32: always for fp32 inputs (in IEEE precision, not TF32)
+    and under the interpreter, which has no fp16/bf16 arithmetic; fp16/bf16 inputs on a GPU
+    use tensor cores with fp32 accumulation."""
+    return dtype == torch.float32 or interpreting()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dot_operands_fp32(dtype) else "tf32"  # (the latter is ignored for fp16/bf16)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return INTERPRET
+
+
+@triton.jit
+def cast_rne(x, dtype: tl.constexpr, INTERP: tl.constexpr):
+    """``x.to(dtype)`` rounding to nearest even. GPUs do that natively; the interpreter
+    truncates fp32 -> bf16, so there the rounding is done on the bits."""
+    if INTERP and dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(dtype)

@@ -1,0 +1,83 @@
+"""Triton kernels: the fused L∞ PGD step and projection (SPEC §2.4).
+
+Reference: ``miue.reference.pgd_linf_step_`` / ``project_linf_``. One read of delta, grad and
+clean and one write of delta per element; the three tensors share one dense layout and are
+walked as flat arrays. Computed in fp32 (fp64 for an fp64 delta) and bitwise equal to
+
+    d = clamp(delta - step·sign(grad), -eps, eps);   delta = clamp(clean + d, lo, hi) - clean
+
+with uint8 clean read as value/255 through a correctly rounded division (``div_rn``).
+``step_size`` and ``eps`` come as 0-dim float64 tensors: on the CPU they are passed by value
+(as fp32); on the GPU, or for an fp64 delta, they are read by the kernel (so a captured CUDA
+graph can be replayed with new values).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERP, cast_rne
+
+BLOCK = 2048
+
+
+@triton.jit
+def _pgd_kernel(delta_ptr, grad_ptr, clean_ptr, step_ptr, eps_ptr, step_val, eps_val, lo, hi, n,
+                DO_STEP: tl.constexpr, SCALARS_IN_MEMORY: tl.constexpr, CLEAN_U8: tl.constexpr,
+                F64: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    ct: tl.constexpr = tl.float64 if F64 else tl.float32
+    if SCALARS_IN_MEMORY:
+        step = tl.load(step_ptr).to(ct)
+        eps = tl.load(eps_ptr).to(ct)
+    else:  # fp32 by-value arguments (fp64 deltas always take the in-memory path)
+        step = step_val
+        eps = eps_val
+    t = tl.load(delta_ptr + offs, mask=ok, other=0.0).to(ct)
+    if DO_STEP:
+        g = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(ct)
+        sgn = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0)).to(ct)  # sign(NaN) = 0, as torch.sign
+        t = t - step * sgn
+    # clamp as min(max(.)) with NaN propagating from t, like torch.clamp
+    t = tl.where(t < -eps, -eps, t)
+    t = tl.where(t > eps, eps, t)
+    if CLEAN_U8:
+        c = tl.math.div_rn(tl.load(clean_ptr + offs, mask=ok, other=0).to(ct), 255.0)
+    else:
+        c = tl.load(clean_ptr + offs, mask=ok, other=0.0).to(ct)
+    x = c + t
+    x = tl.where(x < lo, lo, x)
+    x = tl.where(x > hi, hi, x)
+    tl.store(delta_ptr + offs, cast_rne(x - c, delta_ptr.dtype.element_ty, INTERP), mask=ok)
+
+
+def _launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
+    n = delta.numel()
+    if n == 0:
+        return
+    # By value, a float kernel argument is fp32: fp64 deltas read their scalars from memory
+    # (a non-blocking copy for CPU scalars: no synchronisation).
+    in_memory = step_size.device.type != "cpu" or eps.device.type != "cpu" or delta.dtype == torch.float64
+    if in_memory:
+        step_t = step_size.to(delta.device, non_blocking=True)
+        eps_t = eps.to(delta.device, non_blocking=True)
+        step_v = eps_v = 0.0
+    else:
+        step_t = eps_t = delta  # unused pointers
+        step_v, eps_v = float(step_size), float(eps)
+    _pgd_kernel[(triton.cdiv(n, BLOCK),)](
+        delta, grad if grad is not None else delta, clean, step_t, eps_t, step_v, eps_v, float(lo), float(hi), n,
+        DO_STEP=do_step, SCALARS_IN_MEMORY=in_memory, CLEAN_U8=clean.dtype == torch.uint8,
+        F64=delta.dtype == torch.float64, BLOCK=BLOCK,
+    )
+
+
+def pgd_linf_step_(delta, grad, clean, step_size, eps, lo, hi):
+    _launch(delta, grad, clean, step_size, eps, lo, hi, True)
+
+
+def project_linf_(delta, clean, eps, lo, hi):
+    _launch(delta, None, clean, eps, eps, lo, hi, False)
