@@ -14,15 +14,16 @@ BACKENDS = cpu_backends(include_reference=True)
 ops = torch.ops.miue
 
 
-def sample_args(backend, dtype=torch.float32):
+def sample_args(backend, dtype=torch.float32, device="cpu"):
     f, y = make_features(13, 7, num_classes=3, seed=0, dtype=dtype, null_rows=(2,))
-    f.requires_grad_(True)
+    f, y = f.to(device).requires_grad_(True), y.to(device)
     _, z, inv, P, N = R.supcon_fwd(f.detach(), y, 0.1, 1e-8)
     _, z2, inv2, s, n = R.intra_class_fwd(f.detach(), y, 3)
-    g = torch.ones((), dtype=inv.dtype)
-    delta = torch.rand(2, 3, 4, 4) * 0.1 - 0.05
-    grad = torch.randn(2, 3, 4, 4)
-    clean = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    g = torch.ones((), dtype=inv.dtype, device=device)
+    gen = torch.Generator().manual_seed(0)
+    delta = (torch.rand(2, 3, 4, 4, generator=gen) * 0.1 - 0.05).to(device)
+    grad = torch.randn(2, 3, 4, 4, generator=gen).to(device)
+    clean = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8, generator=gen).to(device)
     step, eps = torch.tensor(0.01, dtype=torch.float64), torch.tensor(0.03, dtype=torch.float64)
     return {
         "grouped_normalize": (ops.grouped_normalize.default, (f, y, 3, backend)),
@@ -31,7 +32,7 @@ def sample_args(backend, dtype=torch.float32):
         "intra_class_cosine_loss": (ops.intra_class_cosine_loss.default, (f, y, 3, backend)),
         "intra_class_cosine_loss_backward": (ops.intra_class_cosine_loss_backward.default, (g, z2, inv2, s, n, y, backend)),
         "pgd_linf_step_": (ops.pgd_linf_step_.default, (delta, grad, clean, step, eps, 0.0, 1.0, backend)),
-        "project_linf_": (ops.project_linf_.default, (delta.clone(), clean, eps, 0.0, 1.0, backend)),
+        "project_linf_": (ops.project_linf_.default, (delta.clone(), clean, eps.to(device), 0.0, 1.0, backend)),
     }
 
 

@@ -10,6 +10,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> intra_cla
                                                                                            int64_t num_classes) {
   check_features(features_in);
   check_labels(labels_in, features_in);
+  TORCH_CHECK(features_in.size(0) >= 1, "features must have at least one row");
   TORCH_CHECK(num_classes >= 1, "num_classes must be >= 1, got ", num_classes);
   const auto features = features_in.contiguous();
   const auto labels = labels_in.contiguous();

@@ -22,16 +22,17 @@ inline comp_t clamp_(comp_t v, comp_t lo, comp_t hi) {
   return std::min(std::max(v, lo), hi);  // NaN in v propagates, as torch.clamp
 }
 
-// step == nullptr: projection only.
-template <typename delta_t, typename grad_t, typename clean_t, typename comp_t>
-void pgd_loop(delta_t* d, const grad_t* g, const clean_t* c, int64_t n, comp_t step, comp_t eps, comp_t lo, comp_t hi,
-              bool do_step) {
+// One pass over the flat arrays; kStep = false is the projection alone. Branch-free so that
+// the compiler vectorises it (sign as a difference of comparisons; clamps as min/max).
+template <bool kStep, typename delta_t, typename grad_t, typename clean_t, typename comp_t>
+void pgd_loop(delta_t* __restrict__ d, const grad_t* __restrict__ g, const clean_t* __restrict__ c, int64_t n,
+              comp_t step, comp_t eps, comp_t lo, comp_t hi) {
   at::parallel_for(0, n, 32768, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
       comp_t t = static_cast<comp_t>(d[k]);
-      if (do_step) {
+      if constexpr (kStep) {
         const comp_t gv = static_cast<comp_t>(g[k]);
-        const comp_t s = gv > comp_t(0) ? comp_t(1) : (gv < comp_t(0) ? comp_t(-1) : comp_t(0));
+        const comp_t s = static_cast<comp_t>(static_cast<int>(gv > comp_t(0)) - static_cast<int>(gv < comp_t(0)));
         t = t - step * s;
       }
       t = clamp_(t, -eps, eps);
@@ -46,9 +47,17 @@ void dispatch_clean(const at::Tensor& delta, const grad_t* g, const at::Tensor& 
                     double lo, double hi, bool do_step) {
   using comp_t = std::conditional_t<std::is_same_v<delta_t, double>, double, float>;
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, clean.scalar_type(), "miue_pgd_clean", [&] {
-    pgd_loop<delta_t, grad_t, scalar_t, comp_t>(delta.data_ptr<delta_t>(), g, clean.data_ptr<scalar_t>(), delta.numel(),
-                                                static_cast<comp_t>(step), static_cast<comp_t>(eps),
-                                                static_cast<comp_t>(lo), static_cast<comp_t>(hi), do_step);
+    auto* dp = delta.data_ptr<delta_t>();
+    const auto* cp = clean.data_ptr<scalar_t>();
+    const auto args = std::make_tuple(static_cast<comp_t>(step), static_cast<comp_t>(eps), static_cast<comp_t>(lo),
+                                      static_cast<comp_t>(hi));
+    if (do_step) {
+      pgd_loop<true, delta_t, grad_t, scalar_t, comp_t>(dp, g, cp, delta.numel(), std::get<0>(args), std::get<1>(args),
+                                                        std::get<2>(args), std::get<3>(args));
+    } else {
+      pgd_loop<false, delta_t, grad_t, scalar_t, comp_t>(dp, g, cp, delta.numel(), std::get<0>(args),
+                                                         std::get<1>(args), std::get<2>(args), std::get<3>(args));
+    }
   });
 }
 

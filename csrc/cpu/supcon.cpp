@@ -20,6 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fw
                                                                                       double tau, double eps) {
   check_features(features_in);
   check_labels(labels_in, features_in);
+  TORCH_CHECK(features_in.size(0) >= 1, "features must have at least one row");
   TORCH_CHECK(tau > 0, "temperature must be > 0, got ", tau);
   TORCH_CHECK(eps >= 0, "eps must be >= 0, got ", eps);
   const auto features = features_in.contiguous();
