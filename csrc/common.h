@@ -46,10 +46,17 @@ inline void check_vec(const at::Tensor& t, int64_t n, at::ScalarType dtype, cons
 }
 
 // Elementwise PGD ops walk delta/grad/clean as flat arrays: they must share one dense layout.
+// Strides of dimensions of size 1 do not matter.
+inline bool same_strides(const at::Tensor& a, const at::Tensor& b) {
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
 inline void check_same_dense_layout(const at::Tensor& delta, const at::Tensor& other, const char* name) {
   TORCH_CHECK(other.sizes() == delta.sizes(), name, " must have delta's shape ", delta.sizes(), ", got ", other.sizes());
   TORCH_CHECK(other.device() == delta.device(), name, " must be on delta's device");
-  TORCH_CHECK(delta.is_non_overlapping_and_dense() && other.strides() == delta.strides(), name,
+  TORCH_CHECK(delta.is_non_overlapping_and_dense() && same_strides(delta, other), name,
               " and delta must share one dense memory layout");
 }
 

@@ -11,6 +11,7 @@ import torch  # noqa: F401  (the compiled extension needs torch loaded first)
 from miue._backend import _load_extension, available_backends, resolve_backend, use_backend
 from miue._validate import set_validation
 from miue.ops import grouped_normalize, intra_class_cosine_loss, pgd_linf_step_, project_linf_, supcon_loss
+from miue.craft import CraftResult, craft_fast
 
 __version__ = "0.1.0"
 
@@ -27,4 +28,6 @@ __all__ = [
     "intra_class_cosine_loss",
     "pgd_linf_step_",
     "project_linf_",
+    "craft_fast",
+    "CraftResult",
 ]

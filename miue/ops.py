@@ -255,9 +255,13 @@ def _dense(t: Tensor) -> bool:
     return True
 
 
+def _strides(t: Tensor) -> tuple:
+    return tuple(st for sz, st in zip(t.shape, t.stride()) if sz != 1)  # size-1 dims do not affect layout
+
+
 def _same_layout(*tensors: Tensor) -> bool:
     first = tensors[0]
-    return _dense(first) and all(t.stride() == first.stride() for t in tensors[1:])
+    return _dense(first) and all(_strides(t) == _strides(first) for t in tensors[1:])
 
 
 def _scalar(value, name: str, device: torch.device, nonnegative: bool) -> Tensor:

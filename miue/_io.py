@@ -1,0 +1,179 @@
+"""Files: atomic writes, checkpoints and result files that are safe to load.
+
+* Every file is written to a temporary name in the same directory, flushed to disk and
+  renamed over the target (``os.replace``): a crash leaves the old file or the new one,
+  never half of one.
+* Nothing is unpickled: checkpoints load with ``torch.load(weights_only=True)`` (tensors,
+  numbers, strings, lists and dicts only) and ``.npz`` results with ``allow_pickle=False``.
+* Result files carry a SHA-256 checksum of their arrays, verified on load.
+
+Result file layout (``CraftResult.save``), ``.npz`` or ``.pt`` by extension:
+    delta   float32 N×C×H×W
+    images  uint8   N×C×H×W (the released images)
+    labels  int64   N
+    meta    JSON text: {"format": "miue-result", "format_version": 1, "miue_version", "eps",
+            "preset", "objective", "seed", "config", "history", "sha256"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+FORMAT = "miue-result"
+FORMAT_VERSION = 1
+
+
+class ResultFileError(ValueError):
+    """A result or checkpoint file that is unreadable, corrupt, truncated or not ours."""
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write_fn) -> str:
+    """Call ``write_fn(tmp_path)`` then rename the temporary file over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def atomic_save(obj, path: str) -> str:
+    """torch.save, atomically."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ResultFileError(
+            f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} "
+            "(corrupt, truncated, or it holds objects other than tensors, numbers, strings, lists and dicts)"
+        ) from None
+
+
+def check_writable(directory: str, min_free_bytes: int = 0) -> None:
+    """Fail now, not after hours of compute, when ``directory`` cannot take our files."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"output directory {directory!r} cannot be created: {exc.strerror}") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        os.write(fd, b"x" * 4096)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OSError(f"output directory {directory!r} is not writable: {exc.strerror}") from None
+    free = shutil.disk_usage(directory).free
+    if free < min_free_bytes:
+        raise OSError(f"output directory {directory!r} has {free / 2**20:.0f} MiB free, "
+                      f"{min_free_bytes / 2**20:.0f} MiB are needed")
+
+
+def _checksum(delta: np.ndarray, images: np.ndarray, labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in (delta, images, labels):
+        a = np.ascontiguousarray(a)
+        h.update(str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_result(result, path: str) -> str:
+    from miue import __version__
+
+    delta = result.delta.detach().cpu().float().numpy()
+    images = result.images.detach().cpu().numpy().astype(np.uint8, copy=False)
+    labels = result.labels.detach().cpu().numpy().astype(np.int64, copy=False)
+    cfg = result.config or {}
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "miue_version": __version__,
+        "eps": cfg.get("eps"), "preset": cfg.get("preset"), "objective": cfg.get("objective"), "seed": cfg.get("seed"),
+        "config": cfg, "history": result.history, "sha256": _checksum(delta, images, labels),
+    }
+    text = json.dumps(meta)
+    if path.endswith(".npz"):
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez(fh, delta=delta, images=images, labels=labels, meta=np.array(text))
+    elif path.endswith(".pt"):
+        def write(tmp):
+            torch.save({"delta": torch.from_numpy(delta), "images": torch.from_numpy(images),
+                        "labels": torch.from_numpy(labels), "meta": text}, tmp)
+    else:
+        raise ValueError(f"result path must end in .npz or .pt, got {path!r}")
+    return atomic_write(path, write)
+
+
+def load_result(path: str):
+    from miue.craft import CraftResult
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"result file {path!r} does not exist")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                missing = {"delta", "images", "labels", "meta"} - set(z.files)
+                if missing:
+                    raise ResultFileError(f"{path}: not a miue result file (missing {sorted(missing)})")
+                delta, images, labels, text = z["delta"], z["images"], z["labels"], str(z["meta"])
+        elif path.endswith(".pt"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(obj, dict) or not {"delta", "images", "labels", "meta"} <= set(obj):
+                raise ResultFileError(f"{path}: not a miue result file")
+            delta, images, labels = (obj[k].numpy() for k in ("delta", "images", "labels"))
+            text = obj["meta"]
+        else:
+            raise ValueError(f"result path must end in .npz or .pt, got {path!r}")
+        meta = json.loads(text)
+    except (ResultFileError, ValueError) as exc:
+        if isinstance(exc, ResultFileError) or "must end in" in str(exc):
+            raise
+        raise ResultFileError(f"cannot read result file {path}: {exc}") from None
+    except Exception as exc:
+        raise ResultFileError(f"cannot read result file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if meta.get("format") != FORMAT:
+        raise ResultFileError(f"{path}: not a miue result file (format {meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ResultFileError(f"{path}: written by a newer miue (format version {meta['format_version']})")
+    if images.dtype != np.uint8 or delta.shape != images.shape or labels.shape != (images.shape[0],):
+        raise ResultFileError(f"{path}: arrays have inconsistent shapes or dtypes")
+    if _checksum(delta.astype(np.float32, copy=False), images, labels.astype(np.int64, copy=False)) != meta.get("sha256"):
+        raise ResultFileError(f"{path}: checksum mismatch (the file is corrupt or was modified)")
+    return CraftResult(delta=torch.from_numpy(np.array(delta, dtype=np.float32)), images=torch.from_numpy(np.array(images)),
+                       labels=torch.from_numpy(np.array(labels, dtype=np.int64)), history=meta.get("history", []),
+                       config=meta.get("config", {}))

@@ -1,0 +1,621 @@
+"""The MI-UE crafting engine: :func:`craft_fast` (SPEC §3).
+
+One round e = 1..E:
+  1. train the surrogate one epoch with cross-entropy on clamp(flip(x) + δ, 0, 1) (the flip
+     is applied to the clean image only: post-augmentation), SGD with a cosine schedule;
+  2. with the surrogate in eval mode and frozen, K signed-gradient PGD steps on every δ in
+     batches: δ ← Π(δ - α_e·sign ∇_δ L(features(flip(x) + δ), y)), Π the L∞ ball of radius ε
+     and the [0, 1] box around the (flipped) clean image, by the fused ``pgd_linf_step_``.
+L is the supcon loss (``miue``), the intra-class cosine loss (``miue-linear``) or
+cross-entropy on the logits (``em``: error-minimising noise); ``random`` draws uniform noise.
+
+Speed: the dataset stays on the device as uint8 when it fits (else in pinned host memory,
+streamed batch by batch, so that GPU memory does not grow with N); flips happen on the
+device; no per-sample Python loops; the only host synchronisation in a round is the
+progress update at its end. All randomness (shuffles, flips, noise) comes from one seeded
+generator whose state is checkpointed, so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from miue import ops
+from miue._io import atomic_save, load_checkpoint
+from miue.models import FeatureModel, build_model
+from miue.presets import OBJECTIVES, CraftConfig, make_config
+
+log = logging.getLogger("miue.craft")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+# =========================================================================== inputs
+
+
+def as_nchw_uint8_or_float(images, name: str = "images") -> torch.Tensor:
+    """Images as a CPU tensor N×C×H×W: uint8 kept as is, floats as float32 in [0, 1].
+
+    Accepts numpy arrays or tensors shaped N×H×W, N×H×W×C (channels last when the last dim is
+    1, 3 or 4 and dim 1 is not) or N×C×H×W."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a numpy array, a torch.Tensor or a torch Dataset, got {type(images).__name__}")
+    x = images.detach().cpu()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be N×H×W, N×H×W×C or N×C×H×W, got shape {tuple(x.shape)}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be uint8 or floating point in [0, 1], got dtype {x.dtype}")
+    x = x.float().contiguous()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"float {name} must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}] (pass uint8 for 0..255)")
+    return x
+
+
+def _from_dataset(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise TypeError("a Dataset passed as images must yield (image, label) pairs")
+        img, lab = item[0], item[1]
+        if not isinstance(img, (torch.Tensor, np.ndarray)):
+            img = np.asarray(img)  # PIL image: H×W or H×W×C uint8
+            if img.ndim == 2:
+                img = img[None]
+            else:
+                img = img.transpose(2, 0, 1)
+        xs.append(torch.as_tensor(np.asarray(img) if isinstance(img, np.ndarray) else img))
+        ys.append(int(lab))
+    if not xs:
+        raise ValueError("images: the Dataset is empty")
+    x = torch.stack(xs)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return x, torch.tensor(ys, dtype=torch.int64)
+
+
+def prepare_inputs(images, labels, num_classes: int | None):
+    """(clean images N×C×H×W uint8 or float32, labels int64, num_classes), validated."""
+    if isinstance(images, torch.utils.data.Dataset):
+        x, ds_labels = _from_dataset(images)
+        labels = ds_labels if labels is None else labels
+        x = as_nchw_uint8_or_float(x)
+    else:
+        x = as_nchw_uint8_or_float(images)
+    if labels is None:
+        raise ValueError("labels are required (or pass a Dataset yielding (image, label))")
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    y = y.reshape(-1).long()
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels has {y.shape[0]} entries but images has {x.shape[0]}")
+    if y.min().item() < 0:
+        raise ValueError(f"labels must be >= 0, found {y.min().item()}")
+    inferred = int(y.max().item()) + 1
+    if num_classes is None or num_classes == 0:
+        num_classes = inferred
+    elif num_classes < inferred:
+        raise ValueError(f"num_classes={num_classes} but labels go up to {inferred - 1}")
+    counts = torch.bincount(y, minlength=num_classes)
+    if ((counts == 1)).any():
+        log.warning("classes %s have a single sample: the supcon loss has no positive pair for them but the sample itself",
+                    (counts == 1).nonzero().flatten().tolist()[:10])
+    return x, y, int(num_classes)
+
+
+# =========================================================================== storage
+
+
+class _Store:
+    """Clean images and δ, resident on the device or in (pinned) host memory.
+
+    δ is kept as float32, float16, or int8 in units of 1/255. Batches are gathered by index
+    into float32 device tensors and written back the same way.
+    """
+
+    def __init__(self, clean: torch.Tensor, delta: torch.Tensor, delta_dtype: str, device: torch.device, resident: bool):
+        self.device = device
+        self.resident = resident
+        self.delta_dtype = delta_dtype
+        home = device if resident else torch.device("cpu")
+        pin = (not resident) and device.type == "cuda"
+        self.clean = clean.to(home)
+        self.delta = self._encode(delta).to(home)
+        if pin:
+            self.clean = self.clean.pin_memory()
+            self.delta = self.delta.pin_memory()
+
+    # -- δ codecs
+    def _encode(self, d: torch.Tensor) -> torch.Tensor:
+        if self.delta_dtype == "float32":
+            return d.float()
+        if self.delta_dtype == "float16":
+            return d.half()
+        return torch.round(d.float() * 255).clamp_(-127, 127).to(torch.int8)
+
+    def _decode(self, d: torch.Tensor) -> torch.Tensor:
+        if self.delta_dtype == "int8":
+            return d.float() / 255
+        return d.float()
+
+    def _idx(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx.to(self.clean.device, non_blocking=True)
+
+    def clean_batch(self, idx):
+        return self.clean.index_select(0, self._idx(idx)).to(self.device, non_blocking=True)
+
+    def delta_batch(self, idx):
+        d = self.delta.index_select(0, self._idx(idx)).to(self.device, non_blocking=True)
+        return self._decode(d)
+
+    def write_delta(self, idx, values):
+        self.delta.index_copy_(0, self._idx(idx), self._encode(values).to(self.delta.device, non_blocking=True))
+
+    def delta_full(self) -> torch.Tensor:
+        return self._decode(self.delta).cpu()
+
+
+def _fits_on_device(nbytes: int, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < 0.5 * free
+
+
+# =========================================================================== results
+
+
+@dataclass
+class CraftResult:
+    """The outcome of :func:`craft_fast`.
+
+    delta:   float32 N×C×H×W, |δ| ≤ eps (class-wise runs: each sample's class δ)
+    images:  the released uint8 images N×C×H×W: rounding (default) or truncation of (x+δ)·255,
+             never further than eps from a uint8 clean image
+    labels:  int64 N
+    history: per round: surrogate train loss/accuracy, objective loss, α, lr, seconds
+    config:  the CraftConfig as a dict
+    """
+
+    delta: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    history: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def save(self, path: str) -> str:
+        from miue._io import save_result
+
+        return save_result(self, path)
+
+    @classmethod
+    def load(cls, path: str) -> "CraftResult":
+        from miue._io import load_result
+
+        return load_result(path)
+
+    def export_png(self, directory: str, class_names=None) -> str:
+        """Write the released images as PNGs in ImageFolder layout: directory/<class>/<index>.png."""
+        from PIL import Image
+
+        os.makedirs(directory, exist_ok=True)
+        imgs = self.images.numpy()
+        for i, (img, lab) in enumerate(zip(imgs, self.labels.tolist())):
+            name = class_names[lab] if class_names is not None else f"{lab:03d}"
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+            sub = os.path.join(directory, safe)
+            os.makedirs(sub, exist_ok=True)
+            arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+            Image.fromarray(np.ascontiguousarray(arr)).save(os.path.join(sub, f"{i:06d}.png"))
+        return directory
+
+
+def release(clean: torch.Tensor, delta: torch.Tensor, eps: float, rounding: str = "round") -> torch.Tensor:
+    """Quantise clean + δ to uint8. For uint8 clean images the result stays within eps of
+    them: the step in units of 1/255 is clamped to ±floor(eps·255)."""
+    if rounding not in ("round", "trunc"):
+        raise ValueError(f"release rounding must be 'round' or 'trunc', got {rounding!r}")
+    if clean.dtype == torch.uint8:
+        base = clean.float()
+        scaled = base + delta.float() * 255
+        q = torch.round(scaled) if rounding == "round" else torch.trunc(scaled)
+        k = math.floor(eps * 255 + 1e-6)
+        q = torch.minimum(torch.maximum(q, base - k), base + k)
+    else:
+        scaled = (clean.float() + delta.float()) * 255
+        q = torch.round(scaled) if rounding == "round" else torch.trunc(scaled)
+    return q.clamp_(0, 255).to(torch.uint8)
+
+
+# =========================================================================== engine
+
+
+def _flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _as_float01(c: torch.Tensor) -> torch.Tensor:
+    return c.float().div_(255.0) if c.dtype == torch.uint8 else c
+
+
+class _Engine:
+    def __init__(self, cfg: CraftConfig, clean: torch.Tensor, labels: torch.Tensor, surrogate, device, progress: bool):
+        self.cfg = cfg
+        self.device = device
+        self.labels = labels
+        self.N = clean.shape[0]
+        self.C = cfg.num_classes
+        self.progress = progress
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        cuda = device.type == "cuda"
+        self.amp = bool(cfg.amp and cuda)
+        self.channels_last = bool(cfg.channels_last)
+        self.labels_dev = labels.to(device)
+        shape = tuple(clean.shape[1:])
+        # sample-wise δ lives in the store beside the images; class-wise δ (C rows) on the device
+        delta0 = torch.zeros((0 if cfg.classwise else self.N,) + shape)
+        bytes_needed = clean.numel() * clean.element_size() + delta0.numel() * 4
+        resident = _fits_on_device(bytes_needed, device)
+        if not resident:
+            log.info("dataset does not fit on %s: streaming batches from pinned host memory", device)
+        self.store = _Store(clean, delta0, cfg.delta_dtype, device, resident)
+        if cfg.classwise:
+            self.class_delta_dev = torch.zeros((self.C,) + shape, device=device)
+            self.zero_clean = torch.zeros_like(self.class_delta_dev)
+        self.model = None
+        if cfg.objective != "random":
+            self._build_surrogate(surrogate, clean)
+
+    # ---------------------------------------------------------------- surrogate
+    def _build_surrogate(self, surrogate, clean):
+        cfg = self.cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            if surrogate is None:
+                model = build_model(cfg.arch, self.C, channels=clean.shape[1], image_size=clean.shape[2], normalize=True)
+            else:
+                model = FeatureModel(copy.deepcopy(surrogate))
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.rounds * cfg.train_epochs, eta_min=cfg.lr_min)
+        self.forward = model
+        if cfg.compile:
+            self.forward = torch.compile(model)
+        self._pgd_step_compiled = None
+
+    def _input(self, x):
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # ---------------------------------------------------------------- one round
+    def _batches(self, batch_size):
+        perm = torch.randperm(self.N, generator=self.gen)
+        return [perm[i:i + batch_size] for i in range(0, self.N, batch_size)]
+
+    def _flips(self, n):
+        if not self.cfg.flip:
+            return None
+        return (torch.rand(n, generator=self.gen) < 0.5)
+
+    def _delta_for(self, idx):
+        if self.cfg.classwise:
+            return self.class_delta_dev.index_select(0, self.labels_dev.index_select(0, idx.to(self.device)))
+        return self.store.delta_batch(idx)
+
+    def train_epoch(self):
+        cfg = self.cfg
+        model = self.model
+        model.train()
+        model.requires_grad_(True)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for idx in self._batches(cfg.train_batch_size):
+            flips = self._flips(len(idx))
+            c = _as_float01(self.store.clean_batch(idx))
+            if flips is not None:
+                c = _flip(c, flips.to(self.device))
+            x = (c + self._delta_for(idx)).clamp_(0, 1)
+            y = self.labels_dev.index_select(0, idx.to(self.device))
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.forward(self._input(x))
+                loss = F.cross_entropy(logits.float(), y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+        self.sched.step()
+        return loss_sum / self.N, correct.float() / self.N
+
+    def _objective(self, feats, logits, y):
+        cfg = self.cfg
+        if cfg.objective == "miue":
+            return ops.supcon_loss(feats, y, cfg.temperature, backend=cfg.backend)
+        if cfg.objective == "miue-linear":
+            return ops.intra_class_cosine_loss(feats, y, self.C, backend=cfg.backend, validate=False)
+        return F.cross_entropy(logits.float(), y)
+
+    def _pgd_step(self, d, clean_f, c_box, y, alpha, eps, box):
+        """One step on the batch δ ``d`` (float32, in place); returns the objective value."""
+        dv = d.detach().requires_grad_(True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            feats, logits = self.forward(self._input(clean_f + dv), return_features=True)
+            loss = self._objective(feats, logits, y)
+        (g,) = torch.autograd.grad(loss, dv)
+        if self.cfg.classwise:
+            g_cls = torch.zeros_like(self.class_delta_dev).index_add_(0, y, g)
+            ops.pgd_linf_step_(self.class_delta_dev, g_cls, self.zero_clean, alpha, eps, -1.0, 1.0, backend=self.cfg.backend)
+        else:
+            ops.pgd_linf_step_(d, g, c_box, alpha, eps, box[0], box[1], backend=self.cfg.backend)
+        return loss.detach()
+
+    def pgd_pass(self, alpha: float):
+        cfg = self.cfg
+        model = self.model
+        model.eval()
+        model.requires_grad_(False)
+        total = torch.zeros((), device=self.device)
+        steps = 0
+        alpha_t = torch.tensor(alpha, dtype=torch.float64)
+        eps_t = torch.tensor(cfg.eps, dtype=torch.float64)
+        for idx in self._batches(cfg.pgd_batch_size):
+            flips = self._flips(len(idx))
+            c_box = self.store.clean_batch(idx)  # uint8 or float32: the box is around the flipped clean
+            if flips is not None:
+                c_box = _flip(c_box, flips.to(self.device))
+            clean_f = _as_float01(c_box)
+            y = self.labels_dev.index_select(0, idx.to(self.device))
+            if cfg.classwise:
+                for _ in range(cfg.pgd_steps):
+                    d = self._delta_for(idx)
+                    total += self._pgd_step(d, clean_f, c_box, y, alpha_t, eps_t, (0.0, 1.0))
+                    steps += 1
+                continue
+            d = self.store.delta_batch(idx)
+            for _ in range(cfg.pgd_steps):
+                total += self._pgd_step(d, clean_f, c_box, y, alpha_t, eps_t, (0.0, 1.0))
+                steps += 1
+            self.store.write_delta(idx, d)
+        return total / max(steps, 1)
+
+    # ---------------------------------------------------------------- random noise
+    def random_noise(self):
+        """Uniform noise in [-eps, eps], projected into the box around each clean image."""
+        cfg = self.cfg
+        n = self.C if cfg.classwise else self.N
+        shape = (n,) + tuple(self.store.clean.shape[1:])
+        noise = (torch.rand(shape, generator=self.gen) * 2 - 1) * cfg.eps
+        if cfg.classwise:
+            self.class_delta_dev.copy_(noise.to(self.device))
+        else:
+            ops.project_linf_(noise, self.store.clean.cpu(), cfg.eps)
+            self.store.write_delta(torch.arange(self.N), noise.to(self.device))
+
+    # ---------------------------------------------------------------- state
+    def state(self, round_done: int, history: list) -> dict:
+        st = {
+            "round": round_done,
+            "history": json.dumps(history),
+            "generator": self.gen.get_state(),
+            "delta": self.store.delta.cpu() if not self.cfg.classwise else self.class_delta_dev.cpu(),
+        }
+        if self.model is not None:
+            st["model"] = self.model.state_dict()
+            st["optimizer"] = self.opt.state_dict()
+            st["scheduler"] = self.sched.state_dict()
+        return st
+
+    def load_state(self, st: dict):
+        self.gen.set_state(st["generator"])
+        if self.cfg.classwise:
+            self.class_delta_dev.copy_(st["delta"].to(self.device))
+        else:
+            self.store.delta.copy_(st["delta"].to(self.store.delta.device))
+        if self.model is not None:
+            self.model.load_state_dict(st["model"])
+            self.opt.load_state_dict(st["optimizer"])
+            self.sched.load_state_dict(st["scheduler"])
+        return st["round"], json.loads(st["history"])
+
+
+def _fingerprint(clean: torch.Tensor, labels: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    h.update(str(tuple(clean.shape)).encode())
+    h.update(labels.numpy().tobytes())
+    flat = clean.reshape(clean.shape[0], -1)
+    step = max(1, clean.shape[0] // 256)
+    h.update(flat[::step].contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_CHECKED_KEYS = ("objective", "eps", "rounds", "pgd_steps", "pgd_batch_size", "train_batch_size", "arch", "seed",
+                 "classwise", "temperature", "alpha_start", "alpha_end", "lr", "delta_dtype", "num_classes", "flip")
+
+
+def craft_fast(
+    images,
+    labels=None,
+    *,
+    eps: float = 8 / 255,
+    preset: str = "paper",
+    objective: str = "miue",
+    surrogate: nn.Module | None = None,
+    rounds: int | None = None,
+    pgd_steps: int | None = None,
+    batch_size: int | None = None,
+    train_batch_size: int | None = None,
+    device=None,
+    backend: str | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    compile: bool | None = None,
+    cuda_graphs: bool | None = None,
+    classwise: bool = False,
+    num_classes: int | None = None,
+    delta_dtype: str | None = None,
+    release_rounding: str = "round",
+    seed: int = 0,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 1,
+    progress: bool = True,
+    **options,
+) -> CraftResult:
+    """Craft unlearnable examples (MI-UE by default) for a labelled image set.
+
+    images: uint8 (0..255) or float (in [0, 1]) numpy array or tensor, N×H×W, N×H×W×C or
+        N×C×H×W, any channel count; or a torch Dataset yielding (image, label).
+    labels: integer labels (N); optional with a Dataset.
+    eps: L∞ budget in [0, 1] units (8/255 by default).
+    preset: "paper" (SPEC §3 exactly), "fast" (paper + bf16/channels_last/compile/CUDA
+        graphs on CUDA) or "demo" (small CNN, short schedule for CPUs).
+    objective: "miue" (supcon loss), "miue-linear" (intra-class cosine loss), "em"
+        (error-minimising cross-entropy) or "random" (uniform noise, no model).
+    surrogate: an nn.Module returning logits (features = the input of its last nn.Linear)
+        or (features, logits); a copy is trained. Default: the preset's architecture.
+    rounds, pgd_steps, batch_size (PGD batch), train_batch_size, amp, channels_last, compile,
+        cuda_graphs, delta_dtype ("float32" | "float16" | "int8"): override the preset.
+    Other keyword options override CraftConfig fields (lr, temperature, alpha_start, ...).
+    checkpoint_dir: write a checkpoint every ``checkpoint_every`` rounds (atomically) and
+        per-round metrics (metrics.jsonl); calling again with the same directory resumes.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps <= 1) or not math.isfinite(eps):
+        raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
+    for name, v in (("rounds", rounds), ("pgd_steps", pgd_steps), ("batch_size", batch_size),
+                    ("train_batch_size", train_batch_size), ("checkpoint_every", checkpoint_every)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if delta_dtype is not None and delta_dtype not in ("float32", "float16", "int8"):
+        raise ValueError(f"delta_dtype must be 'float32', 'float16' or 'int8', got {delta_dtype!r}")
+    if release_rounding not in ("round", "trunc"):
+        raise ValueError(f"release_rounding must be 'round' or 'trunc', got {release_rounding!r}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clean, y, C = prepare_inputs(images, labels, num_classes)
+    cfg = make_config(
+        preset, objective=objective, eps=float(eps), rounds=rounds, pgd_steps=pgd_steps, pgd_batch_size=batch_size,
+        train_batch_size=train_batch_size, amp=amp, channels_last=channels_last, compile=compile,
+        cuda_graphs=cuda_graphs, classwise=classwise, delta_dtype=delta_dtype, release_rounding=release_rounding,
+        seed=seed, backend=backend, checkpoint_every=checkpoint_every, num_classes=C, **options,
+    )
+    if cfg.delta_dtype == "int8" and cfg.eps * 255 > 127:
+        raise ValueError("delta_dtype='int8' holds |δ| ≤ 127/255; use float16/float32 for a larger eps")
+    if device.type != "cuda":  # bf16 autocast and CUDA graphs are CUDA-only (channels_last helps oneDNN too)
+        cfg.amp = cfg.cuda_graphs = False
+    return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress)
+
+
+def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress) -> CraftResult:
+    from miue._io import check_writable
+
+    fingerprint = _fingerprint(clean, y)
+    ckpt_path = metrics_path = None
+    if checkpoint_dir is not None:
+        check_writable(checkpoint_dir)
+        ckpt_path = os.path.join(checkpoint_dir, CHECKPOINT_NAME)
+        metrics_path = os.path.join(checkpoint_dir, METRICS_NAME)
+    eng = _Engine(cfg, clean, y, surrogate, device, progress)
+    start_round, history = 0, []
+    if ckpt_path and os.path.exists(ckpt_path):
+        st = load_checkpoint(ckpt_path)
+        saved_cfg = json.loads(st["config"])
+        diffs = [k for k in _CHECKED_KEYS if saved_cfg.get(k) != cfg.to_dict().get(k)]
+        if diffs or st.get("fingerprint") != fingerprint:
+            what = ", ".join(f"{k}: checkpoint {saved_cfg.get(k)!r} vs now {cfg.to_dict().get(k)!r}" for k in diffs)
+            raise ValueError(
+                f"checkpoint {ckpt_path} comes from an incompatible run ({what or 'different images or labels'}); "
+                "use another checkpoint_dir or delete it"
+            )
+        start_round, history = eng.load_state(st)
+        log.info("resuming from %s after round %d", ckpt_path, start_round)
+
+    def save(round_done):
+        if ckpt_path is None:
+            return
+        st = eng.state(round_done, history)
+        st["config"] = json.dumps(cfg.to_dict())
+        st["fingerprint"] = fingerprint
+        atomic_save(st, ckpt_path)
+
+    if cfg.objective == "random":
+        if start_round == 0:
+            eng.random_noise()
+            history.append({"round": 1, "objective": "random"})
+            save(cfg.rounds)
+    else:
+        _rounds(eng, cfg, start_round, history, save, metrics_path, progress)
+
+    if cfg.classwise:
+        delta = eng.class_delta_dev.cpu()[y].clamp_(-cfg.eps, cfg.eps)
+    else:
+        delta = eng.store.delta_full().clamp_(-cfg.eps, cfg.eps)
+    images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
+    return CraftResult(delta=delta, images=images_out, labels=y, history=history, config=cfg.to_dict())
+
+
+def _rounds(eng: _Engine, cfg: CraftConfig, start_round: int, history: list, save, metrics_path, progress: bool):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.rounds, initial=start_round, desc=f"miue craft ({cfg.objective})", unit="round",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for e in range(start_round + 1, cfg.rounds + 1):
+            t0 = time.perf_counter()
+            lr = eng.opt.param_groups[0]["lr"]
+            for _ in range(cfg.train_epochs):
+                train_loss, train_acc = eng.train_epoch()
+            t1 = time.perf_counter()
+            alpha = cfg.alpha(e)
+            obj = eng.pgd_pass(alpha)
+            if not math.isfinite(obj_value := float(obj)):
+                raise FloatingPointError(
+                    f"round {e}: the objective became {obj_value} (NaN/Inf surrogate features); "
+                    "the last good checkpoint is kept"
+                )
+            t2 = time.perf_counter()
+            rec = {
+                "round": e, "train_loss": float(train_loss), "train_acc": float(train_acc), "objective_loss": obj_value,
+                "alpha": alpha, "lr": lr, "seconds": t2 - t0, "train_images_per_s": eng.N * cfg.train_epochs / (t1 - t0),
+                "pgd_images_per_s": eng.N * cfg.pgd_steps / (t2 - t1),
+            }
+            history.append(rec)
+            log.info("round %d/%d: %s", e, cfg.rounds, rec)
+            if metrics_path:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+            if e % cfg.checkpoint_every == 0 or e == cfg.rounds:
+                save(e)
+            bar.set_postfix(loss=f"{rec['objective_loss']:.4f}", acc=f"{rec['train_acc']:.3f}",
+                            img_s=f"{rec['pgd_images_per_s']:.0f}")
+            bar.update(1)
+    finally:
+        bar.close()
