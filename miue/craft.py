@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from miue import ops
+from miue import _io
 from miue._io import atomic_save, load_checkpoint
 from miue.models import FeatureModel, build_model
 from miue.presets import OBJECTIVES, CraftConfig, make_config
@@ -140,10 +142,12 @@ class _Store:
     into float32 device tensors and written back the same way.
     """
 
-    def __init__(self, clean: torch.Tensor, delta: torch.Tensor, delta_dtype: str, device: torch.device, resident: bool):
+    def __init__(self, clean: torch.Tensor, delta: torch.Tensor, delta_dtype: str, device: torch.device, resident: bool,
+                 int8_limit: int = 127):
         self.device = device
         self.resident = resident
         self.delta_dtype = delta_dtype
+        self.int8_limit = int8_limit  # floor(eps·255): int8 δ never leaves the ε ball
         home = device if resident else torch.device("cpu")
         pin = (not resident) and device.type == "cuda"
         self.clean = clean.to(home)
@@ -158,7 +162,7 @@ class _Store:
             return d.float()
         if self.delta_dtype == "float16":
             return d.half()
-        return torch.round(d.float() * 255).clamp_(-127, 127).to(torch.int8)
+        return torch.round(d.float() * 255).clamp_(-self.int8_limit, self.int8_limit).to(torch.int8)
 
     def _decode(self, d: torch.Tensor) -> torch.Tensor:
         if self.delta_dtype == "int8":
@@ -285,7 +289,7 @@ class _Engine:
         resident = _fits_on_device(bytes_needed, device)
         if not resident:
             log.info("dataset does not fit on %s: streaming batches from pinned host memory", device)
-        self.store = _Store(clean, delta0, cfg.delta_dtype, device, resident)
+        self.store = _Store(clean, delta0, cfg.delta_dtype, device, resident, int8_limit=math.floor(cfg.eps * 255 + 1e-6))
         if cfg.classwise:
             self.class_delta_dev = torch.zeros((self.C,) + shape, device=device)
             self.zero_clean = torch.zeros_like(self.class_delta_dev)
@@ -306,6 +310,10 @@ class _Engine:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        if cfg.objective in ("miue", "miue-linear"):  # fail now, not after an epoch, if there are no features
+            model.eval()
+            with torch.no_grad():
+                model(_as_float01(clean[:2].to(self.device)), return_features=True)
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.rounds * cfg.train_epochs, eta_min=cfg.lr_min)
         self.forward = model
@@ -448,11 +456,12 @@ class _Engine:
 
 
 def _fingerprint(clean: torch.Tensor, labels: torch.Tensor) -> str:
+    """Identifies the inputs of a checkpoint: all images up to 512 MiB, else every k-th one."""
     h = hashlib.sha256()
-    h.update(str(tuple(clean.shape)).encode())
+    h.update(str(tuple(clean.shape)).encode() + str(clean.dtype).encode())
     h.update(labels.numpy().tobytes())
     flat = clean.reshape(clean.shape[0], -1)
-    step = max(1, clean.shape[0] // 256)
+    step = max(1, -(-clean.numel() * clean.element_size() // 2**29))
     h.update(flat[::step].contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -509,7 +518,7 @@ def craft_fast(
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps <= 1) or not math.isfinite(eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not (0 < eps <= 1):
         raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
     for name, v in (("rounds", rounds), ("pgd_steps", pgd_steps), ("batch_size", batch_size),
                     ("train_batch_size", train_batch_size), ("checkpoint_every", checkpoint_every)):
@@ -557,6 +566,12 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
             )
         start_round, history = eng.load_state(st)
         log.info("resuming from %s after round %d", ckpt_path, start_round)
+    if metrics_path:  # one line per round in the checkpoint: drop rounds logged after it
+        def write_metrics(tmp):
+            with open(tmp, "w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in history)
+
+        _io.atomic_write(metrics_path, write_metrics)
 
     def save(round_done):
         if ckpt_path is None:
@@ -577,7 +592,11 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
     if cfg.classwise:
         delta = eng.class_delta_dev.cpu()[y].clamp_(-cfg.eps, cfg.eps)
     else:
-        delta = eng.store.delta_full().clamp_(-cfg.eps, cfg.eps)
+        # PGD kept δ in the box around the flipped image it saw last; the result is projected
+        # around the image as given (the released images are the same either way)
+        # (then the exact ±ε clamp: (c + δ) - c may round a few ulps past ε)
+        delta = eng.store.delta_full()
+        ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
     images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
     return CraftResult(delta=delta, images=images_out, labels=y, history=history, config=cfg.to_dict())
 

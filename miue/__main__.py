@@ -1,0 +1,5 @@
+import sys
+
+from miue.cli import main
+
+sys.exit(main())

@@ -1,0 +1,195 @@
+"""Command line: ``miue info | craft | evaluate | demo`` (also ``python -m miue ...``).
+
+Exit status 0 on success; on failure a one-line reason on stderr and status 1 (2 for usage
+errors, 130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _cmd_info(args) -> int:
+    import platform
+
+    import torch
+
+    import miue
+    from miue._backend import cpp_has_cuda
+
+    info = {
+        "miue": miue.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"],
+        "backends": miue.available_backends(),
+        "cpp_has_cuda_kernels": cpp_has_cuda(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            print(f"{k:22} {v}")
+    return 0
+
+
+def _load(dataset: str, split: str, subset: int | None, seed: int):
+    from miue.data import class_balanced_subset, load_dataset
+
+    data = load_dataset(dataset, split)
+    if subset:
+        data = class_balanced_subset(data, subset, seed=seed)
+    return data
+
+
+def _cmd_craft(args) -> int:
+    import miue
+
+    data = _load(args.dataset, "train", args.per_class, args.seed)
+    opts = {}
+    if args.arch:
+        opts["arch"] = args.arch
+    result = miue.craft_fast(
+        data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, rounds=args.rounds,
+        pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=args.device, backend=args.backend,
+        classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir, progress=not args.quiet,
+        release_rounding=args.release_rounding, delta_dtype=args.delta_dtype, **opts,
+    )
+    result.config["dataset"] = args.dataset
+    result.config["classes"] = data.classes
+    path = result.save(args.out)
+    if args.png_dir:
+        result.export_png(args.png_dir, class_names=data.classes)
+    last = result.history[-1] if result.history else {}
+    print(f"wrote {path}: {len(result.labels)} images, eps {args.eps:.5f}, objective {args.objective}"
+          + (f", final objective loss {last['objective_loss']:.4f}" if "objective_loss" in last else ""))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from miue.craft import CraftResult
+    from miue.data import load_dataset
+    from miue.evaluate import evaluate
+
+    poisons = CraftResult.load(args.poisons)
+    dataset = args.dataset or poisons.config.get("dataset")
+    if not dataset:
+        raise ValueError("the poisons file does not name its dataset; pass --dataset")
+    test = load_dataset(dataset, "test")
+    clean = None
+    if args.poison_ratio < 1:
+        train = load_dataset(dataset, "train")
+        if train.images.shape[0] != poisons.images.shape[0]:
+            raise ValueError("--poison-ratio < 1 needs poisons crafted on the whole training set")
+        clean = train.images
+    res = evaluate(poisons.images, poisons.labels, test.images, test.labels, arch=args.arch, epochs=args.epochs,
+                   preset=args.preset, defense=args.defense, at_eps=args.at_eps, poison_ratio=args.poison_ratio,
+                   clean_images=clean, seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"clean test accuracy of a {res.config['arch']} victim trained on {args.poisons}"
+          + (f" with defense {args.defense}" if args.defense else "") + f": {res.test_acc:.4f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res.to_dict(), fh, indent=1)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from miue.demo import run_demo
+
+    run_demo(out_dir=args.out_dir, quick=args.quick, device=args.device, progress=not args.quiet, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from miue.defenses import DEFENSES
+    from miue.models import ARCHS
+    from miue.presets import OBJECTIVES, PRESETS
+
+    p = argparse.ArgumentParser(prog="miue", description="Fast MI-UE unlearnable examples (crafting and evaluation).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="backends, devices and versions")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("craft", help="craft unlearnable examples for a dataset and save them")
+    s.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, digits, or a path "
+                                   "(idx directory, CIFAR directory, ImageFolder tree, .npz, .mat)")
+    s.add_argument("--out", required=True, help="result file (.npz or .pt)")
+    s.add_argument("--preset", choices=PRESETS, default="paper")
+    s.add_argument("--objective", choices=OBJECTIVES, default="miue")
+    s.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget in [0,1] units (default 8/255)")
+    s.add_argument("--rounds", type=int, help="override the preset's number of rounds")
+    s.add_argument("--pgd-steps", type=int, help="override the preset's PGD steps per round")
+    s.add_argument("--batch-size", type=int, help="PGD batch size")
+    s.add_argument("--arch", choices=ARCHS, help="surrogate architecture (default: the preset's)")
+    s.add_argument("--classwise", action="store_true", help="one perturbation per class")
+    s.add_argument("--per-class", type=int, help="use a class-balanced subset with this many images per class")
+    s.add_argument("--delta-dtype", choices=("float32", "float16", "int8"))
+    s.add_argument("--release-rounding", choices=("round", "trunc"), default="round")
+    s.add_argument("--checkpoint-dir", help="checkpoint here every round; rerun with the same directory to resume")
+    s.add_argument("--png-dir", help="also export the released images as PNGs (one folder per class)")
+    s.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    s.add_argument("--backend", choices=("reference", "cpp", "triton"), help="force an ops backend")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(fn=_cmd_craft)
+
+    s = sub.add_parser("evaluate", help="train a victim on a poisons file and report its clean test accuracy")
+    s.add_argument("poisons", help="a result file written by `miue craft` (.npz or .pt)")
+    s.add_argument("--dataset", help="dataset of the test split (default: the one recorded in the poisons file)")
+    s.add_argument("--preset", choices=("paper", "quick"), default="paper")
+    s.add_argument("--arch", choices=ARCHS, help="victim architecture (default: the preset's)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--defense", choices=DEFENSES)
+    s.add_argument("--at-eps", type=float, default=4 / 255, help="adversarial-training eps (default 4/255)")
+    s.add_argument("--poison-ratio", type=float, default=1.0)
+    s.add_argument("--json", help="write the full result as JSON here")
+    s.add_argument("--device")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=_cmd_evaluate)
+
+    s = sub.add_parser("demo", help="craft MI-UE, EM and random noise on Fashion-MNIST and show that victims fail")
+    s.add_argument("--out-dir", default="demo_out", help="where the report, figure and poisons go (default demo_out)")
+    s.add_argument("--quick", action="store_true", help="a shortened configuration (CI): 2,000 images, fewer rounds")
+    s.add_argument("--device")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("miue: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one-line reason, non-zero status
+        if os.environ.get("MIUE_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"miue {args.command}: error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Defenses against unlearnable examples (SPEC §4), applied while a victim trains.
+
+Three kinds:
+
+* preprocessing, applied once to the whole (uint8) training set before training:
+  ``jpeg``       JPEG compression at quality 10 (ISS), through torchvision.io;
+  ``grayscale``  ITU-R 601 luma replicated over the channels (ISS);
+  ``bitdepth``   bit-depth reduction to 2 bits per channel (values k·85);
+  ``blur``       Gaussian blur, kernel 3, sigma 1 (torchvision).
+* batch augmentations, applied on the device to every training batch (float in [0, 1]):
+  ``cutout``     one 16×16 square (clipped at the border) set to 0 per image;
+  ``cutmix``     a box from another image of the batch, labels mixed by area (β(1, 1));
+  ``mixup``      convex combination with another image of the batch, λ ~ β(1, 1);
+  ``noise``      additive Gaussian noise, std 8/255, clamped to [0, 1];
+  ``ueraser``    strong random augmentation in the spirit of UEraser: per image a random
+                 channel shuffle, a random brightness/contrast change, a random posterize
+                 and a random erasing; applied on the device.
+* ``at``: PGD-10 adversarial training (ε 4/255 or 8/255, step 2/255), in miue.evaluate.
+
+Batch augmentations return (images, soft_targets or None): cutmix and mixup produce mixed
+label distributions, trained with soft-target cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+PREPROCESS = ("jpeg", "grayscale", "bitdepth", "blur")
+AUGMENT = ("cutout", "cutmix", "mixup", "noise", "ueraser")
+DEFENSES = PREPROCESS + AUGMENT + ("at",)
+
+
+# --------------------------------------------------------------------------- preprocessing (uint8 N×C×H×W)
+
+
+def jpeg(images: torch.Tensor, quality: int = 10) -> torch.Tensor:
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    x = images.cpu()
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"jpeg needs 1 or 3 channels, got {x.shape[1]}")
+    out = torch.empty_like(x)
+    for i0 in range(0, x.shape[0], 4096):
+        chunk = list(x[i0:i0 + 4096])
+        encoded = encode_jpeg(chunk, quality=quality)
+        decoded = decode_jpeg(encoded)
+        out[i0:i0 + len(chunk)] = torch.stack(decoded)
+    return out
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    if images.shape[1] == 1:
+        return images.clone()
+    if images.shape[1] != 3:
+        raise ValueError(f"grayscale needs 1 or 3 channels, got {images.shape[1]}")
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    luma = torch.round((images.float() * w).sum(1, keepdim=True)).clamp_(0, 255).to(torch.uint8)
+    return luma.expand_as(images).contiguous()
+
+
+def bitdepth(images: torch.Tensor, bits: int = 2) -> torch.Tensor:
+    levels = 2**bits - 1
+    return (torch.round(images.float() / 255 * levels) * (255 / levels)).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def blur(images: torch.Tensor, kernel: int = 3, sigma: float = 1.0) -> torch.Tensor:
+    x = torchvision.transforms.functional.gaussian_blur(images.float(), [kernel, kernel], [sigma, sigma])
+    return torch.round(x).clamp_(0, 255).to(torch.uint8)
+
+
+def preprocess(name: str, images: torch.Tensor) -> torch.Tensor:
+    return {"jpeg": jpeg, "grayscale": grayscale, "bitdepth": bitdepth, "blur": blur}[name](images)
+
+
+# --------------------------------------------------------------------------- batch augmentations (float [0,1], on device)
+
+
+def _rand(n, gen, device):
+    return torch.rand(n, generator=gen).to(device)
+
+
+def cutout(x: torch.Tensor, gen: torch.Generator, size: int = 16) -> torch.Tensor:
+    N, _, H, W = x.shape
+    cy = (torch.rand(N, generator=gen) * H).long().to(x.device)
+    cx = (torch.rand(N, generator=gen) * W).long().to(x.device)
+    ys = torch.arange(H, device=x.device).view(1, H, 1)
+    xs = torch.arange(W, device=x.device).view(1, 1, W)
+    inside = ((ys - cy.view(-1, 1, 1)).abs() * 2 < size) & ((xs - cx.view(-1, 1, 1)).abs() * 2 < size)
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+def _beta(n, gen):
+    # Beta(1, 1) = Uniform(0, 1)
+    return torch.rand(n, generator=gen)
+
+
+def mixup(x, y_onehot, gen):
+    N = x.shape[0]
+    lam = _beta(N, gen).to(x.device)
+    perm = torch.randperm(N, generator=gen).to(x.device)
+    xm = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm]
+    ym = lam.view(-1, 1) * y_onehot + (1 - lam.view(-1, 1)) * y_onehot[perm]
+    return xm, ym
+
+
+def cutmix(x, y_onehot, gen):
+    N, _, H, W = x.shape
+    lam = _beta(N, gen)
+    perm = torch.randperm(N, generator=gen).to(x.device)
+    rh = (H * torch.sqrt(1 - lam)).long()
+    rw = (W * torch.sqrt(1 - lam)).long()
+    cy = (torch.rand(N, generator=gen) * H).long()
+    cx = (torch.rand(N, generator=gen) * W).long()
+    y0, y1 = (cy - rh // 2).clamp(0, H), (cy + rh // 2).clamp(0, H)
+    x0, x1 = (cx - rw // 2).clamp(0, W), (cx + rw // 2).clamp(0, W)
+    ys = torch.arange(H).view(1, H, 1)
+    xs = torch.arange(W).view(1, 1, W)
+    box = (ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1)) & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1))
+    area = box.float().mean((1, 2)).to(x.device)
+    box = box.unsqueeze(1).to(x.device)
+    xm = torch.where(box, x[perm], x)
+    ym = (1 - area).view(-1, 1) * y_onehot + area.view(-1, 1) * y_onehot[perm]
+    return xm, ym
+
+
+def gaussian_noise(x, gen, std: float = 8 / 255):
+    return (x + torch.randn(x.shape, generator=gen).to(x.device) * std).clamp_(0, 1)
+
+
+def ueraser(x, gen):
+    """Strong augmentation after UEraser (Qin et al. 2023), written with plain tensor ops."""
+    N, C, H, W = x.shape
+    dev = x.device
+    # random channel permutation per image
+    if C > 1:
+        perms = torch.argsort(torch.rand(N, C, generator=gen), dim=1).to(dev)
+        x = torch.gather(x, 1, perms.view(N, C, 1, 1).expand_as(x))
+    # random brightness and contrast
+    b = (torch.rand(N, generator=gen) * 0.6 - 0.3).to(dev).view(-1, 1, 1, 1)
+    c = (torch.rand(N, generator=gen) * 1.0 + 0.5).to(dev).view(-1, 1, 1, 1)
+    mean = x.mean((1, 2, 3), keepdim=True)
+    x = ((x - mean) * c + mean + b).clamp_(0, 1)
+    # random posterize to 2..5 bits
+    bits = torch.randint(2, 6, (N,), generator=gen).to(dev).view(-1, 1, 1, 1).float()
+    levels = 2**bits - 1
+    x = torch.round(x * levels) / levels
+    # random erasing: one rectangle of 5-20% of the area filled with noise
+    area = (torch.rand(N, generator=gen) * 0.15 + 0.05) * H * W
+    aspect = torch.exp(torch.rand(N, generator=gen) * 1.6 - 0.8)
+    eh = torch.sqrt(area * aspect).clamp(1, H).long()
+    ew = torch.sqrt(area / aspect).clamp(1, W).long()
+    ey = (torch.rand(N, generator=gen) * (H - eh + 1).float()).long()
+    ex = (torch.rand(N, generator=gen) * (W - ew + 1).float()).long()
+    ys = torch.arange(H).view(1, H, 1)
+    xs = torch.arange(W).view(1, 1, W)
+    box = (ys >= ey.view(-1, 1, 1)) & (ys < (ey + eh).view(-1, 1, 1)) & (xs >= ex.view(-1, 1, 1)) & (xs < (ex + ew).view(-1, 1, 1))
+    fill = torch.rand(x.shape, generator=gen).to(dev)
+    return torch.where(box.unsqueeze(1).to(dev), fill, x)
+
+
+def augment(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator):
+    """(images, soft targets or None) for batch augmentation ``name``."""
+    if name == "cutout":
+        return cutout(x, gen), None
+    if name == "noise":
+        return gaussian_noise(x, gen), None
+    if name == "ueraser":
+        return ueraser(x, gen), None
+    onehot = F.one_hot(y, num_classes).float()
+    if name == "mixup":
+        return mixup(x, onehot, gen)
+    if name == "cutmix":
+        return cutmix(x, onehot, gen)
+    raise ValueError(f"unknown augmentation {name!r}")

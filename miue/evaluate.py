@@ -1,0 +1,247 @@
+"""Measuring unlearnability (SPEC §4): train a fresh victim on released images, report its
+clean test accuracy (lower = more unlearnable) next to the same victim trained on clean data.
+
+:func:`evaluate` trains one victim. Presets:
+
+``paper``  ResNet-18 (CIFAR stem, no input normalisation), 200 epochs, SGD momentum 0.9,
+           weight decay 1e-4, batch 128, lr 0.5 (the official script) with a cosine schedule,
+           random crop (pad 4) + horizontal flip. With ``defense="at"``: PGD-10 adversarial
+           training, 100 epochs, lr 0.1 divided by 10 at epochs 40 and 80, weight decay 5e-4.
+``quick``  a small CNN, 6 epochs, batch 256, lr 0.05, cosine, crop + flip: sized for CPUs.
+
+Data and augmentation stay on the device; bf16 autocast and channels_last when asked (CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from miue import defenses as Dfn
+from miue.craft import as_nchw_uint8_or_float
+from miue.models import ARCHS, build_model
+
+EVAL_PRESETS = {
+    "paper": dict(arch="resnet18", epochs=200, batch_size=128, lr=0.5, momentum=0.9, weight_decay=1e-4, schedule="cosine",
+                  crop=True, flip=True),
+    "quick": dict(arch="cnn", epochs=6, batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                  crop=True, flip=True),
+}
+AT_PAPER = dict(epochs=100, lr=0.1, weight_decay=5e-4, schedule="step40-80")
+
+
+@dataclass
+class EvalResult:
+    test_acc: float  # final clean test accuracy
+    test_acc_history: list = field(default_factory=list)  # per evaluated epoch
+    train_acc_history: list = field(default_factory=list)
+    train_loss_history: list = field(default_factory=list)
+    epochs: list = field(default_factory=list)
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _labels(y) -> torch.Tensor:
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).cpu()
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integers, got {y.dtype}")
+    return y.reshape(-1).long()
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.uint8 else torch.round(x * 255).clamp_(0, 255).to(torch.uint8)
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-image random crop of the zero-padded batch back to the original size, vectorised."""
+    N, C, H, W = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    i = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
+    j = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
+    rows = (i.view(N, 1, 1, 1) + torch.arange(H, device=x.device).view(1, 1, H, 1)).expand(N, C, H, W + 2 * pad)
+    cols = (j.view(N, 1, 1, 1) + torch.arange(W, device=x.device).view(1, 1, 1, W)).expand(N, C, H, W)
+    return xp.gather(2, rows).gather(3, cols)
+
+
+def pgd_attack(model, x, y, eps, step, iters, gen):
+    """PGD-ε L∞ attack from a uniform random start (for adversarial training)."""
+    delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * eps).to(x.device)
+    delta = (x + delta).clamp_(0, 1) - x
+    for _ in range(iters):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta).float(), y)
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step * g.sign()).clamp_(-eps, eps)
+        delta = (x + delta).clamp_(0, 1) - x
+    return (x + delta).detach()
+
+
+@torch.no_grad()
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, device, batch_size=1024, amp=False) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, images.shape[0], batch_size):
+        xb = images[i:i + batch_size].to(device, non_blocking=True)
+        xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(xb)
+        correct += (out.argmax(1) == labels[i:i + batch_size].to(device)).sum().item()
+    return correct / images.shape[0]
+
+
+def evaluate(
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    *,
+    arch: str | None = None,
+    epochs: int | None = None,
+    preset: str = "paper",
+    defense: str | None = None,
+    at_eps: float = 4 / 255,
+    poison_ratio: float = 1.0,
+    clean_images=None,
+    seed: int = 0,
+    device=None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    eval_every: int = 1,
+    progress: bool = True,
+    num_classes: int | None = None,
+) -> EvalResult:
+    """Train a fresh victim on ``train_images`` and test it on clean ``test_images``.
+
+    train_images: the released (poisoned) images, uint8 or float in [0, 1], any layout
+        accepted by craft_fast; train_labels their labels.
+    poison_ratio < 1: only that (seeded, random) fraction of the training set is taken from
+        ``train_images``; the rest comes from ``clean_images`` (required then).
+    defense: None or one of miue.defenses.DEFENSES.
+    """
+    if preset not in EVAL_PRESETS:
+        raise ValueError(f"preset must be one of {tuple(EVAL_PRESETS)}, got {preset!r}")
+    if defense is not None and defense not in Dfn.DEFENSES:
+        raise ValueError(f"defense must be None or one of {Dfn.DEFENSES}, got {defense!r}")
+    if not (0 <= poison_ratio <= 1):
+        raise ValueError(f"poison_ratio must lie in [0, 1], got {poison_ratio}")
+    if defense == "at" and at_eps not in (4 / 255, 8 / 255):
+        if not (0 < at_eps <= 1):
+            raise ValueError(f"at_eps must lie in (0, 1], got {at_eps}")
+    cfg = dict(EVAL_PRESETS[preset])
+    if defense == "at" and preset == "paper":
+        cfg.update(AT_PAPER)
+    for k, v in (("arch", arch), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if v is not None:
+            cfg[k] = v
+    if cfg["arch"] not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {cfg['arch']!r}")
+    if not isinstance(cfg["epochs"], int) or cfg["epochs"] < 1:
+        raise ValueError(f"epochs must be a positive int, got {cfg['epochs']!r}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = bool(amp) and device.type == "cuda"
+    channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
+
+    x_train = _to_uint8(as_nchw_uint8_or_float(train_images, "train_images"))
+    y_train = _labels(train_labels)
+    x_test = _to_uint8(as_nchw_uint8_or_float(test_images, "test_images"))
+    y_test = _labels(test_labels)
+    if y_train.shape[0] != x_train.shape[0]:
+        raise ValueError(f"train_labels has {y_train.shape[0]} entries but train_images has {x_train.shape[0]}")
+    if y_test.shape[0] != x_test.shape[0]:
+        raise ValueError(f"test_labels has {y_test.shape[0]} entries but test_images has {x_test.shape[0]}")
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(f"test images {tuple(x_test.shape[1:])} differ in shape from train images {tuple(x_train.shape[1:])}")
+    gen = torch.Generator().manual_seed(seed)
+    if poison_ratio < 1:
+        if clean_images is None:
+            raise ValueError("poison_ratio < 1 needs clean_images (the unpoisoned training images)")
+        x_clean = _to_uint8(as_nchw_uint8_or_float(clean_images, "clean_images"))
+        if x_clean.shape != x_train.shape:
+            raise ValueError(f"clean_images has shape {tuple(x_clean.shape)}, train_images {tuple(x_train.shape)}")
+        poisoned = torch.rand(x_train.shape[0], generator=gen) < poison_ratio
+        x_train = torch.where(poisoned.view(-1, 1, 1, 1), x_train, x_clean)
+    C = num_classes or int(max(y_train.max().item(), y_test.max().item())) + 1
+    if defense in Dfn.PREPROCESS:
+        x_train = Dfn.preprocess(defense, x_train)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(cfg["arch"], C, channels=x_train.shape[1], image_size=x_train.shape[2], normalize=False)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    E = cfg["epochs"]
+    if cfg["schedule"] == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=E)
+    else:  # divide by 10 at 40% and 80% of the epochs (epochs 40 and 80 of 100)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(0.4 * E), int(0.8 * E)], gamma=0.1)
+
+    resident = device.type != "cuda" or x_train.numel() < 0.3 * torch.cuda.mem_get_info(device)[0]
+    xs = x_train.to(device) if resident else x_train.pin_memory()
+    ys = y_train.to(device)
+    result = EvalResult(test_acc=0.0, config={**cfg, "defense": defense, "poison_ratio": poison_ratio, "seed": seed,
+                                               "at_eps": at_eps if defense == "at" else None, "preset": preset,
+                                               "device": str(device), "amp": amp})
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    N = x_train.shape[0]
+    bs = cfg["batch_size"]
+    bar = tqdm(range(1, E + 1), desc=f"victim {cfg['arch']}" + (f" [{defense}]" if defense else ""), unit="epoch",
+               disable=not progress, dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(N, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        for i0 in range(0, N, bs):
+            idx = perm[i0:i0 + bs]
+            xb = xs.index_select(0, idx.to(xs.device)).to(device, non_blocking=True).float().div_(255)
+            yb = ys.index_select(0, idx.to(device))
+            if cfg["crop"]:
+                xb = random_crop(xb, 4 if xb.shape[-1] >= 32 else 2, gen)
+            if cfg["flip"]:
+                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1)
+                xb = torch.where(flip, xb.flip(-1), xb)
+            soft = None
+            if defense in Dfn.AUGMENT:
+                xb, soft = Dfn.augment(defense, xb, yb, C, gen)
+            if defense == "at":
+                xb = pgd_attack(model, xb, yb, at_eps, 2 / 255, 10, gen)
+                model.train()
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(xb).float()
+            loss = F.cross_entropy(out, yb) if soft is None else torch.sum(-soft * F.log_softmax(out, 1), 1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (out.detach().argmax(1) == yb).sum()
+        sched.step()
+        train_loss = (loss_sum / N).item()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"victim training diverged at epoch {epoch} (loss {train_loss})")
+        result.train_loss_history.append(train_loss)
+        result.train_acc_history.append((correct / N).item())
+        if epoch % eval_every == 0 or epoch == E:
+            acc = accuracy(model, x_test, y_test, device, amp=amp)
+            result.test_acc_history.append(acc)
+            result.epochs.append(epoch)
+            bar.set_postfix(train_acc=f"{result.train_acc_history[-1]:.3f}", test_acc=f"{acc:.3f}")
+    result.test_acc = result.test_acc_history[-1]
+    result.seconds = time.perf_counter() - t_start
+    result.model = model  # not part of to_dict(); for feature extraction
+    return result
