@@ -71,7 +71,10 @@ def blur(images: torch.Tensor, kernel: int = 3, sigma: float = 1.0) -> torch.Ten
 
 
 def preprocess(name: str, images: torch.Tensor) -> torch.Tensor:
-    return {"jpeg": jpeg, "grayscale": grayscale, "bitdepth": bitdepth, "blur": blur}[name](images)
+    fns = {"jpeg": jpeg, "grayscale": grayscale, "bitdepth": bitdepth, "blur": blur}
+    if name not in fns:
+        raise ValueError(f"unknown preprocessing defense {name!r}; expected one of {PREPROCESS}")
+    return fns[name](images)
 
 
 # --------------------------------------------------------------------------- batch augmentations (float [0,1], on device)
@@ -87,7 +90,10 @@ def cutout(x: torch.Tensor, gen: torch.Generator, size: int = 16) -> torch.Tenso
     cx = (torch.rand(N, generator=gen) * W).long().to(x.device)
     ys = torch.arange(H, device=x.device).view(1, H, 1)
     xs = torch.arange(W, device=x.device).view(1, 1, W)
-    inside = ((ys - cy.view(-1, 1, 1)).abs() * 2 < size) & ((xs - cx.view(-1, 1, 1)).abs() * 2 < size)
+    lo = size // 2  # the square covers [c - size//2, c - size//2 + size): exactly size × size inside the image
+    dy = ys - cy.view(-1, 1, 1) + lo
+    dx = xs - cx.view(-1, 1, 1) + lo
+    inside = (dy >= 0) & (dy < size) & (dx >= 0) & (dx < size)
     return x.masked_fill(inside.unsqueeze(1), 0.0)
 
 

@@ -145,8 +145,11 @@ def evaluate(
             cfg[k] = v
     if cfg["arch"] not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {cfg['arch']!r}")
-    if not isinstance(cfg["epochs"], int) or cfg["epochs"] < 1:
-        raise ValueError(f"epochs must be a positive int, got {cfg['epochs']!r}")
+    for key, value in (("epochs", cfg["epochs"]), ("batch_size", cfg["batch_size"]), ("eval_every", eval_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+    if not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0 and math.isfinite(cfg["lr"])):
+        raise ValueError(f"lr must be a positive number, got {cfg['lr']!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = bool(amp) and device.type == "cuda"
     channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
@@ -170,7 +173,15 @@ def evaluate(
             raise ValueError(f"clean_images has shape {tuple(x_clean.shape)}, train_images {tuple(x_train.shape)}")
         poisoned = torch.rand(x_train.shape[0], generator=gen) < poison_ratio
         x_train = torch.where(poisoned.view(-1, 1, 1, 1), x_train, x_clean)
-    C = num_classes or int(max(y_train.max().item(), y_test.max().item())) + 1
+    if x_train.shape[0] == 0 or x_test.shape[0] == 0:
+        raise ValueError("train_images and test_images must not be empty")
+    lowest = min(y_train.min().item(), y_test.min().item())
+    highest = max(y_train.max().item(), y_test.max().item())
+    if lowest < 0:
+        raise ValueError(f"labels must be >= 0, found {lowest}")
+    C = num_classes or int(highest) + 1
+    if highest >= C:
+        raise ValueError(f"num_classes={C} but labels go up to {highest}")
     if defense in Dfn.PREPROCESS:
         x_train = Dfn.preprocess(defense, x_train)
 

@@ -14,6 +14,8 @@ it does not (WRN-34-10, the small CNN for CPU runs).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -73,11 +75,16 @@ def _resnet(kind: str, channels: int, num_classes: int, small: bool):
     return net, head
 
 
-def _vgg19(channels: int, num_classes: int, small: bool):
-    net = torchvision.models.vgg19_bn(weights=None)
-    feats = net.features
+def _vgg19(channels: int, num_classes: int, image_size: int):
+    """VGG-19 with batch norm; global average pooling and one linear layer (the CIFAR variant).
+    Below 32 px the last max-pools are dropped so that the feature map keeps at least 1 px."""
+    feats = torchvision.models.vgg19_bn(weights=None).features  # (its 120M-parameter classifier is dropped)
     if channels != 3:
         feats[0] = nn.Conv2d(channels, 64, 3, padding=1)
+    pools = [i for i, m in enumerate(feats) if isinstance(m, nn.MaxPool2d)]
+    keep = max(0, min(len(pools), int(math.floor(math.log2(max(image_size, 1))))))
+    for i in pools[keep:]:
+        feats[i] = nn.Identity()
     body = nn.Sequential(feats, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return body, nn.Linear(512, num_classes)
 
@@ -175,7 +182,7 @@ def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int 
     if arch in ("resnet18", "resnet50"):
         body, head = _resnet(arch, channels, num_classes, small)
     elif arch == "vgg19":
-        body, head = _vgg19(channels, num_classes, small)
+        body, head = _vgg19(channels, num_classes, image_size)
     elif arch == "densenet121":
         body, head = _densenet121(channels, num_classes, small)
     elif arch == "wrn34-10":

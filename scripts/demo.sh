@@ -1,5 +1,26 @@
 #!/usr/bin/env bash
-# The main job: craft MI-UE on Fashion-MNIST, then show that a victim trained on it fails.
-# Not available yet: crafting (issue 4) and evaluation (issue 5) are still to be built.
-echo "miue demo: not available yet (crafting and evaluation are being built); run 'bash scripts/test.sh' for the tests." >&2
-exit 2
+# The main job: craft MI-UE, EM and random noise on Fashion-MNIST (eps = 8/255), train the
+# same victim on clean and on each released set, print the table and write
+# demo_out/{report.json,figure.png,*.npz}. Installs what it needs on a fresh machine
+# (Debian's dataset-fashion-mnist, a .venv with torch 2.14.1 and this package).
+#
+#   bash scripts/demo.sh             # the full demo (about 10 minutes on 2 CPU cores)
+#   bash scripts/demo.sh --quick     # a shortened configuration (2,000 images), flagged as such
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=$(realpath -m "${MIUE_VENV:-.venv}")
+
+if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${MIUE_DATA:-}" ]; then
+  echo "demo.sh: installing Debian's dataset-fashion-mnist" >&2
+  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import miue, sys; sys.exit('cpp' not in miue.available_backends())" 2>/dev/null; }; then
+  echo "demo.sh: installing torch and miue into $VENV" >&2
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade "setuptools>=70" wheel ninja pybind11
+  "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
+  # the demo runs on the CPU: build the C++ kernels only (the tests also compile the CUDA ones)
+  MIUE_BUILD_CUDA=${MIUE_BUILD_CUDA:-0} MIUE_REQUIRE_EXT=1 "$VENV/bin/python" -m pip install -q --no-build-isolation -e .
+fi
+exec "$VENV/bin/python" -m miue demo --out-dir "${MIUE_DEMO_OUT:-demo_out}" "$@"

@@ -1,0 +1,234 @@
+"""Tests of the command line (miue.cli): run in-process through ``main([...])`` and once as
+``python -m miue``. Crafting uses scikit-learn's bundled 8×8 digits (10 per class, one round
+of one PGD step); evaluation one epoch of ``cnn-small``. ``miue demo`` itself is too slow
+here: only its --help runs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import miue
+from miue.cli import build_parser, main
+from miue.defenses import DEFENSES
+from miue.models import ARCHS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+CRAFT = ["--preset", "demo", "--rounds", "1", "--pgd-steps", "1", "--per-class", "10", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def poisons(tmp_path_factory):
+    """A poisons file crafted once through the CLI: (path, stdout, stderr, exit status)."""
+    path = str(tmp_path_factory.mktemp("cli") / "digits.npz")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["craft", "digits", "--out", path, *CRAFT])
+    return path, out.getvalue(), err.getvalue(), rc
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_text(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "backends" in out and "torch" in out and "miue" in out
+    assert "reference" in out
+
+
+def test_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert {"miue", "torch", "backends"} <= set(info)
+    assert info["miue"] == miue.__version__
+    assert info["torch"] == torch.__version__
+    assert info["backends"] == miue.available_backends() and "reference" in info["backends"]
+
+
+def test_info_subprocess(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "miue", "info"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "backends" in p.stdout and "reference" in p.stdout
+
+
+# --------------------------------------------------------------------------- craft and evaluate
+
+
+def test_craft_writes_loadable_result(poisons):
+    path, out, err, rc = poisons
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    assert lines[0].startswith(f"wrote {path}") and "100 images" in lines[0] and "objective miue" in lines[0]
+    res = miue.CraftResult.load(path)
+    assert res.images.dtype == torch.uint8 and tuple(res.images.shape) == (100, 1, 8, 8)
+    assert res.labels.shape == (100,) and torch.bincount(res.labels).tolist() == [10] * 10
+    assert res.config["dataset"] == "digits"
+    assert len(res.config["classes"]) == 10
+
+
+def test_craft_options_and_png_export(tmp_path, capsys):
+    out = tmp_path / "em.pt"
+    png = tmp_path / "png"
+    rc = main(["craft", "digits", "--out", str(out), "--objective", "em", "--eps", "0.0156862745", "--classwise",
+               "--png-dir", str(png), "--seed", "3", *CRAFT])
+    assert rc == 0, capsys.readouterr().err
+    line = capsys.readouterr().out.strip()
+    assert "objective em" in line and "eps 0.01569" in line
+    res = miue.CraftResult.load(str(out))
+    assert len(res.labels) == 100
+    files = [f for _, _, fs in os.walk(png) for f in fs if f.endswith(".png")]
+    assert len(files) == 100
+
+
+def test_evaluate_prints_accuracy_and_writes_json(poisons, tmp_path, capsys):
+    path = poisons[0]
+    js = tmp_path / "out.json"
+    rc = main(["evaluate", path, "--preset", "quick", "--epochs", "1", "--arch", "cnn-small", "--quiet", "--json", str(js)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    lines = cap.out.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"clean test accuracy of a cnn-small victim trained on {path}")
+    acc = float(lines[0].rsplit(":", 1)[1])
+    data = json.loads(js.read_text())
+    assert abs(data["test_acc"] - acc) < 1e-4
+    assert data["config"]["arch"] == "cnn-small" and data["config"]["epochs"] == 1 and data["config"]["preset"] == "quick"
+    assert len(data["test_acc_history"]) == 1
+
+
+def test_evaluate_with_defense(poisons, capsys):
+    rc = main(["evaluate", poisons[0], "--preset", "quick", "--epochs", "1", "--arch", "cnn-small", "--quiet",
+               "--defense", "cutout", "--dataset", "digits"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "with defense cutout" in cap.out
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _assert_one_line_error(err: str, command: str):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"miue {command}: error:"), err
+    assert "Traceback" not in err
+
+
+def test_missing_dataset_path(tmp_path, capsys):
+    rc = main(["craft", str(tmp_path / "no-such-dir"), "--out", str(tmp_path / "x.npz"), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 1
+    _assert_one_line_error(cap.err, "craft")
+    assert "no-such-dir" in cap.err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_missing_poisons_file(tmp_path, capsys):
+    rc = main(["evaluate", str(tmp_path / "missing.npz"), "--quiet"])
+    cap = capsys.readouterr()
+    assert rc == 1
+    _assert_one_line_error(cap.err, "evaluate")
+
+
+def test_evaluate_bad_dataset_and_poison_ratio(poisons, capsys):
+    path = poisons[0]
+    assert main(["evaluate", path, "--dataset", "/no/such/dataset", "--quiet"]) == 1
+    _assert_one_line_error(capsys.readouterr().err, "evaluate")
+    # poisons crafted on a subset cannot be mixed with the full clean training set
+    assert main(["evaluate", path, "--poison-ratio", "0.5", "--preset", "quick", "--epochs", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    _assert_one_line_error(err, "evaluate")
+    assert "poison-ratio" in err
+    assert main(["evaluate", path, "--poison-ratio", "1.5", "--preset", "quick", "--epochs", "1", "--quiet"]) == 1
+    _assert_one_line_error(capsys.readouterr().err, "evaluate")
+    assert main(["evaluate", path, "--epochs", "0", "--preset", "quick", "--quiet"]) == 1
+    _assert_one_line_error(capsys.readouterr().err, "evaluate")
+
+
+def test_debug_env_reraises(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIUE_DEBUG", "1")
+    with pytest.raises(Exception):
+        main(["evaluate", str(tmp_path / "missing.npz"), "--quiet"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["craft"],
+        ["craft", "digits"],  # --out is required
+        ["craft", "digits", "--out", "x.npz", "--eps", "abc"],
+        ["craft", "digits", "--out", "x.npz", "--preset", "nope"],
+        ["craft", "digits", "--out", "x.npz", "--objective", "nope"],
+        ["craft", "digits", "--out", "x.npz", "--backend", "cuda"],
+        ["evaluate"],
+        ["evaluate", "x.npz", "--defense", "nope"],
+        ["evaluate", "x.npz", "--arch", "nope"],
+        ["evaluate", "x.npz", "--preset", "fast"],
+        ["evaluate", "x.npz", "--epochs", "two"],
+        ["info", "--bogus"],
+    ],
+)
+def test_bad_arguments_exit_2(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
+# --------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize(
+    "command,options",
+    [
+        (None, ["info", "craft", "evaluate", "demo", "--verbose"]),
+        ("info", ["--json"]),
+        ("craft", ["--out", "--preset", "--objective", "--eps", "--rounds", "--pgd-steps", "--batch-size", "--arch",
+                   "--classwise", "--per-class", "--delta-dtype", "--release-rounding", "--checkpoint-dir", "--png-dir",
+                   "--device", "--backend", "--seed", "--quiet"]),
+        ("evaluate", ["--dataset", "--preset", "--arch", "--epochs", "--defense", "--at-eps", "--poison-ratio", "--json",
+                      "--device", "--seed", "--quiet"]),
+        ("demo", ["--out-dir", "--quick", "--device", "--seed", "--quiet"]),
+    ],
+)
+def test_help(command, options, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(([command] if command else []) + ["--help"])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "usage: miue" in out
+    for opt in options:
+        assert opt in out, (command, opt)
+
+
+def test_parser_choices_follow_the_registries():
+    p = build_parser()
+    sub = next(a for a in p._actions if a.dest == "command")
+    ev = sub.choices["evaluate"]
+    defense = next(a for a in ev._actions if a.dest == "defense")
+    arch = next(a for a in ev._actions if a.dest == "arch")
+    assert tuple(defense.choices) == tuple(DEFENSES)
+    assert tuple(arch.choices) == tuple(ARCHS)
