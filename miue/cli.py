@@ -55,28 +55,61 @@ def _load(dataset: str, split: str, subset: int | None, seed: int):
     return data
 
 
+def _init_distributed(device):
+    """Under torchrun (WORLD_SIZE > 1): start the default process group (NCCL on GPUs, gloo
+    on the CPU) and pick this rank's device. Returns (rank, device, started_here)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return 0, device, False
+    started = False
+    use_cuda = (device is None or str(device).startswith("cuda")) and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        started = True
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    elif device is None:
+        device = "cpu"
+    return dist.get_rank(), device, started
+
+
 def _cmd_craft(args) -> int:
     import miue
 
-    data = _load(args.dataset, "train", args.per_class, args.seed)
-    opts = {}
-    if args.arch:
-        opts["arch"] = args.arch
-    result = miue.craft_fast(
-        data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, rounds=args.rounds,
-        pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=args.device, backend=args.backend,
-        classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir, progress=not args.quiet,
-        release_rounding=args.release_rounding, delta_dtype=args.delta_dtype, **opts,
-    )
-    result.config["dataset"] = args.dataset
-    result.config["classes"] = data.classes
-    path = result.save(args.out)
-    if args.png_dir:
-        result.export_png(args.png_dir, class_names=data.classes)
-    last = result.history[-1] if result.history else {}
-    print(f"wrote {path}: {len(result.labels)} images, eps {args.eps:.5f}, objective {args.objective}"
-          + (f", final objective loss {last['objective_loss']:.4f}" if "objective_loss" in last else ""))
-    return 0
+    rank, device, started = _init_distributed(args.device)
+    try:
+        data = _load(args.dataset, "train", args.per_class, args.seed)
+        opts = {}
+        if args.arch:
+            opts["arch"] = args.arch
+        result = miue.craft_fast(
+            data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, rounds=args.rounds,
+            pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=device, backend=args.backend,
+            classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+            progress=not args.quiet and rank == 0, release_rounding=args.release_rounding, delta_dtype=args.delta_dtype,
+            **opts,
+        )
+        if rank != 0:  # every rank holds the gathered result; rank 0 writes it
+            return 0
+        result.config["dataset"] = args.dataset
+        result.config["classes"] = data.classes
+        path = result.save(args.out)
+        if args.png_dir:
+            result.export_png(args.png_dir, class_names=data.classes)
+        last = result.history[-1] if result.history else {}
+        print(f"wrote {path}: {len(result.labels)} images, eps {args.eps:.5f}, objective {args.objective}"
+              + (f", final objective loss {last['objective_loss']:.4f}" if "objective_loss" in last else ""))
+        return 0
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def _cmd_evaluate(args) -> int:

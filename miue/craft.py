@@ -269,15 +269,43 @@ def _as_float01(c: torch.Tensor) -> torch.Tensor:
     return c.float().div_(255.0) if c.dtype == torch.uint8 else c
 
 
+def _dist_info() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce_sum(*values: torch.Tensor) -> list[torch.Tensor]:
+    import torch.distributed as dist
+
+    flat = torch.stack([v.detach().double().reshape(()) for v in values])
+    dist.all_reduce(flat)
+    return list(flat)
+
+
 class _Engine:
-    def __init__(self, cfg: CraftConfig, clean: torch.Tensor, labels: torch.Tensor, surrogate, device, progress: bool):
+    """One process's share of a crafting run. With torch.distributed initialised, rank r of W
+    owns the images r, r+W, r+2W, ... (``clean``/``labels`` here are that shard): it crafts δ
+    for them only, and the surrogate trains with DistributedDataParallel on every shard with
+    a per-rank batch of ceil(train_batch_size / W) (the global batch of one process)."""
+
+    def __init__(self, cfg: CraftConfig, clean: torch.Tensor, labels: torch.Tensor, surrogate, device, progress: bool,
+                 rank: int = 0, world: int = 1, n_global: int | None = None):
         self.cfg = cfg
         self.device = device
         self.labels = labels
         self.N = clean.shape[0]
         self.C = cfg.num_classes
         self.progress = progress
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.rank, self.world = rank, world
+        n_global = n_global or self.N
+        self.n_global = n_global
+        self.train_bs = -(-cfg.train_batch_size // world)
+        self.train_steps = -(-(-(-n_global // world)) // self.train_bs)  # equal on every rank (DDP)
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919 * rank)
         cuda = device.type == "cuda"
         self.amp = bool(cfg.amp and cuda)
         self.channels_last = bool(cfg.channels_last)
@@ -286,7 +314,9 @@ class _Engine:
         # sample-wise δ lives in the store beside the images; class-wise δ (C rows) on the device
         delta0 = torch.zeros((0 if cfg.classwise else self.N,) + shape)
         bytes_needed = clean.numel() * clean.element_size() + delta0.numel() * 4
-        resident = _fits_on_device(bytes_needed, device)
+        if cfg.storage not in ("auto", "device", "host"):
+            raise ValueError(f"storage must be 'auto', 'device' or 'host', got {cfg.storage!r}")
+        resident = cfg.storage == "device" or (cfg.storage == "auto" and _fits_on_device(bytes_needed, device))
         if not resident:
             log.info("dataset does not fit on %s: streaming batches from pinned host memory", device)
         self.store = _Store(clean, delta0, cfg.delta_dtype, device, resident, int8_limit=math.floor(cfg.eps * 255 + 1e-6))
@@ -319,7 +349,12 @@ class _Engine:
         self.forward = model
         if cfg.compile:
             self.forward = torch.compile(model)
-        self._pgd_step_compiled = None
+        self.train_forward = self.forward
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_forward = torch.compile(ddp) if cfg.compile else ddp
 
     def _input(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -339,14 +374,24 @@ class _Engine:
             return self.class_delta_dev.index_select(0, self.labels_dev.index_select(0, idx.to(self.device)))
         return self.store.delta_batch(idx)
 
+    def _train_batches(self):
+        """train_steps batches of train_bs local indices (wrapping around when this rank's
+        shard is shorter, so that every rank takes the same number of DDP steps)."""
+        perm = torch.randperm(self.N, generator=self.gen)
+        need = self.train_steps * self.train_bs
+        if need > self.N and self.world > 1:
+            perm = perm.repeat(-(-need // self.N))[:need]
+        return [perm[i:i + self.train_bs] for i in range(0, min(need, perm.numel()), self.train_bs)]
+
     def train_epoch(self):
-        cfg = self.cfg
         model = self.model
         model.train()
         model.requires_grad_(True)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for idx in self._batches(cfg.train_batch_size):
+        seen = 0
+        for idx in self._train_batches():
+            seen += len(idx)
             flips = self._flips(len(idx))
             c = _as_float01(self.store.clean_batch(idx))
             if flips is not None:
@@ -354,7 +399,7 @@ class _Engine:
             x = (c + self._delta_for(idx)).clamp_(0, 1)
             y = self.labels_dev.index_select(0, idx.to(self.device))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.forward(self._input(x))
+                logits = self.train_forward(self._input(x))
                 loss = F.cross_entropy(logits.float(), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -362,7 +407,10 @@ class _Engine:
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
         self.sched.step()
-        return loss_sum / self.N, correct.float() / self.N
+        if self.world > 1:
+            loss_sum, correct, seen_t = _all_reduce_sum(loss_sum, correct, torch.tensor(float(seen)))
+            return loss_sum / seen_t, correct / seen_t
+        return loss_sum / seen, correct.float() / seen
 
     def _objective(self, feats, logits, y):
         cfg = self.cfg
@@ -413,15 +461,21 @@ class _Engine:
                 total += self._pgd_step(d, clean_f, c_box, y, alpha_t, eps_t, (0.0, 1.0))
                 steps += 1
             self.store.write_delta(idx, d)
+        if self.world > 1:
+            total, steps_t = _all_reduce_sum(total, torch.tensor(float(steps)))
+            return total / steps_t.clamp_min(1)
         return total / max(steps, 1)
 
     # ---------------------------------------------------------------- random noise
-    def random_noise(self):
-        """Uniform noise in [-eps, eps], projected into the box around each clean image."""
+    def random_noise(self, owned: torch.Tensor | None = None, n_global: int | None = None):
+        """Uniform noise in [-eps, eps], projected into the box around each clean image. Drawn
+        for all images from the seed, then sharded: the same noise for any number of ranks."""
         cfg = self.cfg
-        n = self.C if cfg.classwise else self.N
+        n = self.C if cfg.classwise else (n_global or self.N)
         shape = (n,) + tuple(self.store.clean.shape[1:])
-        noise = (torch.rand(shape, generator=self.gen) * 2 - 1) * cfg.eps
+        noise = (torch.rand(shape, generator=torch.Generator().manual_seed(cfg.seed)) * 2 - 1) * cfg.eps
+        if owned is not None and not cfg.classwise:
+            noise = noise[owned]
         if cfg.classwise:
             self.class_delta_dev.copy_(noise.to(self.device))
         else:
@@ -540,22 +594,69 @@ def craft_fast(
         raise ValueError("delta_dtype='int8' holds |δ| ≤ 127/255; use float16/float32 for a larger eps")
     if device.type != "cuda":  # bf16 autocast and CUDA graphs are CUDA-only (channels_last helps oneDNN too)
         cfg.amp = cfg.cuda_graphs = False
+    if cfg.classwise and _dist_info()[1] > 1 and cfg.objective != "random":
+        raise ValueError("classwise crafting is not supported under torch.distributed (class perturbations would "
+                         "need a collective per PGD step); run it in one process")
     return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress)
+
+
+def _gather_delta(local: torch.Tensor, owned: torch.Tensor, n_global: int, world: int) -> torch.Tensor:
+    """Every rank's δ shard, assembled in image order on every rank (one all_gather at the end)."""
+    import torch.distributed as dist
+
+    n_max = -(-n_global // world)
+    pad = torch.zeros((n_max,) + tuple(local.shape[1:]), dtype=local.dtype)
+    pad[: local.shape[0]] = local
+    backend_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    parts = [torch.empty_like(pad, device=backend_device) for _ in range(world)]
+    dist.all_gather(parts, pad.to(backend_device))
+    full = torch.empty((n_global,) + tuple(local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        idx = torch.arange(r, n_global, world)
+        full[idx] = part[: idx.numel()].cpu()
+    return full
+
+
+def _load_resumable(ckpt_path: str, world: int):
+    """The newest checkpoint all ranks have: with several ranks a kill during a save can leave
+    one rank a round ahead, so the previous checkpoint is kept and the ranks agree on the
+    oldest round (one all_reduce)."""
+    candidates = [p for p in (ckpt_path, ckpt_path + ".prev") if os.path.exists(p)]
+    states = [load_checkpoint(p) for p in candidates]
+    if world == 1:
+        return states[0] if states else None
+    import torch.distributed as dist
+
+    mine = torch.tensor([float(states[0]["round"]) if states else -1.0])
+    dist.all_reduce(mine, op=dist.ReduceOp.MIN)
+    agreed = int(mine.item())
+    if agreed < 0:
+        return None
+    for st in states:
+        if st["round"] == agreed:
+            return st
+    raise ValueError(f"checkpoint {ckpt_path}: no state for round {agreed} that the other ranks agreed on")
 
 
 def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress) -> CraftResult:
     from miue._io import check_writable
 
-    fingerprint = _fingerprint(clean, y)
+    rank, world = _dist_info()
+    n_global = clean.shape[0]
+    owned = torch.arange(rank, n_global, world) if world > 1 else None
+    fingerprint = _fingerprint(clean, y) + (f"-rank{rank}of{world}" if world > 1 else "")
     ckpt_path = metrics_path = None
     if checkpoint_dir is not None:
+        if world > 1:
+            checkpoint_dir = os.path.join(checkpoint_dir, f"rank{rank}-of-{world}")
         check_writable(checkpoint_dir)
         ckpt_path = os.path.join(checkpoint_dir, CHECKPOINT_NAME)
         metrics_path = os.path.join(checkpoint_dir, METRICS_NAME)
-    eng = _Engine(cfg, clean, y, surrogate, device, progress)
+    local_clean, local_y = (clean[owned], y[owned]) if world > 1 else (clean, y)
+    eng = _Engine(cfg, local_clean, local_y, surrogate, device, progress and rank == 0, rank, world, n_global)
     start_round, history = 0, []
-    if ckpt_path and os.path.exists(ckpt_path):
-        st = load_checkpoint(ckpt_path)
+    st = _load_resumable(ckpt_path, world) if ckpt_path else None
+    if st is not None:
         saved_cfg = json.loads(st["config"])
         diffs = [k for k in _CHECKED_KEYS if saved_cfg.get(k) != cfg.to_dict().get(k)]
         if diffs or st.get("fingerprint") != fingerprint:
@@ -576,29 +677,36 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
     def save(round_done):
         if ckpt_path is None:
             return
-        st = eng.state(round_done, history)
-        st["config"] = json.dumps(cfg.to_dict())
-        st["fingerprint"] = fingerprint
-        atomic_save(st, ckpt_path)
+        state = eng.state(round_done, history)
+        state["config"] = json.dumps(cfg.to_dict())
+        state["fingerprint"] = fingerprint
+        if world > 1 and os.path.exists(ckpt_path):
+            os.replace(ckpt_path, ckpt_path + ".prev")
+        atomic_save(state, ckpt_path)
 
     if cfg.objective == "random":
         if start_round == 0:
-            eng.random_noise()
+            eng.random_noise(owned, n_global)
             history.append({"round": 1, "objective": "random"})
             save(cfg.rounds)
     else:
-        _rounds(eng, cfg, start_round, history, save, metrics_path, progress)
+        _rounds(eng, cfg, start_round, history, save, metrics_path, progress and rank == 0)
 
     if cfg.classwise:
         delta = eng.class_delta_dev.cpu()[y].clamp_(-cfg.eps, cfg.eps)
     else:
-        # PGD kept δ in the box around the flipped image it saw last; the result is projected
-        # around the image as given (the released images are the same either way)
-        # (then the exact ±ε clamp: (c + δ) - c may round a few ulps past ε)
         delta = eng.store.delta_full()
+        if world > 1:
+            delta = _gather_delta(delta, owned, n_global, world)
+        # PGD kept δ in the box around the flipped image it saw last; the result is projected
+        # around the image as given (the released images are the same either way), then
+        # clamped exactly to ±ε ((c + δ) - c may round a few ulps past ε)
         ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
     images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
-    return CraftResult(delta=delta, images=images_out, labels=y, history=history, config=cfg.to_dict())
+    config = cfg.to_dict()
+    if world > 1:
+        config["world_size"] = world
+    return CraftResult(delta=delta, images=images_out, labels=y, history=history, config=config)
 
 
 def _rounds(eng: _Engine, cfg: CraftConfig, start_round: int, history: list, save, metrics_path, progress: bool):
@@ -623,8 +731,8 @@ def _rounds(eng: _Engine, cfg: CraftConfig, start_round: int, history: list, sav
             t2 = time.perf_counter()
             rec = {
                 "round": e, "train_loss": float(train_loss), "train_acc": float(train_acc), "objective_loss": obj_value,
-                "alpha": alpha, "lr": lr, "seconds": t2 - t0, "train_images_per_s": eng.N * cfg.train_epochs / (t1 - t0),
-                "pgd_images_per_s": eng.N * cfg.pgd_steps / (t2 - t1),
+                "alpha": alpha, "lr": lr, "seconds": t2 - t0, "train_images_per_s": eng.n_global * cfg.train_epochs / (t1 - t0),
+                "pgd_images_per_s": eng.n_global * cfg.pgd_steps / (t2 - t1),
             }
             history.append(rec)
             log.info("round %d/%d: %s", e, cfg.rounds, rec)

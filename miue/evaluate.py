@@ -29,7 +29,7 @@ from miue.models import ARCHS, build_model
 EVAL_PRESETS = {
     "paper": dict(arch="resnet18", epochs=200, batch_size=128, lr=0.5, momentum=0.9, weight_decay=1e-4, schedule="cosine",
                   crop=True, flip=True),
-    "quick": dict(arch="cnn", epochs=6, batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+    "quick": dict(arch="cnn", epochs=8, batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                   crop=True, flip=True),
 }
 AT_PAPER = dict(epochs=100, lr=0.1, weight_decay=5e-4, schedule="step40-80")

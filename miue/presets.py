@@ -47,6 +47,7 @@ class CraftConfig:
     compile: bool = False
     cuda_graphs: bool = False
     delta_dtype: str = "float32"  # float32 | float16 | int8 (units of 1/255)
+    storage: str = "auto"  # auto | device | host: where images and δ live (host: streamed per batch)
     release_rounding: str = "round"  # round | trunc (the official code truncates)
     seed: int = 0
     backend: str | None = None
@@ -75,7 +76,7 @@ PRESET_VALUES = {
     # A small CNN, fewer and larger steps: the total step budget rounds·steps·α still
     # reaches ε, and one round over 60k 28×28 images takes about 20-30 s on 2 cores.
     "demo": dict(
-        arch="cnn-small", rounds=5, pgd_steps=3, pgd_batch_size=512, train_batch_size=256, lr=0.05, momentum=0.9,
+        arch="cnn-small", rounds=5, pgd_steps=6, pgd_batch_size=512, train_batch_size=256, lr=0.05, momentum=0.9,
         weight_decay=5e-4, lr_min=1e-4, alpha_start=1.0 / 255, alpha_end=2.0 / 255, temperature=0.1, flip=True,
         amp=False, channels_last=True, compile=False, cuda_graphs=False,
     ),

@@ -1,0 +1,292 @@
+"""End-to-end crafting throughput: one MI-UE round (one surrogate epoch + K PGD steps over
+every image) for the official-style baseline and for miue, side by side.
+
+Variants
+  baseline   benchmarks/baseline_official.py: the official code's way (fp32, DataLoader,
+             B×B×D cosine broadcast, eager PGD ops, empty_cache after each step)
+  paper      craft_fast(preset="paper"): same settings, miue's engine and fused ops
+  fast       craft_fast(preset="fast"): + bf16 autocast, channels_last, torch.compile, CUDA graphs
+  demo       craft_fast(preset="demo") (CPU runs: the CPU preset)
+Datasets: CIFAR-10 shapes (50,000 synthetic 3×32×32 uint8 images, 10 classes: no CIFAR on
+these machines) and Fashion-MNIST (real, 60,000 1×28×28). Reported: images/s of the
+training part and of the PGD part (image·steps/s), seconds per round, the projected time
+of the 100-round paper schedule, peak GPU memory, speed-ups, FLOPs per round and the
+achieved fraction of the card's measured bf16 matmul throughput; on GPU also a PGD batch
+sweep, a flat-memory check with ImageNet-like 3×224×224 images streamed from host memory,
+and a profile (top kernels; share of miue ops vs the network).
+
+    python benchmarks/bench_craft.py            # GPU: everything; CPU: Fashion-MNIST, demo model
+    python benchmarks/bench_craft.py --quick    # CI-sized CPU run (a 6,000-image subset)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+import miue
+from miue.craft import craft_fast
+from miue.models import build_model
+from miue.presets import make_config
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from baseline_official import official_round  # noqa: E402
+
+
+def synthetic_cifar(n=50_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def fashion_mnist(n=None, seed=0):
+    from miue.data import class_balanced_subset, load_dataset
+
+    d = load_dataset("fashion-mnist", "train")
+    if n:
+        d = class_balanced_subset(d, n // 10, seed=seed)
+    return torch.from_numpy(d.images), torch.from_numpy(d.labels)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib(device):
+    return torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+
+
+def run_baseline(images, labels, preset, device, arch=None, pgd_batch=None):
+    cfg = make_config(preset, **({"arch": arch} if arch else {}))
+    C = int(labels.max()) + 1
+    torch.manual_seed(0)
+    model = build_model(cfg.arch, C, channels=images.shape[1], image_size=images.shape[2], normalize=True).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.rounds, eta_min=cfg.lr_min)
+    delta = torch.zeros(images.shape, dtype=torch.float32, device=device)
+    _reset_peak(device)
+    t = official_round(model, opt, sched, images, labels, delta, round_index=1, rounds=cfg.rounds, eps=8 / 255,
+                       alpha_start=cfg.alpha_start, alpha_end=cfg.alpha_end, pgd_steps=cfg.pgd_steps,
+                       train_batch_size=cfg.train_batch_size, pgd_batch_size=pgd_batch or cfg.pgd_batch_size,
+                       temperature=cfg.temperature, device=device, flip=cfg.flip)
+    N = images.shape[0]
+    return {"seconds": t["seconds"], "train_seconds": t["train_seconds"], "pgd_seconds": t["pgd_seconds"],
+            "train_images_per_s": N / t["train_seconds"], "pgd_images_per_s": N * cfg.pgd_steps / t["pgd_seconds"],
+            "peak_mib": _peak_mib(device), "rounds_total": cfg.rounds, "pgd_steps": cfg.pgd_steps}
+
+
+def run_ours(images, labels, preset, device, arch=None, pgd_batch=None, warm_rounds=0, **extra):
+    """Times the last of ``warm_rounds + 1`` rounds (the first ones absorb compilation)."""
+    cfg = make_config(preset, **({"arch": arch} if arch else {}))
+    kw = dict(preset=preset, device=device, progress=False, rounds=warm_rounds + 1, **extra)
+    if arch:
+        kw["arch"] = arch
+    if pgd_batch:
+        kw["batch_size"] = pgd_batch
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    r = craft_fast(images, labels, **kw)
+    total = time.perf_counter() - t0
+    h = r.history[-1]
+    N = images.shape[0]
+    train_s = N * cfg.train_epochs / h["train_images_per_s"]
+    pgd_s = N * cfg.pgd_steps / h["pgd_images_per_s"]
+    return {"seconds": h["seconds"], "train_seconds": train_s, "pgd_seconds": pgd_s,
+            "train_images_per_s": h["train_images_per_s"], "pgd_images_per_s": h["pgd_images_per_s"],
+            "peak_mib": _peak_mib(device), "rounds_total": cfg.rounds, "pgd_steps": cfg.pgd_steps,
+            "first_rounds_seconds": total - h["seconds"] if warm_rounds else None}
+
+
+def round_flops(images, labels, preset, device, arch=None):
+    """FLOPs of one round: a training step and a PGD step counted on one batch, scaled to N."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = make_config(preset, **({"arch": arch} if arch else {}))
+    C = int(labels.max()) + 1
+    model = build_model(cfg.arch, C, channels=images.shape[1], image_size=images.shape[2], normalize=True).to(device)
+    n = min(64, images.shape[0])
+    x = images[:n].to(device).float() / 255
+    y = labels[:n].to(device)
+    with FlopCounterMode(display=False) as fc:
+        model.train()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    train = fc.get_total_flops() / n
+    model.eval()
+    model.requires_grad_(False)
+    d = torch.zeros_like(x, requires_grad=True)
+    with FlopCounterMode(display=False) as fc:
+        f, _ = model(x + d, return_features=True)
+        torch.autograd.grad(miue.supcon_loss(f.float(), y), d)
+    pgd = fc.get_total_flops() / n
+    N = images.shape[0]
+    return {"train_flops_per_image": train, "pgd_flops_per_image_step": pgd,
+            "round_flops": N * cfg.train_epochs * train + N * cfg.pgd_steps * pgd}
+
+
+def bf16_peak_tflops(device):
+    if device.type != "cuda":
+        return None
+    import triton.testing
+
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ b, warmup=10, rep=50)
+    return 2 * 8192**3 / (ms * 1e-3) / 1e12
+
+
+def loss_agreement(images, labels, device, arch):
+    """The baseline's loss and miue's on the same features (same inputs and weights)."""
+    from miue.reference import official_supcon_loss
+
+    C = int(labels.max()) + 1
+    torch.manual_seed(0)
+    model = build_model(arch, C, channels=images.shape[1], image_size=images.shape[2], normalize=True).to(device).eval()
+    x = images[:256].to(device).float() / 255
+    y = labels[:256].to(device)
+    with torch.no_grad():
+        f, _ = model(x, return_features=True)
+    a = official_supcon_loss(f.double(), y).item()
+    b = miue.supcon_loss(f, y).item()
+    return {"official": a, "miue": b, "relative_difference": abs(a - b) / abs(a)}
+
+
+def profile_pgd(images, labels, device, preset):
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    n = min(4096, images.shape[0])
+    craft_fast(images[:n], labels[:n], preset=preset, rounds=1, pgd_steps=1, device=device, progress=False)  # warm-up
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        craft_fast(images[:n], labels[:n], preset=preset, rounds=1, pgd_steps=2, device=device, progress=False)
+    rows = []
+    total = 0.0
+    miue_time = 0.0
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+        if evt.device_type is not None and str(evt.device_type).endswith("CUDA"):
+            total += t
+            if any(k in evt.key for k in ("supcon", "pgd", "normalize", "segment", "miue")):
+                miue_time += t
+            rows.append((t, evt.key[:90], evt.count))
+    rows.sort(reverse=True)
+    return {"top_kernels": [{"us": t, "name": k, "calls": c} for t, k, c in rows[:12]],
+            "miue_kernel_share": miue_time / total if total else None}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CI-sized CPU run")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None)
+    p.add_argument("--md", default=None)
+    p.add_argument("--skip-baseline", action="store_true")
+    args = p.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gpu = device.type == "cuda"
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine()),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
+            "miue": miue.__version__, "backends": miue.available_backends(), "quick": args.quick,
+            "bf16_matmul_tflops": bf16_peak_tflops(device)}
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = None
+    print(f"# bench_craft on {meta['device']} (torch {meta['torch']}, triton {meta['triton']})", flush=True)
+    rows = []
+
+    def record(dataset, variant, res, flops=None, base=None):
+        row = {"dataset": dataset, "variant": variant, **res}
+        row["projected_hours_full_schedule"] = res["seconds"] * res["rounds_total"] / 3600
+        if base:
+            row["speedup_vs_baseline"] = base["seconds"] / res["seconds"]
+        if flops:
+            row["round_tflop"] = flops["round_flops"] / 1e12
+            row["achieved_tflops"] = flops["round_flops"] / res["seconds"] / 1e12
+            if meta["bf16_matmul_tflops"]:
+                row["fraction_of_bf16_peak"] = row["achieved_tflops"] / meta["bf16_matmul_tflops"]
+        rows.append(row)
+        print(f"{dataset:28} {variant:9} round {res['seconds']:8.2f} s  train {res['train_images_per_s']:9.0f} img/s  "
+              f"PGD {res['pgd_images_per_s']:9.0f} img·step/s  peak {res['peak_mib'] or 0:8.0f} MiB  "
+              f"{'x%.1f vs baseline' % row['speedup_vs_baseline'] if 'speedup_vs_baseline' in row else ''}", flush=True)
+
+    if gpu:
+        cases = [("cifar10-shapes 50k", synthetic_cifar(), ("paper", "fast"), None),
+                 ("fashion-mnist 60k", fashion_mnist(), ("paper", "fast"), None)]
+    else:
+        n = 6000 if args.quick else None
+        cases = [(f"fashion-mnist {'6k subset' if n else '60k'}", fashion_mnist(n), ("demo",), None)]
+    for name, (x, y), presets, arch in cases:
+        for preset in presets:
+            a = arch or make_config(preset).arch
+            flops = round_flops(x, y, preset, device, a)
+            base = None
+            if not args.skip_baseline and preset != "fast":
+                base = run_baseline(x, y, preset, device, arch=a)
+                record(name, "baseline" + ("" if preset == "paper" else f"({preset})"), base, flops)
+                meta.setdefault("loss_agreement", {})[name] = loss_agreement(x, y, device, a)
+            if preset == "fast" and rows and rows[-1]["dataset"] == name:
+                base = next(r for r in rows if r["dataset"] == name and r["variant"] == "baseline")
+            ours = run_ours(x, y, preset, device, arch=a, warm_rounds=1 if preset == "fast" else 0)
+            record(name, preset, ours, flops, base)
+    if gpu:
+        x, y = synthetic_cifar(20_000)
+        for bs in (256, 512, 1024, 2048, 4096):
+            r = run_ours(x, y, "fast", device, pgd_batch=bs, warm_rounds=1)
+            rows.append({"dataset": "cifar10-shapes 20k", "variant": f"fast, PGD batch {bs}", **r})
+            print(f"PGD batch {bs:5}: {r['pgd_images_per_s']:9.0f} img·step/s", flush=True)
+        for n in (1000, 2000, 4000):
+            g = torch.Generator().manual_seed(0)
+            xi = torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, generator=g)
+            yi = torch.randint(0, 100, (n,), generator=g)
+            r = run_ours(xi, yi, "fast", device, pgd_batch=128, storage="host", pgd_steps=1)
+            rows.append({"dataset": f"imagenet-like 224px N={n} (host storage)", "variant": "fast", **r})
+            print(f"224px N={n}: peak {r['peak_mib']:.0f} MiB", flush=True)
+        meta["profile"] = profile_pgd(*synthetic_cifar(4096), device, "fast")
+    out = {"meta": meta, "results": rows}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write(markdown(out))
+    return out
+
+
+def _f(v, fmt):
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def markdown(out):
+    m = out["meta"]
+    lines = [f"# bench_craft: {m['device']}", "", f"{m['date']}; torch {m['torch']}, triton {m['triton']}, CUDA {m['cuda']}"
+             + (f"; bf16 matmul {m['bf16_matmul_tflops']:.0f} TFLOP/s" if m.get("bf16_matmul_tflops") else ""), "",
+             "| data | variant | s / round | train img/s | PGD img·step/s | peak MiB | 100-round h | vs baseline | TFLOP/s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in out["results"]:
+        lines.append(f"| {r['dataset']} | {r['variant']} | {_f(r.get('seconds'), '.2f')} | {_f(r.get('train_images_per_s'), '.0f')} | "
+                     f"{_f(r.get('pgd_images_per_s'), '.0f')} | {_f(r.get('peak_mib'), '.0f')} | "
+                     f"{_f(r.get('projected_hours_full_schedule'), '.2f')} | {_f(r.get('speedup_vs_baseline'), '.1f')} | "
+                     f"{_f(r.get('achieved_tflops'), '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
