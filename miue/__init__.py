@@ -11,7 +11,8 @@ import torch  # noqa: F401  (the compiled extension needs torch loaded first)
 from miue._backend import _load_extension, available_backends, resolve_backend, use_backend
 from miue._validate import set_validation
 from miue.ops import grouped_normalize, intra_class_cosine_loss, pgd_linf_step_, project_linf_, supcon_loss
-from miue.craft import CraftResult, craft_fast
+from miue.craft import CraftInterrupted, CraftResult, craft_fast
+from miue.evaluate import EvalResult, evaluate
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,7 @@ __all__ = [
     "project_linf_",
     "craft_fast",
     "CraftResult",
+    "CraftInterrupted",
+    "evaluate",
+    "EvalResult",
 ]

@@ -34,6 +34,12 @@ class ResultFileError(ValueError):
     """A result or checkpoint file that is unreadable, corrupt, truncated or not ours."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message ("" for none), at most ``limit`` characters."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 def _fsync_dir(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -80,7 +86,7 @@ def load_checkpoint(path: str) -> dict:
         raise
     except Exception as exc:
         raise ResultFileError(
-            f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} "
+            f"cannot load checkpoint {path}: {type(exc).__name__}: {first_line(exc)} "
             "(corrupt, truncated, or it holds objects other than tensors, numbers, strings, lists and dicts)"
         ) from None
 
@@ -165,7 +171,7 @@ def load_result(path: str):
             raise
         raise ResultFileError(f"cannot read result file {path}: {exc}") from None
     except Exception as exc:
-        raise ResultFileError(f"cannot read result file {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+        raise ResultFileError(f"cannot read result file {path}: {type(exc).__name__}: {first_line(exc)}") from None
     if meta.get("format") != FORMAT:
         raise ResultFileError(f"{path}: not a miue result file (format {meta.get('format')!r})")
     if meta.get("format_version", 0) > FORMAT_VERSION:

@@ -219,7 +219,9 @@ def main(argv=None) -> int:
     except Exception as exc:  # one-line reason, non-zero status
         if os.environ.get("MIUE_DEBUG"):
             raise
-        msg = str(exc).splitlines()[0] if str(exc) else ""
+        from miue._io import first_line
+
+        msg = first_line(exc, 500)
         print(f"miue {args.command}: error: {type(exc).__name__}: {msg}", file=sys.stderr)
         return 1
 

@@ -654,6 +654,14 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
         metrics_path = os.path.join(checkpoint_dir, METRICS_NAME)
     local_clean, local_y = (clean[owned], y[owned]) if world > 1 else (clean, y)
     eng = _Engine(cfg, local_clean, local_y, surrogate, device, progress and rank == 0, rank, world, n_global)
+    if checkpoint_dir is not None:
+        # fail now, not after hours: room for two checkpoints (the next one's temporary file
+        # beside the last), each holding δ and the surrogate with its optimiser state
+        params = sum(p.numel() * p.element_size() for p in eng.model.parameters()) if eng.model is not None else 0
+        delta_bytes = eng.store.delta.numel() * eng.store.delta.element_size()
+        if cfg.classwise:
+            delta_bytes = eng.class_delta_dev.numel() * 4
+        check_writable(checkpoint_dir, min_free_bytes=2 * (delta_bytes + 3 * params) + 2**24)
     start_round, history = 0, []
     st = _load_resumable(ckpt_path, world) if ckpt_path else None
     if st is not None:
@@ -709,40 +717,89 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
     return CraftResult(delta=delta, images=images_out, labels=y, history=history, config=config)
 
 
+class CraftInterrupted(KeyboardInterrupt):
+    """Ctrl-C during crafting: the current round was finished and checkpointed (when a
+    checkpoint_dir was given); rerun with the same checkpoint_dir to resume."""
+
+    def __init__(self, message: str, round_done: int, checkpoint_dir: str | None):
+        super().__init__(message)
+        self.round_done = round_done
+        self.checkpoint_dir = checkpoint_dir
+
+
+class _GracefulInterrupt:
+    """While active (main thread only), the first SIGINT sets a flag that the round loop
+    reads after each round; a second SIGINT interrupts at once."""
+
+    def __init__(self, enabled: bool):
+        import signal
+        import threading
+
+        self.requested = False
+        self._old = None
+        self._signal = signal
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt("second interrupt: aborting without a checkpoint for this round")
+        self.requested = True
+        log.warning("interrupt: finishing this round and saving a checkpoint (press Ctrl-C again to abort now)")
+
+    def __enter__(self):
+        if self.enabled:
+            self._old = self._signal.signal(self._signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._signal.signal(self._signal.SIGINT, self._old)
+        return False
+
+
 def _rounds(eng: _Engine, cfg: CraftConfig, start_round: int, history: list, save, metrics_path, progress: bool):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=cfg.rounds, initial=start_round, desc=f"miue craft ({cfg.objective})", unit="round",
                disable=not progress, dynamic_ncols=True)
+    interrupt = _GracefulInterrupt(enabled=metrics_path is not None)
     try:
-        for e in range(start_round + 1, cfg.rounds + 1):
-            t0 = time.perf_counter()
-            lr = eng.opt.param_groups[0]["lr"]
-            for _ in range(cfg.train_epochs):
-                train_loss, train_acc = eng.train_epoch()
-            t1 = time.perf_counter()
-            alpha = cfg.alpha(e)
-            obj = eng.pgd_pass(alpha)
-            if not math.isfinite(obj_value := float(obj)):
-                raise FloatingPointError(
-                    f"round {e}: the objective became {obj_value} (NaN/Inf surrogate features); "
-                    "the last good checkpoint is kept"
-                )
-            t2 = time.perf_counter()
-            rec = {
-                "round": e, "train_loss": float(train_loss), "train_acc": float(train_acc), "objective_loss": obj_value,
-                "alpha": alpha, "lr": lr, "seconds": t2 - t0, "train_images_per_s": eng.n_global * cfg.train_epochs / (t1 - t0),
-                "pgd_images_per_s": eng.n_global * cfg.pgd_steps / (t2 - t1),
-            }
-            history.append(rec)
-            log.info("round %d/%d: %s", e, cfg.rounds, rec)
-            if metrics_path:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-            if e % cfg.checkpoint_every == 0 or e == cfg.rounds:
-                save(e)
-            bar.set_postfix(loss=f"{rec['objective_loss']:.4f}", acc=f"{rec['train_acc']:.3f}",
-                            img_s=f"{rec['pgd_images_per_s']:.0f}")
-            bar.update(1)
+        with interrupt:
+            for e in range(start_round + 1, cfg.rounds + 1):
+                t0 = time.perf_counter()
+                lr = eng.opt.param_groups[0]["lr"]
+                for _ in range(cfg.train_epochs):
+                    train_loss, train_acc = eng.train_epoch()
+                t1 = time.perf_counter()
+                alpha = cfg.alpha(e)
+                obj = eng.pgd_pass(alpha)
+                obj_value, train_loss = float(obj), float(train_loss)
+                if not (math.isfinite(obj_value) and math.isfinite(train_loss)):
+                    raise FloatingPointError(
+                        f"round {e}: the surrogate produced NaN/Inf (objective {obj_value}, train loss {train_loss}); "
+                        f"stopped, the last good checkpoint (round {history[-1]['round'] if history else 0}) is kept"
+                    )
+                t2 = time.perf_counter()
+                rec = {
+                    "round": e, "train_loss": train_loss, "train_acc": float(train_acc), "objective_loss": obj_value,
+                    "alpha": alpha, "lr": lr, "seconds": t2 - t0,
+                    "train_images_per_s": eng.n_global * cfg.train_epochs / (t1 - t0),
+                    "pgd_images_per_s": eng.n_global * cfg.pgd_steps / (t2 - t1),
+                }
+                history.append(rec)
+                log.info("round %d/%d: %s", e, cfg.rounds, rec)
+                if metrics_path:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                if e % cfg.checkpoint_every == 0 or e == cfg.rounds or interrupt.requested:
+                    save(e)
+                bar.set_postfix(loss=f"{rec['objective_loss']:.4f}", acc=f"{rec['train_acc']:.3f}",
+                                img_s=f"{rec['pgd_images_per_s']:.0f}")
+                bar.update(1)
+                if interrupt.requested and e < cfg.rounds:
+                    where = os.path.dirname(metrics_path)
+                    raise CraftInterrupted(
+                        f"crafting interrupted after round {e}/{cfg.rounds}; checkpoint saved in {where} "
+                        "(call again with the same checkpoint_dir to resume)", e, where)
     finally:
         bar.close()

@@ -1,0 +1,96 @@
+"""miue.compat: drop-in replacements for hand-written losses and PGD updates, and the worked
+example in examples/ (a classic crafting loop accelerated by three changed lines)."""
+
+import os
+import sys
+import time
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import miue.compat as C
+from miue.reference import official_supcon_loss
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+sys.path.insert(0, EXAMPLES)
+import em_loop  # noqa: E402
+from accelerate_em_loop import Net  # noqa: E402
+
+
+def classic_update(delta, grad, data, alpha, eps, minimize=True):
+    delta = delta - alpha * grad.sign() if minimize else delta + alpha * grad.sign()
+    delta = torch.clamp(delta, -eps, eps)
+    return torch.clamp(data + delta, 0, 1) - data
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nt_xent_value_and_gradient_match_official(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 16, generator=g, dtype=dtype)
+    y = torch.randint(0, 5, (64,), generator=g)
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    la, lb = C.nt_xent(a, y, 0.1), official_supcon_loss(b, y, 0.1)
+    assert la.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert abs(la.item() - lb.item()) <= tol * abs(lb.item())
+    la.backward()
+    lb.backward()
+    assert (a.grad - b.grad).norm() <= tol * 10 * b.grad.norm()
+
+
+@pytest.mark.parametrize("minimize", [True, False])
+@pytest.mark.parametrize("u8", [False, True])
+def test_pgd_update_is_the_classic_update_bitwise(minimize, u8):
+    g = torch.Generator().manual_seed(1)
+    data = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8, generator=g) if u8 else torch.rand(8, 3, 6, 6, generator=g)
+    data_f = data.float() / torch.full(data.shape, 255.0) if u8 else data
+    delta = (torch.rand(8, 3, 6, 6, generator=g) - 0.5) * 0.1
+    grad = torch.randn(8, 3, 6, 6, generator=g)
+    expected = classic_update(delta, grad, data_f, 2 / 255, 8 / 255, minimize)
+    out = delta.clone()
+    assert C.pgd_update_(out, grad, data, 2 / 255, 8 / 255, minimize) is out
+    assert torch.equal(out, expected)
+    # a leaf that requires grad (as in loops that keep delta as a parameter) is updated in place
+    leaf = delta.clone().requires_grad_(True)
+    C.pgd_update_(leaf, grad, data, 2 / 255, 8 / 255, minimize)
+    assert torch.equal(leaf.detach(), expected)
+    assert torch.equal(C.pgd_update(delta, grad, data, 2 / 255, 8 / 255, minimize), expected)
+
+
+def test_patch_and_undo():
+    mod = types.ModuleType("fake_poisoning_codebase")
+    mod.nt_xent = lambda x, y, t=0.1: "original loss"
+    mod.pgd_update = lambda *a, **k: "original update"
+    h = C.patch(mod)
+    assert mod.nt_xent is C.nt_xent and mod.pgd_update is C.pgd_update
+    assert h.patched == ["nt_xent", "pgd_update"]
+    h.undo()
+    assert mod.nt_xent(None, None) == "original loss" and mod.pgd_update() == "original update"
+    with C.patch(mod, ["nt_xent"]):
+        assert mod.nt_xent is C.nt_xent and mod.pgd_update() == "original update"
+    assert mod.nt_xent(None, None) == "original loss"
+    with pytest.raises(ValueError, match="no fused replacement"):
+        C.patch(mod, ["sharpen"])
+    with pytest.raises(AttributeError, match="pgd_update_"):
+        C.patch(mod, ["pgd_update_"])
+
+
+def test_example_accelerated_loop_gives_the_same_delta():
+    """The classic loop and the patched loop on fixed float64 inputs: the fused loss's
+    gradient agrees with autograd's to ~1e-12, so the signs and the updates coincide."""
+    torch.manual_seed(0)
+    model = Net(channels=1, dtype=torch.float64).eval().requires_grad_(False)
+    x = torch.rand(96, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(96) % 4
+    t0 = time.perf_counter()
+    classic = em_loop.craft(model, x, y, steps=4, batch_size=48)
+    t1 = time.perf_counter()
+    with C.patch(em_loop) as h:
+        assert "nt_xent" in h.patched and "pgd_update" in h.patched
+        fused = em_loop.craft(model, x, y, steps=4, batch_size=48)
+    assert em_loop.nt_xent is not C.nt_xent  # undone
+    assert fused.abs().max() > 0 and torch.equal(classic, fused)
+    print(f"classic {t1 - t0:.3f} s, fused {time.perf_counter() - t1:.3f} s")
