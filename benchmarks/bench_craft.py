@@ -195,6 +195,9 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--n", type=int, default=None,
+                   help="GPU: images per dataset (default: all 50k / 60k); a round's time is reported for this N "
+                        "and the per-round and 100-round projections are scaled to the full dataset by throughput")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
@@ -214,7 +217,11 @@ def main(argv=None):
 
     def record(dataset, variant, res, flops=None, base=None):
         row = {"dataset": dataset, "variant": variant, **res}
-        row["projected_hours_full_schedule"] = res["seconds"] * res["rounds_total"] / 3600
+        full_n = 60_000 if dataset.startswith("fashion") else 50_000
+        n_here = int(dataset.split()[-1].rstrip("k")) * 1000 if dataset.split()[-1].endswith("k") else full_n
+        scale = full_n / n_here  # throughput is per image: scale a subset's round to the whole dataset
+        row["projected_seconds_per_full_round"] = res["seconds"] * scale
+        row["projected_hours_full_schedule"] = res["seconds"] * scale * res["rounds_total"] / 3600
         if base:
             row["speedup_vs_baseline"] = base["seconds"] / res["seconds"]
         if flops:
@@ -228,11 +235,12 @@ def main(argv=None):
               f"{'x%.1f vs baseline' % row['speedup_vs_baseline'] if 'speedup_vs_baseline' in row else ''}", flush=True)
 
     if gpu:
-        cases = [("cifar10-shapes 50k", synthetic_cifar(), ("paper", "fast"), None),
-                 ("fashion-mnist 60k", fashion_mnist(), ("paper", "fast"), None)]
+        nc, nf = (args.n, args.n) if args.n else (50_000, None)
+        cases = [(f"cifar10-shapes {nc // 1000}k", synthetic_cifar(nc), ("paper", "fast"), None),
+                 (f"fashion-mnist {(nf or 60_000) // 1000}k", fashion_mnist(nf), ("paper", "fast"), None)]
     else:
         n = 6000 if args.quick else None
-        cases = [(f"fashion-mnist {'6k subset' if n else '60k'}", fashion_mnist(n), ("demo",), None)]
+        cases = [(f"fashion-mnist {(n or 60_000) // 1000}k", fashion_mnist(n), ("demo",), None)]
     for name, (x, y), presets, arch in cases:
         for preset in presets:
             a = arch or make_config(preset).arch
@@ -247,12 +255,12 @@ def main(argv=None):
             ours = run_ours(x, y, preset, device, arch=a, warm_rounds=1 if preset == "fast" else 0)
             record(name, preset, ours, flops, base)
     if gpu:
-        x, y = synthetic_cifar(20_000)
+        x, y = synthetic_cifar(min(20_000, args.n or 20_000))
         for bs in (256, 512, 1024, 2048, 4096):
             r = run_ours(x, y, "fast", device, pgd_batch=bs, warm_rounds=1)
             rows.append({"dataset": "cifar10-shapes 20k", "variant": f"fast, PGD batch {bs}", **r})
             print(f"PGD batch {bs:5}: {r['pgd_images_per_s']:9.0f} img·step/s", flush=True)
-        for n in (1000, 2000, 4000):
+        for n in ((500, 1000, 2000) if args.n else (1000, 2000, 4000)):
             g = torch.Generator().manual_seed(0)
             xi = torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, generator=g)
             yi = torch.randint(0, 100, (n,), generator=g)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run on the GPU machine (torch 2.11, triton 3.6, nvcc 13, no network):
 # builds the CUDA extension, runs the CUDA tests, runs the benchmarks, and writes logs and
-# JSON under $OUT (at most 8 files). Budget: under 8 minutes.
+# JSON under $OUT (at most 8 files: env.txt, build.log, test_cuda.log, sanitizer.log,
+# bench_ops.{json,md}, bench_craft.{json,md} and gpu_check.log is 9: build.log is folded
+# into gpu_check.log's tail when space is short). Budget: under 8 minutes in all.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh        # on the GPU machine
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh        # here (no GPU): skips the build, runs quick CPU versions
@@ -50,8 +52,17 @@ if [ "$HAS_GPU" = 1 ]; then
   (cd tests && timeout 240 $PY -m pytest -q -rs -p no:cacheprovider test_cuda.py) > "$OUT/test_cuda.log" 2>&1
   echo "test_cuda exit: $?" | tee -a "$LOG"
   tail -15 "$OUT/test_cuda.log" >> "$LOG"
+  stage "compute-sanitizer (memcheck) over the CUDA op tests"
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    (cd tests && timeout 150 compute-sanitizer --tool memcheck --error-exitcode 99 $PY -m pytest -q -x -p no:cacheprovider \
+      test_cuda.py -k "fp32 and (129 or 512-512) or out_of_range or bitwise and 512") > "$OUT/sanitizer.log" 2>&1
+    echo "compute-sanitizer exit: $? (99 = memory errors found)" | tee -a "$LOG"
+    tail -5 "$OUT/sanitizer.log" >> "$LOG"
+  fi
   stage "bench_ops"
-  timeout 300 $PY benchmarks/bench_ops.py --dtypes float32,bfloat16 --json "$OUT/bench_ops.json" --md "$OUT/bench_ops.md" 2>&1 | tee -a "$LOG"
+  timeout 200 $PY benchmarks/bench_ops.py --dtypes float32,bfloat16 --json "$OUT/bench_ops.json" --md "$OUT/bench_ops.md" 2>&1 | tee -a "$LOG"
+  stage "bench_craft"
+  timeout 240 $PY benchmarks/bench_craft.py --n 10000 --json "$OUT/bench_craft.json" --md "$OUT/bench_craft.md" 2>&1 | tee -a "$LOG"
 else
   stage "no GPU: quick CPU run of the benchmark (debugging this script)"
   timeout 600 $PY benchmarks/bench_ops.py --quick --min-time 0.3 --json "$OUT/bench_ops.json" --md "$OUT/bench_ops.md" 2>&1 | tee -a "$LOG"
