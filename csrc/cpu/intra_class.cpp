@@ -72,11 +72,12 @@ at::Tensor intra_class_bwd_cpu(const at::Tensor& grad, const at::Tensor& z_in, c
           if (!(ip[i] > 0) || yi < 0 || static_cast<int64_t>(yi) >= C) continue;  // zero gradient
           const acc_t* s = sp + static_cast<int64_t>(yi) * D;
           const scalar_t* zr = zp + i * D;
-          acc_t dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += static_cast<acc_t>(zr[d]) * s[d];
-          const acc_t k = static_cast<acc_t>(scale) * ip[i];
+          // S_y - (z·S_y) z nearly cancels when z is close to its class direction: in double
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(zr[d]) * static_cast<double>(s[d]);
+          const double k = scale * static_cast<double>(ip[i]);
           for (int64_t d = 0; d < D; ++d)
-            op[i * D + d] = static_cast<scalar_t>((s[d] - dot * static_cast<acc_t>(zr[d])) * k);
+            op[i * D + d] = static_cast<scalar_t>((static_cast<double>(s[d]) - dot * static_cast<double>(zr[d])) * k);
         }
       });
     });

@@ -145,9 +145,11 @@ at::Tensor supcon_bwd_cpu(const at::Tensor& grad, const at::Tensor& z_in, const 
               const int64_t i = i0 + r;
               const acc_t* gr = Gp + r * D;
               const acc_t* zr = zp + i * D;
-              acc_t dot = 0;
-              for (int64_t d = 0; d < D; ++d) dot += gr[d] * zr[d];
-              for (int64_t d = 0; d < D; ++d) op[i * D + d] = static_cast<scalar_t>((gr[d] - dot * zr[d]) * ip[i]);
+              double dot = 0;  // the projection cancels along z_i: accumulate in double
+              for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(gr[d]) * static_cast<double>(zr[d]);
+              for (int64_t d = 0; d < D; ++d)
+                op[i * D + d] = static_cast<scalar_t>((static_cast<double>(gr[d]) - dot * static_cast<double>(zr[d])) *
+                                                      static_cast<double>(ip[i]));
             }
           });
         });
