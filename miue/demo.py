@@ -48,7 +48,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     craft_kw = dict(preset="demo", eps=EPS, seed=seed, progress=progress, device=device)
     if quick:
         craft_kw["rounds"] = 2
-    epochs = victim_epochs or (3 if quick else 8)
+    epochs = victim_epochs or (3 if quick else 7)
     print(f"miue demo{' (QUICK configuration: 2,000 images, 2 rounds, 3 victim epochs; not the full demo)' if quick else ''}: "
           f"Fashion-MNIST, {len(train)} training / {len(test)} test images, eps = 8/255", flush=True)
 

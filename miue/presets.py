@@ -73,10 +73,12 @@ _PAPER = dict(
 PRESET_VALUES = {
     "paper": _PAPER,
     "fast": {**_PAPER, "amp": True, "channels_last": True, "compile": True, "cuda_graphs": True},
-    # A small CNN, fewer and larger steps: the total step budget rounds·steps·α still
-    # reaches ε, and one round over 60k 28×28 images takes about 20-30 s on 2 cores.
+    # A small CNN, fewer and larger steps (the step budget rounds·steps·α still exceeds ε)
+    # and a small surrogate learning rate (a surrogate that learns the clean features fast
+    # leaves weaker shortcuts: on Fashion-MNIST lr 0.01 gave victims 24.5% vs 31% at 0.05).
+    # One round over the 60k 28×28 Fashion-MNIST images takes about 30 s on 2 cores.
     "demo": dict(
-        arch="cnn-small", rounds=5, pgd_steps=6, pgd_batch_size=512, train_batch_size=256, lr=0.05, momentum=0.9,
+        arch="cnn-small", rounds=5, pgd_steps=5, pgd_batch_size=512, train_batch_size=256, lr=0.01, momentum=0.9,
         weight_decay=5e-4, lr_min=1e-4, alpha_start=1.0 / 255, alpha_end=2.0 / 255, temperature=0.1, flip=True,
         amp=False, channels_last=True, compile=False, cuda_graphs=False,
     ),
