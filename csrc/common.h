@@ -65,6 +65,40 @@ inline void check_scalar(const at::Tensor& t, const at::Tensor& delta, const cha
   TORCH_CHECK(t.device().is_cpu() || t.device() == delta.device(), name, " must be on the CPU or on delta's device");
 }
 
+// Argument checks of the loss ops, shared by the CPU and CUDA kernels (device checks are the
+// CUDA files' own).
+inline void check_loss_fwd_args(const at::Tensor& features, const at::Tensor& labels) {
+  check_features(features);
+  check_labels(labels, features);
+  TORCH_CHECK(features.size(0) >= 1, "features must have at least one row");
+}
+
+inline void check_supcon_bwd_args(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& inv,
+                                  const at::Tensor& P, const at::Tensor& N, const at::Tensor& labels, double tau) {
+  check_features(z, "z");
+  const int64_t B = z.size(0);
+  const auto acc = acc_type(z.scalar_type());
+  check_labels(labels, z);
+  check_vec(inv, B, acc, "inv_norm");
+  check_vec(P, B, acc, "P");
+  check_vec(N, B, acc, "N");
+  TORCH_CHECK(grad.numel() == 1, "grad must hold one element");
+  TORCH_CHECK(tau > 0, "temperature must be > 0, got ", tau);
+}
+
+inline void check_intra_bwd_args(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& inv,
+                                 const at::Tensor& class_sum, const at::Tensor& class_count, const at::Tensor& labels) {
+  check_features(z, "z");
+  const int64_t B = z.size(0), D = z.size(1);
+  const auto acc = acc_type(z.scalar_type());
+  check_labels(labels, z);
+  check_vec(inv, B, acc, "inv_norm");
+  TORCH_CHECK(class_sum.dim() == 2 && class_sum.size(1) == D && class_sum.scalar_type() == acc,
+              "class_sum must be (C, ", D, ") of the accumulation dtype");
+  check_vec(class_count, class_sum.size(0), at::kLong, "class_count");
+  TORCH_CHECK(grad.numel() == 1, "grad must hold one element");
+}
+
 // CPU helpers (csrc/cpu/normalize.cpp), shared by the loss kernels.
 // normalize_cpu: z (features' dtype) and inv_norm (acc type) of contiguous features.
 std::tuple<at::Tensor, at::Tensor> normalize_cpu(const at::Tensor& features);

@@ -68,3 +68,13 @@ def _poison_triton_outputs():
         yield
     finally:
         _common.POISON = False
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (tests that train small models run faster and
+    steadier beside other work); the thread count is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

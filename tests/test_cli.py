@@ -22,11 +22,8 @@ from miue.models import ARCHS
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 CRAFT = ["--preset", "demo", "--rounds", "1", "--pgd-steps", "1", "--per-class", "10", "--quiet"]

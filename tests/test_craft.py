@@ -29,11 +29,8 @@ EPS8 = 8 / 255
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -60,30 +60,52 @@ def _reference_delta(tmp_path):
     return miue.CraftResult.load(out), time.perf_counter() - t0
 
 
+def _wait_for_new_checkpoint(p, path, newer_than, timeout=120):
+    """Wait until ``p`` has written ``path`` after ``newer_than`` (or has exited)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and p.poll() is None:
+        try:
+            if os.stat(path).st_mtime_ns > newer_than:
+                return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.01)
+    return False
+
+
 def test_sigkill_at_random_points_then_resume_gives_the_same_delta(tmp_path):
     ref, seconds = _reference_delta(tmp_path)
     ckpt = str(tmp_path / "ckpt")
+    ckpt_file = os.path.join(ckpt, "checkpoint.pt")
     out = str(tmp_path / "resumed.npz")
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(30):
+    # The first kill lands anywhere from start-up to mid-run. Each later process is let write
+    # one new checkpoint (so the run always advances), then killed at a random moment of the
+    # next round, which may fall inside the next checkpoint write. Progress-based rather than
+    # purely timed, so a loaded machine cannot make every process finish before its kill.
+    for attempt in range(4):
+        t_start = time.time_ns()
         p = _run_script(tmp_path, ckpt, out)
-        delay = rng.uniform(0.4, 0.95) * seconds  # anywhere from start-up to the last round
+        if attempt == 0:
+            delay = rng.uniform(0.1, 0.5) * seconds
+        else:
+            _wait_for_new_checkpoint(p, ckpt_file, t_start)
+            delay = rng.uniform(0.0, 0.9) * seconds / 8
         try:
             p.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
             p.wait()
             kills += 1
-            if kills < 4:
-                continue
-            p = _run_script(tmp_path, ckpt, out)  # after enough kills: let it finish
-            assert p.wait(timeout=300) == 0, p.stderr.read()
-        if p.returncode == 0:
-            break
-        assert p.returncode == -signal.SIGKILL or p.returncode == 0, p.stderr.read()
+            continue
+        assert p.returncode == 0, p.stderr.read()
+        break  # this process finished before its kill
+    else:
+        p = _run_script(tmp_path, ckpt, out)  # after the kills: let it finish
+        assert p.wait(timeout=300) == 0, p.stderr.read()
     assert kills >= 2, "the run always finished before the kill: make the job longer"
-    state_rounds = torch.load(os.path.join(ckpt, "checkpoint.pt"), weights_only=True)["round"]
+    state_rounds = torch.load(ckpt_file, weights_only=True)["round"]
     assert state_rounds == 8
     res = miue.CraftResult.load(out)
     assert torch.equal(res.delta, ref.delta)

@@ -14,11 +14,8 @@ LIGHT = tuple(a for a in ARCHS if a not in HEAVY)
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def test_arch_list():

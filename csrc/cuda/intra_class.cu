@@ -75,8 +75,7 @@ __global__ void intra_bwd_kernel(const scalar_t* __restrict__ z, const acc_of<sc
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> intra_class_fwd_cuda(
     const at::Tensor& features_in, const at::Tensor& labels_in, int64_t num_classes) {
-  check_features(features_in);
-  check_labels(labels_in, features_in);
+  check_loss_fwd_args(features_in, labels_in);
   TORCH_CHECK(num_classes >= 1, "num_classes must be >= 1, got ", num_classes);
   check_cuda(features_in, features_in, "features");
   check_cuda(labels_in, features_in, "labels");
@@ -105,16 +104,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> intra_cla
 at::Tensor intra_class_bwd_cuda(const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& inv_in,
                                 const at::Tensor& class_sum_in, const at::Tensor& class_count_in,
                                 const at::Tensor& labels_in) {
-  check_features(z_in, "z");
+  check_intra_bwd_args(grad, z_in, inv_in, class_sum_in, class_count_in, labels_in);
   const int64_t B = z_in.size(0), D = z_in.size(1);
-  const auto acc = acc_type(z_in.scalar_type());
-  check_labels(labels_in, z_in);
-  check_vec(inv_in, B, acc, "inv_norm");
-  TORCH_CHECK(class_sum_in.dim() == 2 && class_sum_in.size(1) == D && class_sum_in.scalar_type() == acc,
-              "class_sum must be (C, ", D, ") of the accumulation dtype");
   const int64_t C = class_sum_in.size(0);
-  check_vec(class_count_in, C, at::kLong, "class_count");
-  TORCH_CHECK(grad.numel() == 1, "grad must hold one element");
   check_cuda(z_in, z_in, "z");
   check_cuda(labels_in, z_in, "labels");
   check_cuda(inv_in, z_in, "inv_norm");

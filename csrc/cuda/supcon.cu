@@ -101,9 +101,7 @@ __global__ void supcon_project_kernel(const acc_t* __restrict__ G, const acc_t* 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor& features_in,
                                                                                        const at::Tensor& labels_in,
                                                                                        double tau, double eps) {
-  check_features(features_in);
-  TORCH_CHECK(features_in.size(0) >= 1, "features must have at least one row");
-  check_labels(labels_in, features_in);
+  check_loss_fwd_args(features_in, labels_in);
   TORCH_CHECK(tau > 0, "temperature must be > 0, got ", tau);
   TORCH_CHECK(eps >= 0, "eps must be >= 0, got ", eps);
   check_cuda(features_in, features_in, "features");
@@ -145,15 +143,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fw
 
 at::Tensor supcon_bwd_cuda(const at::Tensor& grad, const at::Tensor& z_in, const at::Tensor& inv_in,
                            const at::Tensor& P_in, const at::Tensor& N_in, const at::Tensor& labels_in, double tau) {
-  check_features(z_in, "z");
+  check_supcon_bwd_args(grad, z_in, inv_in, P_in, N_in, labels_in, tau);
   const int64_t B = z_in.size(0), D = z_in.size(1);
   const auto acc = acc_type(z_in.scalar_type());
-  check_labels(labels_in, z_in);
-  check_vec(inv_in, B, acc, "inv_norm");
-  check_vec(P_in, B, acc, "P");
-  check_vec(N_in, B, acc, "N");
-  TORCH_CHECK(grad.numel() == 1, "grad must hold one element");
-  TORCH_CHECK(tau > 0, "temperature must be > 0, got ", tau);
   check_cuda(z_in, z_in, "z");
   check_cuda(labels_in, z_in, "labels");
   check_cuda(inv_in, z_in, "inv_norm");
