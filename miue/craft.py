@@ -286,6 +286,45 @@ def _all_reduce_sum(*values: torch.Tensor) -> list[torch.Tensor]:
     return list(flat)
 
 
+class _GraphedPGDStep:
+    """One sample-wise PGD step (surrogate forward, objective, backward w.r.t. δ, fused signed
+    step and projection) captured once as a CUDA graph on static batch buffers, then replayed
+    ``pgd_steps`` times per full batch: the step's few hundred kernel launches become one.
+    The step size is a device scalar, so one capture serves every round."""
+
+    def __init__(self, eng: "_Engine", d, clean_f, c_box, y):
+        self.d, self.clean_f, self.c_box, self.y = d.clone(), clean_f.clone(), c_box.clone(), y.clone()
+        self.alpha = torch.zeros((), dtype=torch.float64, device=eng.device)  # 0 during warm-up: δ unchanged
+        eps = torch.tensor(eng.cfg.eps, dtype=torch.float64)
+
+        def step():
+            return eng._pgd_step(self.d, self.clean_f, self.c_box, self.y, self.alpha, eps, (0.0, 1.0))
+
+        side = torch.cuda.Stream(eng.device)
+        side.wait_stream(torch.cuda.current_stream(eng.device))
+        with torch.cuda.stream(side):  # warm-up (lazy initialisation, compilation) outside the capture
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream(eng.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.loss = step()
+
+    def run(self, d, clean_f, c_box, y, alpha: float, steps: int) -> torch.Tensor:
+        """``steps`` steps on the batch δ ``d`` (updated in place); the summed objective."""
+        self.d.copy_(d)
+        self.clean_f.copy_(clean_f)
+        self.c_box.copy_(c_box)
+        self.y.copy_(y)
+        self.alpha.fill_(alpha)
+        total = torch.zeros((), device=d.device)
+        for _ in range(steps):
+            self.graph.replay()
+            total += self.loss
+        d.copy_(self.d)
+        return total
+
+
 class _Engine:
     """One process's share of a crafting run. With torch.distributed initialised, rank r of W
     owns the images r, r+W, r+2W, ... (``clean``/``labels`` here are that shard): it crafts δ
@@ -324,6 +363,7 @@ class _Engine:
             self.class_delta_dev = torch.zeros((self.C,) + shape, device=device)
             self.zero_clean = torch.zeros_like(self.class_delta_dev)
         self.model = None
+        self._graph, self._graph_failed = None, False
         if cfg.objective != "random":
             self._build_surrogate(surrogate, clean)
 
@@ -423,7 +463,9 @@ class _Engine:
     def _pgd_step(self, d, clean_f, c_box, y, alpha, eps, box):
         """One step on the batch δ ``d`` (float32, in place); returns the objective value."""
         dv = d.detach().requires_grad_(True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        # inside a CUDA graph the autocast weight-cast cache would outlive its capture
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
+                            cache_enabled=not self.cfg.cuda_graphs):
             feats, logits = self.forward(self._input(clean_f + dv), return_features=True)
             loss = self._objective(feats, logits, y)
         (g,) = torch.autograd.grad(loss, dv)
@@ -457,14 +499,35 @@ class _Engine:
                     steps += 1
                 continue
             d = self.store.delta_batch(idx)
-            for _ in range(cfg.pgd_steps):
-                total += self._pgd_step(d, clean_f, c_box, y, alpha_t, eps_t, (0.0, 1.0))
-                steps += 1
+            graphed = self._graphed_step(d, clean_f, c_box, y) if len(idx) == cfg.pgd_batch_size else None
+            if graphed is not None:
+                total += graphed.run(d, clean_f, c_box, y, alpha, cfg.pgd_steps)
+                steps += cfg.pgd_steps
+            else:
+                for _ in range(cfg.pgd_steps):
+                    total += self._pgd_step(d, clean_f, c_box, y, alpha_t, eps_t, (0.0, 1.0))
+                    steps += 1
             self.store.write_delta(idx, d)
         if self.world > 1:
             total, steps_t = _all_reduce_sum(total, torch.tensor(float(steps)))
             return total / steps_t.clamp_min(1)
         return total / max(steps, 1)
+
+    def _graphed_step(self, d, clean_f, c_box, y):
+        """The CUDA graph of one sample-wise PGD step for full batches (``cuda_graphs``), built
+        on first use; None when graphs are off or capture failed (the step then runs eagerly)."""
+        if not (self.cfg.cuda_graphs and self.device.type == "cuda") or self._graph_failed:
+            return None
+        if self._graph is None or self._graph.c_box.dtype != c_box.dtype:
+            try:
+                self._graph = _GraphedPGDStep(self, d, clean_f, c_box, y)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: fall back, do not lose the run
+                self._graph_failed = True
+                self._graph = None
+                log.warning("CUDA-graph capture of the PGD step failed (%s: %s); running it eagerly",
+                            type(exc).__name__, exc)
+                return None
+        return self._graph
 
     # ---------------------------------------------------------------- random noise
     def random_noise(self, owned: torch.Tensor | None = None, n_global: int | None = None):
