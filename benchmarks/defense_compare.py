@@ -4,7 +4,7 @@ Trains the demo's victim (``evaluate`` preset ``quick``, same epochs and seed as
 on each released set in ``--poisons-dir`` (``miue.npz``, ``em.npz`` as ``bash scripts/demo.sh``
 writes them; ``clean`` is the dataset itself) with each defense, and writes a JSON report and
 a markdown table. The JSON is rewritten after every victim, so an interrupted run keeps what
-it measured.
+it measured, and ``--resume`` measures only what is missing.
 
     python benchmarks/defense_compare.py --poisons-dir demo_out --defenses jpeg at \
         --json demo_out/defenses.json --md demo_out/defenses.md
@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="poisons from `miue demo --quick` (its 2,000-image subset)")
     p.add_argument("--seed", type=int, default=0, help="victim seed, and the demo's subset seed with --quick")
     p.add_argument("--json", default=None, help="report path (default <poisons-dir>/defenses.json)")
+    p.add_argument("--resume", action="store_true", help="keep the results already in --json (same setup) and "
+                   "measure only the missing ones")
     p.add_argument("--md", default=None, help="markdown table path (default <poisons-dir>/defenses.md)")
     args = p.parse_args(argv)
     json_path = args.json or os.path.join(args.poisons_dir, "defenses.json")
@@ -88,6 +90,16 @@ def main(argv=None) -> int:
               "environment": {"miue": miue.__version__, "torch": torch.__version__, "python": platform.python_version(),
                               "threads": torch.get_num_threads()}}
     channels = next(iter(images.values())).shape[1]
+    if args.resume and os.path.exists(json_path):  # keep what an earlier run of the same setup measured
+        with open(json_path) as fh:
+            old = json.load(fh)
+        same = ("quick", "dataset", "epochs", "at_eps", "seed", "victim_preset")
+        if any(old.get(k) != report[k] for k in same):
+            raise ValueError(f"--resume: {json_path} was measured with another setup; use another --json")
+        report["results"] = {d: {m: r for m, r in row.items() if isinstance(r, dict)}
+                             for d, row in old.get("results", {}).items()}
+        report["defenses"] = list(dict.fromkeys([*old.get("defenses", []), *args.defenses]))
+        report["methods"] = list(dict.fromkeys([*old.get("methods", []), *args.methods]))
 
     def write():
         tmp = json_path + ".tmp"
@@ -104,6 +116,8 @@ def main(argv=None) -> int:
             if defense == "grayscale" and channels == 1:
                 row[m] = "identity on 1-channel images"
                 continue
+            if isinstance(row.get(m), dict):
+                continue  # measured by the run resumed
             res = evaluate(images[m], train.labels, test.images, test.labels, preset="quick", epochs=args.epochs,
                            defense=None if defense == "none" else defense, at_eps=args.at_eps, seed=args.seed,
                            progress=False)

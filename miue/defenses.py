@@ -3,7 +3,7 @@
 Three kinds:
 
 * preprocessing, applied once to the whole (uint8) training set before training:
-  ``jpeg``       JPEG compression at quality 10 (ISS), through torchvision.io;
+  ``jpeg``       JPEG compression at quality 10 (ISS), through Pillow;
   ``grayscale``  ITU-R 601 luma replicated over the channels (ISS);
   ``bitdepth``   bit-depth reduction to 2 bits per channel (values k·85);
   ``blur``       Gaussian blur, kernel 3, sigma 1 (torchvision).
@@ -36,18 +36,30 @@ DEFENSES = PREPROCESS + AUGMENT + ("at",)
 
 
 def jpeg(images: torch.Tensor, quality: int = 10) -> torch.Tensor:
-    from torchvision.io import decode_jpeg, encode_jpeg
+    """Encode and decode every image as a baseline JPEG at ``quality`` (Pillow, libjpeg;
+    4:2:0 chroma subsampling for colour images, as ISS's JPEG defense uses)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
 
     x = images.cpu()
     if x.shape[1] not in (1, 3):
         raise ValueError(f"jpeg needs 1 or 3 channels, got {x.shape[1]}")
-    out = torch.empty_like(x)
-    for i0 in range(0, x.shape[0], 4096):
-        chunk = list(x[i0:i0 + 4096])
-        encoded = encode_jpeg(chunk, quality=quality)
-        decoded = decode_jpeg(encoded)
-        out[i0:i0 + len(chunk)] = torch.stack(decoded)
-    return out
+    if not 1 <= int(quality) <= 95:
+        raise ValueError(f"quality must lie in [1, 95], got {quality!r}")
+    hwc = x.permute(0, 2, 3, 1).contiguous().numpy()
+    out = np.empty_like(hwc)
+    buf = io.BytesIO()
+    for i, img in enumerate(hwc):
+        buf.seek(0)
+        buf.truncate()
+        Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(buf, format="JPEG", quality=int(quality))
+        buf.seek(0)
+        with Image.open(buf) as dec:
+            arr = np.asarray(dec.convert("L" if img.shape[2] == 1 else "RGB"))
+        out[i] = arr.reshape(img.shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def grayscale(images: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,25 @@ def test_jpeg_noise_images_and_batch_independence():
 def test_jpeg_rejects_other_channel_counts():
     with pytest.raises(ValueError, match="1 or 3 channels"):
         D.jpeg(noise_uint8(n=2, c=2, h=8, w=8))
+    for q in (0, 96):
+        with pytest.raises(ValueError, match="quality"):
+            D.jpeg(noise_uint8(n=1, c=1, h=8, w=8), quality=q)
+
+
+def test_jpeg_matches_a_plain_pillow_round_trip():
+    """The batch path (layout changes, one reused buffer) equals encoding each image alone."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x = smooth_uint8(n=3, c=3, h=20, w=12, seed=5)
+    out = D.jpeg(x)
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(x[i].permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=10)
+        ref = torch.from_numpy(np.array(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(out[i], ref)
 
 
 def test_grayscale_rgb():
