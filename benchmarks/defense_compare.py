@@ -28,6 +28,7 @@ import miue
 from miue.craft import CraftResult
 from miue.data import class_balanced_subset, load_dataset
 from miue.defenses import DEFENSES
+from miue.demo import QUICK
 from miue.evaluate import evaluate
 
 FILES = {"MI-UE": "miue.npz", "EM": "em.npz", "random": "random.npz"}
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     p.add_argument("--defenses", nargs="+", default=["none", "jpeg", "grayscale", "at"], choices=["none", *DEFENSES])
     p.add_argument("--epochs", type=int, default=7, help="victim epochs (the demo's: 7)")
     p.add_argument("--at-eps", type=float, default=4 / 255, help="adversarial-training eps (default 4/255)")
-    p.add_argument("--quick", action="store_true", help="poisons from `miue demo --quick` (its 2,000-image subset)")
+    p.add_argument("--quick", action="store_true", help="poisons from `miue demo --quick` (its class-balanced subsets)")
     p.add_argument("--seed", type=int, default=0, help="victim seed, and the demo's subset seed with --quick")
     p.add_argument("--json", default=None, help="report path (default <poisons-dir>/defenses.json)")
     p.add_argument("--resume", action="store_true", help="keep the results already in --json (same setup) and "
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
     dataset = dataset or "fashion-mnist"
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
     if args.quick:  # the subsets `miue demo --quick` crafts and tests on
-        train, test = class_balanced_subset(train, 200, seed=args.seed), class_balanced_subset(test, 100, seed=args.seed)
+        train = class_balanced_subset(train, QUICK["train_per_class"], seed=args.seed)
+        test = class_balanced_subset(test, QUICK["test_per_class"], seed=args.seed)
     images = {}
     for m in args.methods:
         if m == "clean":

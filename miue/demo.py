@@ -3,7 +3,8 @@ trained on each.
 
 1. Craft, at the same ε = 8/255 and with the same ``demo`` schedule and surrogate, MI-UE
    (supcon objective), EM (error-minimising cross-entropy) and uniform random noise for the
-   60,000 Fashion-MNIST training images (``--quick``: a class-balanced subset of 2,000).
+   60,000 Fashion-MNIST training images (``--quick``: class-balanced subsets of 10,000
+   training and 2,000 test images, 3 rounds, see ``QUICK``).
 2. Train the same victim (the ``quick`` evaluation preset: a small CNN) on clean data and on
    each released set; test every victim on the clean test set.
 3. The paper's lens: for each poison, the victim trained on it embeds the clean and the
@@ -34,6 +35,12 @@ METHODS = (("MI-UE", "miue"), ("EM", "em"), ("random", "random"))
 TARGETS = {"clean_min": 0.88, "miue_max": 0.20}
 
 
+# the shortened configuration (``--quick``, run by CI): class-balanced subsets, fewer rounds
+QUICK = dict(train_per_class=1000, test_per_class=200, rounds=3, victim_epochs=7)
+QUICK_TEXT = (f"{10 * QUICK['train_per_class']:,} training / {10 * QUICK['test_per_class']:,} test images, "
+              f"{QUICK['rounds']} rounds, {QUICK['victim_epochs']} victim epochs")
+
+
 def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progress: bool = True, seed: int = 0,
              victim_epochs: int | None = None) -> dict:
     import miue
@@ -43,13 +50,13 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     train = load_dataset("fashion-mnist", "train")
     test = load_dataset("fashion-mnist", "test")
     if quick:
-        train = class_balanced_subset(train, 200, seed=seed)
-        test = class_balanced_subset(test, 100, seed=seed)
+        train = class_balanced_subset(train, QUICK["train_per_class"], seed=seed)
+        test = class_balanced_subset(test, QUICK["test_per_class"], seed=seed)
     craft_kw = dict(preset="demo", eps=EPS, seed=seed, progress=progress, device=device)
     if quick:
-        craft_kw["rounds"] = 2
-    epochs = victim_epochs or (3 if quick else 7)
-    print(f"miue demo{' (QUICK configuration: 2,000 images, 2 rounds, 3 victim epochs; not the full demo)' if quick else ''}: "
+        craft_kw["rounds"] = QUICK["rounds"]
+    epochs = victim_epochs or (QUICK["victim_epochs"] if quick else 7)
+    print(f"miue demo{' (QUICK configuration: ' + QUICK_TEXT + '; not the full demo)' if quick else ''}: "
           f"Fashion-MNIST, {len(train)} training / {len(test)} test images, eps = 8/255", flush=True)
 
     poisons, crafted, craft_seconds = {"clean": train.images}, {}, {}

@@ -5,7 +5,7 @@
 # (Debian's dataset-fashion-mnist, a .venv with torch 2.14.1 and this package).
 #
 #   bash scripts/demo.sh             # the full demo (about 10 minutes on 2 CPU cores)
-#   bash scripts/demo.sh --quick     # a shortened configuration (2,000 images), flagged as such
+#   bash scripts/demo.sh --quick     # a shortened configuration (10,000 images), flagged as such
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
