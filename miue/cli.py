@@ -148,6 +148,7 @@ def _cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from miue.defenses import DEFENSES
+    from miue.demo import QUICK_TEXT
     from miue.models import ARCHS
     from miue.presets import OBJECTIVES, PRESETS
 
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="craft MI-UE, EM and random noise on Fashion-MNIST and show that victims fail")
     s.add_argument("--out-dir", default="demo_out", help="where the report, figure and poisons go (default demo_out)")
-    s.add_argument("--quick", action="store_true", help="a shortened configuration (CI): 10,000 training / 2,000 test images, 3 rounds, 7 victim epochs")
+    s.add_argument("--quick", action="store_true", help=f"a shortened configuration (CI): {QUICK_TEXT}")
     s.add_argument("--device")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
