@@ -8,6 +8,10 @@ clean test accuracy (lower = more unlearnable) next to the same victim trained o
            random crop (pad 4) + horizontal flip. With ``defense="at"``: PGD-10 adversarial
            training, 100 epochs, lr 0.1 divided by 10 at epochs 40 and 80, weight decay 5e-4.
 ``quick``  a small CNN, 7 epochs, batch 256, lr 0.05, cosine, crop (pad 2 below 32 px) + flip: sized for CPUs.
+``adam``   a small CNN, 12 epochs, Adam lr 1e-3 (constant), batch 128, no augmentation: a user's everyday
+           recipe, unlike the surrogate's.
+
+``optimizer`` ("sgd" | "adam") and ``augment`` (crop + flip on/off) override the preset's recipe.
 
 Data and augmentation stay on the device; bf16 autocast and channels_last when asked (CUDA).
 """
@@ -31,7 +35,11 @@ EVAL_PRESETS = {
                   crop=True, flip=True),
     "quick": dict(arch="cnn", epochs=7, batch_size=256, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                   crop=True, flip=True),
+    # a user's everyday recipe: Adam at its default rate, constant, no augmentation
+    "adam": dict(arch="cnn", epochs=12, batch_size=128, lr=1e-3, momentum=0.9, weight_decay=0.0, schedule="constant",
+                 crop=False, flip=False, optimizer="adam"),
 }
+OPTIMIZERS = ("sgd", "adam")
 AT_PAPER = dict(epochs=100, lr=0.1, weight_decay=5e-4, schedule="step40-80")
 
 
@@ -119,6 +127,8 @@ def evaluate(
     eval_every: int = 1,
     progress: bool = True,
     num_classes: int | None = None,
+    optimizer: str | None = None,
+    augment: bool | None = None,
 ) -> EvalResult:
     """Train a fresh victim on ``train_images`` and test it on clean ``test_images``.
 
@@ -140,9 +150,14 @@ def evaluate(
     cfg = dict(EVAL_PRESETS[preset])
     if defense == "at" and preset == "paper":
         cfg.update(AT_PAPER)
-    for k, v in (("arch", arch), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+    cfg.setdefault("optimizer", "sgd")
+    for k, v in (("arch", arch), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer)):
         if v is not None:
             cfg[k] = v
+    if augment is not None:
+        cfg["crop"] = cfg["flip"] = bool(augment)
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg['optimizer']!r}")
     if cfg["arch"] not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {cfg['arch']!r}")
     for key, value in (("epochs", cfg["epochs"]), ("batch_size", cfg["batch_size"]), ("eval_every", eval_every)):
@@ -191,10 +206,15 @@ def evaluate(
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    if cfg["optimizer"] == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     E = cfg["epochs"]
     if cfg["schedule"] == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=E)
+    elif cfg["schedule"] == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     else:  # divide by 10 at 40% and 80% of the epochs (epochs 40 and 80 of 100)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(0.4 * E), int(0.8 * E)], gamma=0.1)
 

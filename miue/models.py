@@ -7,7 +7,8 @@ normalisation inside the model (the MI-UE surrogate does this; the paper's victi
 
 Built from torchvision where it has the architecture (ResNet-18/50, VGG-19-BN,
 DenseNet-121, ViT), adapted to small images with the usual CIFAR stems; written here where
-it does not (WRN-34-10, the small CNN for CPU runs).
+it does not (WRN-34-10; for CPU runs the small CNNs ``cnn-small`` / ``cnn`` / ``cnn-wide`` (width
+16 / 32 / 64), a ResNet-8 ``resnet-small`` from torchvision blocks, and an ``mlp``).
 
 :func:`build_model` makes one by name; :class:`FeatureModel` adapts a user's module.
 """
@@ -169,7 +170,33 @@ def _small_cnn(channels: int, num_classes: int, width: int = 32):
     return body, nn.Linear(4 * w, num_classes)
 
 
-ARCHS = ("resnet18", "resnet50", "vgg19", "densenet121", "wrn34-10", "vit", "cnn", "cnn-small")
+def _resnet_small(channels: int, num_classes: int, widths=(16, 32, 64)):
+    """A ResNet-8 for CPU runs: a 3×3 stem and one torchvision BasicBlock per stage (strides 1, 2, 2)."""
+    from torchvision.models.resnet import BasicBlock
+
+    layers = [nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+    cin = widths[0]
+    for w, stride in zip(widths, (1, 2, 2)):
+        down = None
+        if stride != 1 or cin != w:
+            down = nn.Sequential(nn.Conv2d(cin, w, 1, stride, bias=False), nn.BatchNorm2d(w))
+        layers.append(BasicBlock(cin, w, stride, down))
+        cin = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers), nn.Linear(cin, num_classes)
+
+
+def _mlp(channels: int, num_classes: int, image_size: int, hidden=(512, 256)):
+    """A two-hidden-layer MLP on the flattened image (square image_size² inputs)."""
+    layers, cin = [nn.Flatten()], channels * image_size * image_size
+    for h in hidden:
+        layers += [nn.Linear(cin, h), nn.ReLU(inplace=True)]
+        cin = h
+    return nn.Sequential(*layers), nn.Linear(cin, num_classes)
+
+
+ARCHS = ("resnet18", "resnet50", "vgg19", "densenet121", "wrn34-10", "vit", "cnn", "cnn-small", "cnn-wide",
+         "resnet-small", "mlp")
 
 
 def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int = 32, normalize: bool = False) -> _Net:
@@ -193,6 +220,12 @@ def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int 
         body, head = _small_cnn(channels, num_classes, 32)
     elif arch == "cnn-small":
         body, head = _small_cnn(channels, num_classes, 16)
+    elif arch == "cnn-wide":
+        body, head = _small_cnn(channels, num_classes, 64)
+    elif arch == "resnet-small":
+        body, head = _resnet_small(channels, num_classes)
+    elif arch == "mlp":
+        body, head = _mlp(channels, num_classes, image_size)
     else:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     return _Net(body, head, channels, normalize)

@@ -31,7 +31,12 @@ class CraftConfig:
     pgd_steps: int = 10
     pgd_batch_size: int = 512
     train_batch_size: int = 128
-    train_epochs: int = 1  # surrogate epochs per round
+    train_epochs: int = 1  # surrogate epochs per round (ignored when train_steps > 0)
+    train_steps: int = 0  # surrogate SGD steps per round; 0: train_epochs full epochs (data-size dependent)
+    stop_train_acc: float = 0.0  # EM's stopping rule: end crafting once the surrogate's accuracy on the
+    #                              poisoned data reaches this (0: off, run every round)
+    pgd_bn: str = "eval"  # batch norm during PGD: "eval" (running statistics) or "train" (batch statistics,
+    #                       running statistics left unchanged)
     arch: str = "resnet18"
     lr: float = 0.1
     momentum: float = 0.9

@@ -378,3 +378,18 @@ def test_shortcut_makes_data_unlearnable():
     assert learned_shortcut > 0.7, learned_shortcut
     assert poisoned.test_acc < 0.45, poisoned.test_acc_history
     assert clean.test_acc - poisoned.test_acc > 0.5
+
+
+def test_adam_recipe_and_overrides():
+    """The ``adam`` preset trains with Adam and no augmentation; optimizer/augment override a preset."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.arange(64) % 4
+    r = evaluate(x, y, x[:16], y[:16], preset="adam", arch="mlp", epochs=2, progress=False, device="cpu")
+    assert r.config["optimizer"] == "adam" and not r.config["crop"] and not r.config["flip"]
+    assert len(r.test_acc_history) == 2 and 0 <= r.test_acc <= 1
+    r2 = evaluate(x, y, x[:16], y[:16], preset="quick", arch="resnet-small", epochs=1, optimizer="adam", augment=False,
+                  progress=False, device="cpu")
+    assert r2.config["optimizer"] == "adam" and not r2.config["crop"]
+    with pytest.raises(ValueError, match="optimizer"):
+        evaluate(x, y, x[:16], y[:16], preset="quick", epochs=1, optimizer="rmsprop", progress=False, device="cpu")

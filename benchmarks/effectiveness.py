@@ -1,0 +1,538 @@
+"""Effectiveness study (issue 13): whether, and when, MI-UE makes Fashion-MNIST unlearnable,
+compared with EM and simple baselines, against victims that differ from the surrogate.
+
+Every measurement is a *cell* (one poison × one victim × one seed × one defense), cached in
+``results.json`` the moment it is done; ``--resume`` measures only what is missing, so a
+killed run loses one cell at most. Crafted poisons are cached (``--cache-dir``, outside the
+repository) with crafting checkpoints, so an interrupted 1,000-step craft resumes too.
+
+Stages (run in this order; ``--stages`` picks some):
+
+``plateau``    clean-trained victims at their epoch budget E and at 2E: shows how far from
+               the plateau E stops (the curves are in the JSON).
+``budgets``    every method at every budget (PGD steps per image: 25 = the ``demo`` preset,
+               200, 1,000 = the paper's 100 rounds × 10 steps and α ramp) × every victim; 3 seeds
+               on the SGD small-CNN victim.
+``ablations``  one knob at a time on MI-UE (and EM's own recipe) at the ablation budget.
+``defenses``   MI-UE, EM and clean data under training-time defenses at the defense budget.
+
+Writes ``results.json``, ``results.md`` (tables) and ``budget_curve.png`` /
+``mi_scatter.png`` into ``--out`` (default ``benchmarks/results/<machine>-<date>/effectiveness``).
+
+    python benchmarks/effectiveness.py --resume                 # the whole study (hours on 2 cores)
+    python benchmarks/effectiveness.py --resume --stages budgets --budgets 25 200
+    python benchmarks/effectiveness.py --report-only            # tables and plots from results.json
+    python benchmarks/effectiveness.py --quick --out /tmp/eff   # CI smoke run (tiny everything)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+EPS = 8 / 255
+
+# PGD steps per image -> crafting options on top of the ``demo`` preset (cnn-small surrogate,
+# SGD lr 0.01, one surrogate epoch per round). α ramps from alpha_start (round 1) to alpha_end.
+BUDGETS = {
+    "25": dict(rounds=5, pgd_steps=5, alpha_start=1.0 / 255, alpha_end=2.0 / 255),  # the demo preset
+    "200": dict(rounds=20, pgd_steps=10, alpha_start=0.5 / 255, alpha_end=1.0 / 255),
+    "1000": dict(rounds=100, pgd_steps=10, alpha_start=0.2 / 255, alpha_end=0.4 / 255),  # the paper's schedule
+}
+
+# method -> (objective, classwise); "ref-cw" is crafted without a model (a fixed ±eps sign
+# pattern per class), "clean" is no perturbation.
+METHODS = {
+    "miue": ("miue", False),
+    "miue-linear": ("miue-linear", False),
+    "em": ("em", False),
+    "miue-cw": ("miue", True),
+    "random": ("random", False),
+    "ref-cw": (None, True),
+}
+BUDGET_FREE = ("random", "ref-cw")  # the same poison at every budget
+
+# victims: (evaluate preset, arch, epochs). They differ from the surrogate (cnn-small trained
+# with SGD) in width or architecture and in recipe (SGD + crop + flip vs Adam, no augmentation).
+VICTIMS = {
+    "cnn-sgd": ("quick", "cnn", 20),
+    "cnn-adam": ("adam", "cnn", 15),
+    "resnet-sgd": ("quick", "resnet-small", 15),
+    "mlp-adam": ("adam", "mlp", 20),
+}
+SEEDS = {"cnn-sgd": (0, 1, 2)}  # others: seed 0
+
+# one knob at a time (applied to MI-UE unless the name says otherwise), at ABLATION_BUDGET
+ABLATION_BUDGET = "200"
+ABLATIONS = {
+    "train_steps=10": dict(train_steps=10),  # EM's surrogate schedule: 10 SGD steps per round
+    "em-recipe": dict(train_steps=10, stop_train_acc=0.99),  # ... and its stopping rule
+    "tau=0.05": dict(temperature=0.05),
+    "tau=0.5": dict(temperature=0.5),
+    "pgd_batch=256": dict(pgd_batch_size=256),
+    "pgd_batch=1024": dict(pgd_batch_size=1024),
+    "bn=train": dict(pgd_bn="train"),
+    "flip=off": dict(flip=False),
+    "alpha=const": dict(alpha_start=0.75 / 255, alpha_end=0.75 / 255),
+    "surrogate=cnn": dict(arch="cnn"),
+    "surrogate=resnet-small": dict(arch="resnet-small"),
+}
+ABLATION_EM = ("em-recipe", "train_steps=10")  # also measured for EM, whose own recipe these are
+ABLATION_VICTIMS = ("cnn-sgd", "cnn-adam", "mlp-adam")
+
+DEFENSE_BUDGET = "200"
+DEFENSES = ("jpeg", "at", "cutout", "mixup", "ueraser", "blur")
+DEFENSE_METHODS = ("miue", "em", "clean")
+
+QUICK = dict(train_per_class=60, test_per_class=30, budgets={"25": dict(rounds=2, pgd_steps=2, alpha_start=2 / 255,
+                                                                        alpha_end=2 / 255)},
+             epochs=1, ablations=("train_steps=10", "bn=train"), defenses=("jpeg", "cutout"))
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+
+class Results:
+    """results.json: setup, per-poison crafting records and per-cell victim records,
+    rewritten atomically after every cell."""
+
+    def __init__(self, path: str, setup: dict, resume: bool):
+        self.path = path
+        self.data = {"setup": setup, "poisons": {}, "cells": {}}
+        if os.path.exists(path):
+            if not resume:
+                raise SystemExit(f"{path} exists: pass --resume to continue it, or choose another --out")
+            with open(path) as fh:
+                old = json.load(fh)
+            keep = ("dataset", "train_per_class", "test_per_class", "eps", "quick")
+            if any(old["setup"].get(k) != setup.get(k) for k in keep):
+                raise SystemExit(f"--resume: {path} was measured with another setup ({[old['setup'].get(k) for k in keep]})")
+            self.data["poisons"] = old.get("poisons", {})
+            self.data["cells"] = old.get("cells", {})
+
+    def save(self):
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.data, fh, indent=1)
+        os.replace(tmp, self.path)
+
+
+def cell_id(poison: str, victim: str, seed: int, defense: str | None) -> str:
+    return f"{poison}|{victim}|s{seed}|{defense or 'none'}"
+
+
+def poison_id(method: str, budget: str | None, ablation: str | None = None) -> str:
+    if method in BUDGET_FREE or method == "clean":
+        return method
+    return f"{method}@{budget}" + (f"+{ablation}" if ablation else "")
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+class Study:
+    def __init__(self, args):
+        from miue.data import class_balanced_subset, load_dataset
+
+        self.args = args
+        self.quick = args.quick
+        q = QUICK if args.quick else None
+        self.budgets = q["budgets"] if q else {b: BUDGETS[b] for b in args.budgets}
+        self.epochs_scale = args.epoch_scale
+        train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+        tpc = q["train_per_class"] if q else args.train_per_class
+        self.train = class_balanced_subset(train, tpc, seed=0)
+        self.test = class_balanced_subset(test, q["test_per_class"], seed=0) if q else test
+        setup = {"dataset": "fashion-mnist", "train_per_class": tpc, "test_per_class": q["test_per_class"] if q else None,
+                 "train_images": len(self.train), "test_images": len(self.test), "eps": EPS, "quick": args.quick,
+                 "budgets": self.budgets, "victims": VICTIMS, "seeds": SEEDS, "ablations": ABLATIONS,
+                 "ablation_budget": ABLATION_BUDGET, "defense_budget": DEFENSE_BUDGET,
+                 "surrogate": "demo preset (cnn-small, SGD lr 0.01, one epoch per round)",
+                 "environment": _environment()}
+        self.res = Results(os.path.join(args.out, "results.json"), setup, args.resume)
+        self.res.data["setup"]["environment"] = setup["environment"]
+        self.cache = os.path.join(args.cache_dir, "quick" if args.quick else f"fmnist-{tpc}pc")
+        self.deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
+        self._poison_cache = {}
+
+    # -- poisons
+    def poison_images(self, pid: str, method: str, budget: str | None, overrides: dict) -> np.ndarray:
+        if method == "clean":
+            return self.train.images
+        if pid in self._poison_cache:
+            return self._poison_cache[pid]
+        from miue.craft import CraftResult, craft_fast, release
+
+        path = os.path.join(self.cache, "poisons", pid.replace("/", "_") + ".npz")
+        if os.path.exists(path):
+            images = CraftResult.load(path).images.numpy()
+        else:
+            t0 = time.perf_counter()
+            objective, classwise = METHODS[method]
+            if objective is None:  # ref-cw: a fixed random ±eps sign pattern per class
+                g = torch.Generator().manual_seed(0)
+                C = int(self.train.labels.max()) + 1
+                pattern = (torch.randint(0, 2, (C,) + self.train.images.shape[1:], generator=g).float() * 2 - 1) * EPS
+                labels = torch.from_numpy(self.train.labels)
+                delta = pattern[labels]
+                clean = torch.from_numpy(self.train.images)
+                result = CraftResult(delta=delta, images=release(clean, delta, EPS), labels=labels,
+                                     config={"method": "ref-cw", "eps": EPS}, history=[])
+            else:
+                opts = dict(self.budgets.get(budget, {})) if budget else {}
+                opts.update(overrides)
+                result = craft_fast(self.train.images, self.train.labels, preset="demo", objective=objective,
+                                    classwise=classwise, eps=EPS, seed=0, progress=self.args.progress,
+                                    checkpoint_dir=None if method == "random" else os.path.join(self.cache, "ckpt", pid),
+                                    **opts)
+            seconds = time.perf_counter() - t0
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            result.save(path)
+            images = result.images.numpy()
+            self.res.data["poisons"][pid] = {
+                "method": method, "budget": budget, "overrides": overrides, "craft_seconds": seconds,
+                "config": result.config, "history": result.history,
+                "pgd_steps_per_image": _pgd_steps(result), "linf_uint8": int(np.abs(
+                    images.astype(np.int16) - self.train.images.astype(np.int16)).max()),
+            }
+            self.res.save()
+            print(f"  crafted {pid:34} {seconds:7.0f} s", flush=True)
+        self._poison_cache = {pid: images}  # keep one poison in memory
+        return images
+
+    # -- victims
+    def run_cell(self, pid: str, method: str, budget: str | None, victim: str, seed: int, defense: str | None = None,
+                 overrides: dict | None = None, epochs: int | None = None, tag: str | None = None):
+        cid = cell_id(pid, victim, seed, defense) + (f"|{tag}" if tag else "")
+        if cid in self.res.data["cells"]:
+            return
+        if self.deadline and time.time() > self.deadline:
+            raise _OutOfTime()
+        from miue.evaluate import evaluate
+
+        images = self.poison_images(pid, method, budget, overrides or {})
+        preset, arch, default_epochs = VICTIMS[victim]
+        E = epochs or (1 if self.quick else max(1, round(default_epochs * self.epochs_scale)))
+        v = evaluate(images, self.train.labels, self.test.images, self.test.labels, preset=preset, arch=arch, epochs=E,
+                     seed=seed, defense=defense, progress=self.args.progress)
+        rec = {"poison": pid, "method": method, "budget": budget, "victim": victim, "seed": seed, "defense": defense,
+               "epochs": E, "test_acc": v.test_acc, "test_acc_history": v.test_acc_history,
+               "train_acc_final": v.train_acc_history[-1], "seconds": v.seconds}
+        if method != "clean" and defense is None:
+            rec.update(_lens(v.model, self.train, images, n=2000 if self.quick else 5000))
+        self.res.data["cells"][cid] = rec
+        self.res.save()
+        mi = f"  MI {rec['mi_nats']:6.2f}" if "mi_nats" in rec else ""
+        print(f"  {cid:58} acc {v.test_acc:.4f}{mi}  ({v.seconds:.0f} s)", flush=True)
+
+    def stage_plateau(self):
+        print("== plateau: clean victims at E and 2E epochs", flush=True)
+        for victim, (_, _, E) in VICTIMS.items():
+            E = 1 if self.quick else max(1, round(E * self.epochs_scale))
+            self.run_cell("clean", "clean", None, victim, 0)
+            self.run_cell("clean", "clean", None, victim, 0, epochs=2 * E, tag=f"epochs={2 * E}")
+
+    def stage_budgets(self):
+        print("== budgets: every method at every budget, every victim", flush=True)
+        methods = [m for m in self.args.methods if m in METHODS]
+        for b in self.budgets:
+            for m in methods:
+                if m in BUDGET_FREE and b != next(iter(self.budgets)):
+                    continue
+                pid = poison_id(m, b)
+                for victim in VICTIMS:
+                    for seed in self._seeds(victim):
+                        self.run_cell(pid, m, None if m in BUDGET_FREE else b, victim, seed)
+        for victim in VICTIMS:  # the clean reference for every victim and seed
+            for seed in self._seeds(victim):
+                self.run_cell("clean", "clean", None, victim, seed)
+
+    def stage_ablations(self):
+        budget = next(iter(self.budgets)) if self.quick else ABLATION_BUDGET
+        names = QUICK["ablations"] if self.quick else list(ABLATIONS)
+        print(f"== ablations at budget {budget}", flush=True)
+        for name in names:
+            for method in ("miue", "em") if name in ABLATION_EM else ("miue",):
+                pid = poison_id(method, budget, name)
+                for victim in ABLATION_VICTIMS:
+                    self.run_cell(pid, method, budget, victim, 0, overrides=ABLATIONS[name])
+
+    def stage_defenses(self):
+        budget = next(iter(self.budgets)) if self.quick else DEFENSE_BUDGET
+        print(f"== defenses at budget {budget}", flush=True)
+        for defense in (QUICK["defenses"] if self.quick else DEFENSES):
+            for m in DEFENSE_METHODS:
+                self.run_cell(poison_id(m, budget), m, budget if m != "clean" else None, "cnn-sgd", 0, defense=defense)
+
+    def _seeds(self, victim):
+        return (0,) if self.quick else SEEDS.get(victim, (0,))
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _pgd_steps(result) -> int:
+    cfg = result.config
+    if cfg.get("method") == "ref-cw" or cfg.get("objective") == "random":
+        return 0
+    done = [h for h in result.history if not h.get("stopped")]
+    return len(done) * int(cfg.get("pgd_steps", 0))
+
+
+def _lens(model, train, poisoned: np.ndarray, n: int) -> dict:
+    """The paper's lens on this victim: Gaussian I(clean; poisoned) of its features, the
+    intra-class covariance trace and cosine of the poisoned features (first n images)."""
+    from miue.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, \
+        mean_intra_class_cosine
+
+    n = min(n, len(train))
+    f_clean = extract_features(model, train.images[:n])
+    f_pois = extract_features(model, poisoned[:n])
+    labels = torch.from_numpy(train.labels[:n])
+    return {"mi_nats": gaussian_mutual_information(f_clean, f_pois),
+            "intra_cov_trace": intra_class_covariance_trace(f_pois, labels),
+            "intra_cos": mean_intra_class_cosine(f_pois, labels)}
+
+
+def _environment() -> dict:
+    import miue
+
+    return {"miue": miue.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "backends": miue.available_backends()}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _mean_std(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return float(np.mean(xs)), float(np.std(xs)) if len(xs) > 1 else 0.0
+
+
+def _fmt(mean, std=None):
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std else "")
+
+
+def _spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+
+
+def summarize(data: dict) -> dict:
+    """Per (poison, victim): mean ± std test accuracy over seeds (no defense)."""
+    table = {}
+    for cid, c in data["cells"].items():
+        if c["defense"] is not None or cid.count("|") > 3:  # plateau extras carry a tag
+            continue
+        table.setdefault(c["poison"], {}).setdefault(c["victim"], []).append(c["test_acc"])
+    return {p: {v: _mean_std(xs) + (len(xs),) for v, xs in row.items()} for p, row in table.items()}
+
+
+def targets(data: dict, summary: dict, budget: str) -> dict:
+    """Issue 13's targets at ``budget`` (None where a needed cell is missing)."""
+    def acc(pid, v):
+        return summary.get(pid, {}).get(v, (None,))[0]
+
+    victims = list(VICTIMS)
+    out = {}
+    mi = [acc(poison_id("miue", budget), v) for v in victims]
+    em = [acc(poison_id("em", budget), v) for v in victims]
+    clean = [acc("clean", v) for v in victims]
+    ref = [acc("ref-cw", v) for v in victims]
+    if None not in mi + em:
+        out["miue_mean_le_em_mean"] = (float(np.mean(mi)), float(np.mean(em)), bool(np.mean(mi) <= np.mean(em)))
+    if mi[0] is not None:
+        out["miue_cnn_sgd_le_20pct"] = (mi[0], bool(mi[0] <= 0.20))
+    if None not in mi + clean:
+        ok = []
+        for v, m, c, r in zip(victims, mi, clean, ref):
+            half = m <= c / 2
+            ref_drop = (r is not None) and (c - m >= c - r)
+            ok.append((v, m, c, bool(half or ((r is not None and r > c / 2) and ref_drop))))
+        out["miue_le_half_clean_every_victim"] = ok
+    if None not in clean:
+        out["clean_ge_88pct"] = [(v, c, bool(c >= 0.88)) for v, c in zip(victims, clean)]
+    return out
+
+
+def markdown(data: dict) -> str:
+    s = summarize(data)
+    setup = data["setup"]
+    lines = [f"# Effectiveness study — Fashion-MNIST, {setup['train_images']:,} training / {setup['test_images']:,} test "
+             f"images, ε = 8/255", "",
+             "Clean test accuracy (%) of each victim trained on the released images (lower = more unlearnable); "
+             "mean ± std over seeds where there are several (cnn-sgd: 3 seeds). Budget = PGD steps per image.", ""]
+    victims = list(VICTIMS)
+    lines.append("| poison | budget | " + " | ".join(victims) + " | mean |")
+    lines.append("|---|---:|" + "---:|" * (len(victims) + 1))
+
+    def order(pid):
+        p = data["poisons"].get(pid, {})
+        b = p.get("budget")
+        return (pid != "clean", int(b) if b else 0, "+" in pid, pid)
+
+    for pid in sorted(s, key=order):
+        row = s[pid]
+        means = [row.get(v, (None,))[0] for v in victims]
+        m = np.mean(means) if None not in means else None
+        budget = data["poisons"].get(pid, {}).get("budget") or "–"
+        lines.append(f"| {pid} | {budget} | " + " | ".join(_fmt(*row[v][:2]) if v in row else "–" for v in victims)
+                     + f" | {_fmt(m)} |")
+    plateau = [(c["victim"], c["epochs"], c["test_acc"]) for cid, c in data["cells"].items() if c["poison"] == "clean"
+               and c["defense"] is None and c["seed"] == 0]
+    if plateau:
+        lines += ["", "Plateau check (clean data, seed 0): test accuracy at E and 2E epochs.", "",
+                  "| victim | epochs | clean acc |", "|---|---:|---:|"]
+        for v, e, a in sorted(plateau):
+            lines.append(f"| {v} | {e} | {100 * a:.1f} |")
+    defended = [c for c in data["cells"].values() if c["defense"]]
+    if defended:
+        lines += ["", "Under defenses (cnn-sgd victim, seed 0):", ""]
+        methods = sorted({c["poison"] for c in defended}, key=lambda p: (p == "clean", p))
+        lines.append("| defense | " + " | ".join(methods) + " |")
+        lines.append("|---|" + "---:|" * len(methods))
+        for d in sorted({c["defense"] for c in defended}):
+            row = {c["poison"]: c["test_acc"] for c in defended if c["defense"] == d}
+            lines.append(f"| {d} | " + " | ".join(_fmt(row.get(p)) for p in methods) + " |")
+    lens = [(c["mi_nats"], c["test_acc"]) for c in data["cells"].values() if "mi_nats" in c]
+    if len(lens) > 2:
+        rho = _spearman([x for x, _ in lens], [y for _, y in lens])
+        lines += ["", f"Gaussian I(clean; poisoned) of the victim's features vs its test accuracy over {len(lens)} "
+                  f"cells: Spearman ρ = {rho:.2f}."]
+    for b in setup.get("budgets", {}):
+        t = targets(data, s, b)
+        if t:
+            lines += ["", f"Targets at budget {b}: " + json.dumps(t)]
+    return "\n".join(lines) + "\n"
+
+
+def plots(data: dict, out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = summarize(data)
+    written = []
+    budgets = sorted({int(p["budget"]) for p in data["poisons"].values() if p.get("budget")})
+    if budgets:
+        victims = list(VICTIMS)
+        fig, axes = plt.subplots(1, len(victims), figsize=(4 * len(victims), 3.6), sharey=True)
+        for ax, v in zip(np.atleast_1d(axes), victims):
+            for m in METHODS:
+                pts = [(b, s.get(poison_id(m, str(b)), {}).get(v)) for b in budgets]
+                pts = [(b, r) for b, r in pts if r is not None and r[0] is not None]
+                if m in BUDGET_FREE and m in s and v in s[m]:
+                    ax.axhline(100 * s[m][v][0], ls=":", lw=1, label=m, color="gray" if m == "random" else "k")
+                    continue
+                if pts:
+                    ax.errorbar([b for b, _ in pts], [100 * r[0] for _, r in pts], yerr=[100 * r[1] for _, r in pts],
+                                marker="o", capsize=3, label=m)
+            if "clean" in s and v in s["clean"]:
+                ax.axhline(100 * s["clean"][v][0], ls="--", lw=1, color="g", label="clean")
+            ax.set_xscale("log")
+            ax.set_xlabel("PGD steps per image")
+            ax.set_title(v, fontsize=9)
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+        np.atleast_1d(axes)[0].set_ylabel("victim clean test accuracy (%)")
+        np.atleast_1d(axes)[-1].legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out, "budget_curve.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    lens = [(c["mi_nats"], c["test_acc"], c["method"]) for c in data["cells"].values() if "mi_nats" in c]
+    if len(lens) > 2:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for m in sorted({x[2] for x in lens}):
+            pts = [(x, y) for x, y, mm in lens if mm == m]
+            ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], s=14, label=m)
+        rho = _spearman([x[0] for x in lens], [x[1] for x in lens])
+        ax.set_xlabel("Gaussian I(clean; poisoned) of victim features (nats)")
+        ax.set_ylabel("victim clean test accuracy (%)")
+        ax.set_title(f"all cells: Spearman ρ = {rho:.2f}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out, "mi_scatter.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report(out: str) -> None:
+    with open(os.path.join(out, "results.json")) as fh:
+        data = json.load(fh)
+    md = markdown(data)
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write(md)
+    written = plots(data, out)
+    print(md)
+    print("wrote", ", ".join([os.path.join(out, "results.md"), *written]))
+
+
+# ----------------------------------------------------------------------------- main
+
+STAGES = ("plateau", "budgets", "ablations", "defenses")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    default_out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                               f"cpu-{os.cpu_count()}cores-{datetime.date.today().isoformat()}", "effectiveness")
+    p.add_argument("--out", default=default_out, help="results folder (default %(default)s)")
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/miue-effectiveness"),
+                   help="crafted poisons and crafting checkpoints (default %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue the results.json in --out: measure only what is missing")
+    p.add_argument("--quick", action="store_true", help="CI smoke run: tiny subsets, one tiny budget, 1 victim epoch")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--train-per-class", type=int, default=2000, help="class-balanced training subset (default 2000/class)")
+    p.add_argument("--epoch-scale", type=float, default=1.0, help="scale every victim's epoch budget")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly before the first cell that starts later")
+    p.add_argument("--report-only", action="store_true", help="only rewrite tables and plots from results.json")
+    p.add_argument("--progress", action="store_true", help="tqdm bars for crafting and victims")
+    args = p.parse_args(argv)
+    if args.report_only:
+        report(args.out)
+        return 0
+    if args.train_per_class < 1 or args.epoch_scale <= 0 or args.max_minutes < 0:
+        p.error("--train-per-class and --epoch-scale must be positive, --max-minutes >= 0")
+    os.makedirs(args.out, exist_ok=True)
+    study = Study(args)
+    t0 = time.perf_counter()
+    print(f"effectiveness study: {len(study.train)} training / {len(study.test)} test images"
+          f"{' (QUICK smoke run: not evidence)' if args.quick else ''}; results in {args.out}", flush=True)
+    try:
+        for stage in STAGES:
+            if stage in args.stages:
+                getattr(study, f"stage_{stage}")()
+    except _OutOfTime:
+        print(f"--max-minutes {args.max_minutes} reached: stopping between cells (rerun with --resume)", flush=True)
+    print(f"study ran {time.perf_counter() - t0:.0f} s", flush=True)
+    report(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

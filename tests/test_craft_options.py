@@ -1,0 +1,83 @@
+"""Crafting options used by the effectiveness study's ablations: a fixed number of surrogate
+steps per round (``train_steps``), EM's stopping rule (``stop_train_acc``) and batch norm
+in train mode during PGD (``pgd_bn``)."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from miue.craft import _Engine, craft_fast
+from miue.presets import make_config
+
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.arange(n) % 4
+    return x, y
+
+
+class _Counting(nn.Module):
+    """A surrogate that counts its training-mode forward calls (class attribute: survives the copy)."""
+
+    train_calls = 0
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten())
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if self.training:
+            type(self).train_calls += 1
+        return self.fc(self.body(x))
+
+
+def test_train_steps_fixes_surrogate_steps_per_round():
+    x, y = _data(64)
+    _Counting.train_calls = 0
+    craft_fast(x, y, preset="demo", surrogate=_Counting(), rounds=2, pgd_steps=1, train_batch_size=16,
+               progress=False, device="cpu")
+    per_epoch = _Counting.train_calls
+    assert per_epoch == 2 * 4  # one epoch per round: 64 / 16 steps
+    _Counting.train_calls = 0
+    r = craft_fast(x, y, preset="demo", surrogate=_Counting(), rounds=2, pgd_steps=1, train_batch_size=16,
+                   train_steps=11, progress=False, device="cpu")
+    assert _Counting.train_calls == 2 * 11  # more steps than an epoch: wraps into fresh permutations
+    assert r.config["train_steps"] == 11
+    assert r.history[0]["train_images_per_s"] > 0
+
+
+def test_stop_train_acc_ends_crafting_and_resumes_stopped(tmp_path):
+    x, y = _data(64)
+    kw = dict(preset="demo", rounds=3, pgd_steps=1, progress=False, device="cpu", stop_train_acc=1e-9,
+              checkpoint_dir=str(tmp_path))
+    r = craft_fast(x, y, **kw)
+    assert len(r.history) == 1 and r.history[0]["stopped"]
+    assert torch.count_nonzero(r.delta) == 0  # stopped before the first PGD pass
+    again = craft_fast(x, y, **kw)  # resuming a stopped run does not run more rounds
+    assert len(again.history) == 1 and torch.equal(again.delta, r.delta)
+
+
+def test_pgd_bn_train_keeps_running_statistics():
+    x, y = _data(64)
+    cfg = make_config("demo", rounds=1, pgd_steps=2, pgd_bn="train", num_classes=4)
+    eng = _Engine(cfg, x, y, None, torch.device("cpu"), progress=False)
+    eng.train_epoch()
+    bn = [m for m in eng.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in bn]
+    eng.pgd_pass(1 / 255)
+    for m, (mean, var, mom) in zip(bn, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) and m.momentum == mom
+    assert torch.count_nonzero(eng.store.delta) > 0
+    eval_run = craft_fast(x, y, preset="demo", rounds=1, pgd_steps=2, progress=False, device="cpu")
+    train_run = craft_fast(x, y, preset="demo", rounds=1, pgd_steps=2, pgd_bn="train", progress=False, device="cpu")
+    assert not torch.equal(eval_run.delta, train_run.delta)  # batch statistics change the gradients
+
+
+@pytest.mark.parametrize("bad", [dict(pgd_bn="frozen"), dict(train_steps=-1), dict(stop_train_acc=1.5)])
+def test_bad_options_are_named(bad):
+    x, y = _data(16)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        craft_fast(x, y, preset="demo", rounds=1, progress=False, device="cpu", **bad)
