@@ -8,15 +8,16 @@ the ``MIUE_BACKEND`` environment variable.
 
 import torch  # noqa: F401  (the compiled extension needs torch loaded first)
 
-from miue._backend import _load_extension, available_backends, resolve_backend, use_backend
+from miue._backend import available_backends, resolve_backend, use_backend
+from miue._extension import load_extension
 from miue._validate import set_validation
 from miue.ops import grouped_normalize, intra_class_cosine_loss, pgd_linf_step_, project_linf_, supcon_loss
 from miue.craft import CraftInterrupted, CraftResult, craft_fast
 from miue.evaluate import EvalResult, evaluate
 
-__version__ = "0.1.0"
+from miue._version import __version__
 
-_load_extension()  # registers torch.ops.miue_C.* or warns once
+load_extension()  # registers torch.ops.miue_C.* or warns once, in one line
 
 __all__ = [
     "__version__",

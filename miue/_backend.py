@@ -25,40 +25,15 @@ import warnings
 
 import torch
 
+from miue._extension import cpp_has_cuda, load_extension
+
 BACKENDS = ("reference", "cpp", "triton")
 AUTO = "auto"
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("miue_backend", default=None)
 
 
-# --------------------------------------------------------------------------- extension
-
-
-@functools.lru_cache(maxsize=None)
-def _load_extension() -> bool:
-    """Import ``miue._C`` once. Returns whether its ops are registered; warns once if not."""
-    if os.environ.get("MIUE_SKIP_EXT", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        from miue import _C  # noqa: F401  (registers torch.ops.miue_C.*)
-    except Exception as exc:  # ImportError, OSError (undefined symbol), ...
-        warnings.warn(
-            f"miue: the compiled extension miue._C could not be loaded ({type(exc).__name__}: {exc}). "
-            "The 'cpp' backend is unavailable; using the reference and triton backends. "
-            "Reinstall with `pip install --no-build-isolation -e .` to build it.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
-    return hasattr(torch.ops, "miue_C") and hasattr(torch.ops.miue_C, "supcon_fwd")
-
-
-@functools.lru_cache(maxsize=None)
-def cpp_has_cuda() -> bool:
-    """Whether the compiled extension carries CUDA kernels."""
-    if not _load_extension():
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key("miue_C::supcon_fwd", "CUDA")
+# --------------------------------------------------------------------------- triton
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,7 +62,7 @@ def backend_supports(name: str, device: torch.device) -> bool:
     if name == "reference":
         return True
     if name == "cpp":
-        if not _load_extension():
+        if not load_extension():
             return False
         if device.type == "cpu":
             return True

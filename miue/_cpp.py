@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from miue._backend import _load_extension
+from miue._extension import load_extension
 
-_load_extension()
+load_extension()
 _ops = torch.ops.miue_C
 
 

@@ -7,7 +7,7 @@
   numbers, strings, lists and dicts only) and ``.npz`` results with ``allow_pickle=False``.
 * Result files carry a SHA-256 checksum of their arrays, verified on load.
 
-Result file layout (``CraftResult.save``), ``.npz`` or ``.pt`` by extension:
+Result file layout (``CraftResult.save``), ``.npz`` or ``.pt`` by extension (no suffix: ``.npz``):
     delta   float32 N×C×H×W
     images  uint8   N×C×H×W (the released images)
     labels  int64   N
@@ -25,6 +25,8 @@ import tempfile
 
 import numpy as np
 import torch
+
+from miue._version import __version__
 
 FORMAT = "miue-result"
 FORMAT_VERSION = 1
@@ -119,35 +121,45 @@ def _checksum(delta: np.ndarray, images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def save_result(result, path: str) -> str:
-    from miue import __version__
+def result_path(path: str) -> str:
+    """The file a result is written to: ``path`` as given when it ends in .npz or .pt,
+    ``path + ".npz"`` when it has no suffix (as ``numpy.savez`` does); any other suffix is an error."""
+    path = os.fspath(path)
+    if path.endswith((".npz", ".pt")):
+        return path
+    base = os.path.basename(path)
+    if base and os.path.splitext(base)[1] == "" and not base.endswith("."):
+        return path + ".npz"
+    raise ValueError(f"result path must end in .npz or .pt (or have no suffix, then .npz is added), got {path!r}")
 
-    delta = result.delta.detach().cpu().float().numpy()
-    images = result.images.detach().cpu().numpy().astype(np.uint8, copy=False)
-    labels = result.labels.detach().cpu().numpy().astype(np.int64, copy=False)
-    cfg = result.config or {}
+
+def write_result_file(path: str, delta, images, labels, config: dict, history: list) -> str:
+    """Write a result file (layout in the module docstring); returns the path written, with
+    .npz added when ``path`` has no suffix."""
+    path = result_path(path)
+    delta = delta.detach().cpu().float().numpy()
+    images = images.detach().cpu().numpy().astype(np.uint8, copy=False)
+    labels = labels.detach().cpu().numpy().astype(np.int64, copy=False)
+    cfg = config or {}
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "miue_version": __version__,
         "eps": cfg.get("eps"), "preset": cfg.get("preset"), "objective": cfg.get("objective"), "seed": cfg.get("seed"),
-        "config": cfg, "history": result.history, "sha256": _checksum(delta, images, labels),
+        "config": cfg, "history": history, "sha256": _checksum(delta, images, labels),
     }
     text = json.dumps(meta)
     if path.endswith(".npz"):
         def write(tmp):
             with open(tmp, "wb") as fh:
                 np.savez(fh, delta=delta, images=images, labels=labels, meta=np.array(text))
-    elif path.endswith(".pt"):
+    else:
         def write(tmp):
             torch.save({"delta": torch.from_numpy(delta), "images": torch.from_numpy(images),
                         "labels": torch.from_numpy(labels), "meta": text}, tmp)
-    else:
-        raise ValueError(f"result path must end in .npz or .pt, got {path!r}")
     return atomic_write(path, write)
 
 
-def load_result(path: str):
-    from miue.craft import CraftResult
-
+def read_result_file(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """(delta float32, images uint8, labels int64, meta) of a result file, checksum verified."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"result file {path!r} does not exist")
     try:
@@ -180,6 +192,5 @@ def load_result(path: str):
         raise ResultFileError(f"{path}: arrays have inconsistent shapes or dtypes")
     if _checksum(delta.astype(np.float32, copy=False), images, labels.astype(np.int64, copy=False)) != meta.get("sha256"):
         raise ResultFileError(f"{path}: checksum mismatch (the file is corrupt or was modified)")
-    return CraftResult(delta=torch.from_numpy(np.array(delta, dtype=np.float32)), images=torch.from_numpy(np.array(images)),
-                       labels=torch.from_numpy(np.array(labels, dtype=np.int64)), history=meta.get("history", []),
-                       config=meta.get("config", {}))
+    return (torch.from_numpy(np.array(delta, dtype=np.float32)), torch.from_numpy(np.array(images)),
+            torch.from_numpy(np.array(labels, dtype=np.int64)), meta)

@@ -1,0 +1,26 @@
+"""The MI-UE crafting engine: :func:`craft_fast` (SPEC §3).
+
+Where things are:
+
+``run.py``          :func:`craft_fast`: arguments, configuration, the round loop with
+                    checkpoints, resume and Ctrl-C, the released result
+``engine.py``       :class:`~miue.craft.engine.Engine`: the surrogate, and one round
+                    (``run_round``: train the surrogate, then PGD on every δ)
+``inputs.py``       images and labels in, validated (any layout, uint8 or float)
+``store.py``        the δ store: images and δ on the device or streamed from host memory
+``graphs.py``       the CUDA graph of one PGD step
+``checkpoint.py``   checkpoint files, resume checks, ``extend=True``
+``interrupt.py``    Ctrl-C: finish the round, checkpoint, :class:`CraftInterrupted`
+``distributed.py``  ranks, shards, the collectives a multi-process run needs
+``result.py``       :class:`CraftResult` (save/load/export) and :func:`release`
+"""
+
+from miue.craft.checkpoint import CHECKPOINT_NAME, METRICS_NAME
+from miue.craft.engine import Engine as _Engine  # noqa: F401  (tests patch miue.craft._Engine)
+from miue.craft.inputs import as_nchw_uint8_or_float, prepare_inputs
+from miue.craft.interrupt import CraftInterrupted
+from miue.craft.result import CraftResult, release
+from miue.craft.run import craft_fast
+
+__all__ = ["craft_fast", "CraftResult", "CraftInterrupted", "release", "as_nchw_uint8_or_float", "prepare_inputs",
+           "CHECKPOINT_NAME", "METRICS_NAME"]

@@ -1,0 +1,94 @@
+"""Input preparation: images in any common layout and dtype, labels, class count, validated."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger("miue.craft")
+
+
+def as_nchw_uint8_or_float(images, name: str = "images") -> torch.Tensor:
+    """Images as a CPU tensor N×C×H×W: uint8 kept as is, floats as float32 in [0, 1].
+
+    Accepts numpy arrays or tensors shaped N×H×W, N×H×W×C (channels last when the last dim is
+    1, 3 or 4 and dim 1 is not) or N×C×H×W."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a numpy array, a torch.Tensor or a torch Dataset, got {type(images).__name__}")
+    x = images.detach().cpu()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be N×H×W, N×H×W×C or N×C×H×W, got shape {tuple(x.shape)}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be uint8 or floating point in [0, 1], got dtype {x.dtype}")
+    x = x.float().contiguous()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"float {name} must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}] (pass uint8 for 0..255)")
+    return x
+
+
+def _from_dataset(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise TypeError("a Dataset passed as images must yield (image, label) pairs")
+        img, lab = item[0], item[1]
+        if not isinstance(img, (torch.Tensor, np.ndarray)):
+            img = np.asarray(img)  # PIL image: H×W or H×W×C uint8
+            if img.ndim == 2:
+                img = img[None]
+            else:
+                img = img.transpose(2, 0, 1)
+        xs.append(torch.as_tensor(np.asarray(img) if isinstance(img, np.ndarray) else img))
+        ys.append(int(lab))
+    if not xs:
+        raise ValueError("images: the Dataset is empty")
+    x = torch.stack(xs)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return x, torch.tensor(ys, dtype=torch.int64)
+
+
+def prepare_inputs(images, labels, num_classes: int | None):
+    """(clean images N×C×H×W uint8 or float32, labels int64, num_classes), validated."""
+    if isinstance(images, torch.utils.data.Dataset):
+        x, ds_labels = _from_dataset(images)
+        labels = ds_labels if labels is None else labels
+        x = as_nchw_uint8_or_float(x)
+    else:
+        x = as_nchw_uint8_or_float(images)
+    if labels is None:
+        raise ValueError("labels are required (or pass a Dataset yielding (image, label))")
+    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    y = y.reshape(-1).long()
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels has {y.shape[0]} entries but images has {x.shape[0]}")
+    if y.min().item() < 0:
+        raise ValueError(f"labels must be >= 0, found {y.min().item()}")
+    inferred = int(y.max().item()) + 1
+    if num_classes is None or num_classes == 0:
+        num_classes = inferred
+    elif num_classes < inferred:
+        raise ValueError(f"num_classes={num_classes} but labels go up to {inferred - 1}")
+    counts = torch.bincount(y, minlength=num_classes)
+    if ((counts == 1)).any():
+        log.warning("classes %s have a single sample: the supcon loss has no positive pair for them but the sample itself",
+                    (counts == 1).nonzero().flatten().tolist()[:10])
+    return x, y, int(num_classes)

@@ -1,0 +1,207 @@
+"""A crafting run: :func:`craft_fast` checks its arguments, builds the configuration, then
+runs the rounds of the engine with checkpoints, resume, interrupt handling and, under
+torch.distributed, the final gather of the δ shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import numbers
+
+import torch
+import torch.nn as nn
+
+from miue import ops
+from miue.craft.checkpoint import Checkpoint, check_resumable, fingerprint
+from miue.craft.distributed import dist_info, gather_delta, shard
+from miue.craft.engine import Engine
+from miue.craft.inputs import prepare_inputs
+from miue.craft.interrupt import CraftInterrupted, GracefulInterrupt
+from miue.craft.result import CraftResult, release
+from miue.presets import OBJECTIVES, CraftConfig, make_config
+
+log = logging.getLogger("miue.craft")
+
+
+def craft_fast(
+    images,
+    labels=None,
+    *,
+    eps: float = 8 / 255,
+    preset: str = "paper",
+    objective: str = "miue",
+    surrogate: nn.Module | None = None,
+    rounds: int | None = None,
+    pgd_steps: int | None = None,
+    batch_size: int | None = None,
+    train_batch_size: int | None = None,
+    device=None,
+    backend: str | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    compile: bool | None = None,
+    cuda_graphs: bool | None = None,
+    classwise: bool = False,
+    num_classes: int | None = None,
+    delta_dtype: str | None = None,
+    release_rounding: str = "round",
+    seed: int = 0,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 1,
+    extend: bool = False,
+    progress: bool = True,
+    **options,
+) -> CraftResult:
+    """Craft unlearnable examples (MI-UE by default) for a labelled image set.
+
+    images: uint8 (0..255) or float (in [0, 1]) numpy array or tensor, N×H×W, N×H×W×C or
+        N×C×H×W, any channel count; or a torch Dataset yielding (image, label).
+    labels: integer labels (N); optional with a Dataset.
+    eps: L∞ budget in [0, 1] units (8/255 by default).
+    preset: "paper" (SPEC §3 exactly), "fast" (paper + bf16/channels_last/compile/CUDA
+        graphs on CUDA) or "demo" (small CNN, short schedule for CPUs).
+    objective: "miue" (supcon loss), "miue-linear" (intra-class cosine loss), "em"
+        (error-minimising cross-entropy) or "random" (uniform noise, no model).
+    surrogate: an nn.Module returning logits (features = the input of its last nn.Linear)
+        or (features, logits); a copy is trained. Default: the preset's architecture.
+    rounds, pgd_steps, batch_size (PGD batch), train_batch_size, amp, channels_last, compile,
+        cuda_graphs, delta_dtype ("float32" | "float16" | "int8"): override the preset.
+    Other keyword options override CraftConfig fields (lr, temperature, alpha_start, ...).
+    checkpoint_dir: write a checkpoint every ``checkpoint_every`` rounds (atomically) and
+        per-round metrics (metrics.jsonl); calling again with the same directory resumes.
+    extend: with a checkpoint of a run with fewer rounds, continue it to ``rounds`` instead of
+        refusing it: the α and learning-rate schedules follow the new total from the
+        checkpoint's round on, and ``result.config["schedule_changes"]`` records where.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not (0 < eps <= 1):
+        raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
+    for name, v in (("rounds", rounds), ("pgd_steps", pgd_steps), ("batch_size", batch_size),
+                    ("train_batch_size", train_batch_size), ("checkpoint_every", checkpoint_every)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if delta_dtype is not None and delta_dtype not in ("float32", "float16", "int8"):
+        raise ValueError(f"delta_dtype must be 'float32', 'float16' or 'int8', got {delta_dtype!r}")
+    if not isinstance(extend, bool):
+        raise TypeError(f"extend must be True or False, got {extend!r}")
+    if release_rounding not in ("round", "trunc"):
+        raise ValueError(f"release_rounding must be 'round' or 'trunc', got {release_rounding!r}")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clean, y, C = prepare_inputs(images, labels, num_classes)
+    cfg = make_config(
+        preset, objective=objective, eps=float(eps), rounds=rounds, pgd_steps=pgd_steps, pgd_batch_size=batch_size,
+        train_batch_size=train_batch_size, amp=amp, channels_last=channels_last, compile=compile,
+        cuda_graphs=cuda_graphs, classwise=classwise, delta_dtype=delta_dtype, release_rounding=release_rounding,
+        seed=seed, backend=backend, checkpoint_every=checkpoint_every, num_classes=C, **options,
+    )
+    if cfg.delta_dtype == "int8" and cfg.eps * 255 > 127:
+        raise ValueError("delta_dtype='int8' holds |δ| ≤ 127/255; use float16/float32 for a larger eps")
+    if device.type != "cuda":  # bf16 autocast and CUDA graphs are CUDA-only (channels_last helps oneDNN too)
+        cfg.amp = cfg.cuda_graphs = False
+    if cfg.classwise and dist_info()[1] > 1 and cfg.objective != "random":
+        raise ValueError("classwise crafting is not supported under torch.distributed (class perturbations would "
+                         "need a collective per PGD step); run it in one process")
+    return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress, extend)
+
+
+
+def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress, extend=False) -> CraftResult:
+    rank, world = dist_info()
+    n_global = clean.shape[0]
+    owned = shard(n_global, rank, world)
+    inputs = fingerprint(clean, y) + (f"-rank{rank}of{world}" if world > 1 else "")
+    ckpt = Checkpoint(checkpoint_dir, rank, world) if checkpoint_dir is not None else None
+    local_clean, local_y = (clean[owned], y[owned]) if world > 1 else (clean, y)
+    eng = Engine(cfg, local_clean, local_y, surrogate, device, progress and rank == 0, rank, world, n_global)
+    if ckpt is not None:  # each checkpoint holds δ and the surrogate with its optimiser state
+        params = sum(p.numel() * p.element_size() for p in eng.model.parameters()) if eng.model is not None else 0
+        delta = eng.class_delta_dev if cfg.classwise else eng.store.delta
+        ckpt.check_space(delta.numel() * delta.element_size() + 3 * params)
+    start_round, history, changes = 0, [], []
+    st = ckpt.load() if ckpt is not None else None
+    if st is not None:
+        changes = check_resumable(st, cfg, inputs, ckpt.path, extend)
+        start_round, history = eng.load_state(st)
+        if json.loads(st["config"])["rounds"] < cfg.rounds:  # extend=True: the schedule changes here
+            eng.extend_schedule()
+        log.info("resuming from %s after round %d", ckpt.path, start_round)
+    if ckpt is not None:  # one line per round in the checkpoint: drop rounds logged after it
+        ckpt.write_metrics(history)
+
+    def save(round_done):
+        if ckpt is None:
+            return
+        state = eng.state(round_done, history)
+        state["config"] = json.dumps(cfg.to_dict())
+        state["fingerprint"] = inputs
+        state["schedule_changes"] = json.dumps(changes)
+        ckpt.save(state)
+
+    if cfg.objective == "random":
+        if start_round == 0:
+            eng.random_noise(owned, n_global)
+            history.append({"round": 1, "objective": "random"})
+            save(cfg.rounds)
+    else:
+        _rounds(eng, cfg, start_round, history, save, ckpt, progress and rank == 0)
+
+    if cfg.classwise:
+        delta = eng.class_delta_dev.cpu()[y].clamp_(-cfg.eps, cfg.eps)
+    else:
+        delta = eng.store.delta_full()
+        if world > 1:
+            delta = gather_delta(delta, n_global, world)
+        # PGD kept δ in the box around the flipped image it saw last; the result is projected
+        # around the image as given (the released images are the same either way), then
+        # clamped exactly to ±ε ((c + δ) - c may round a few ulps past ε)
+        ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
+    images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
+    config = cfg.to_dict()
+    if world > 1:
+        config["world_size"] = world
+    if changes:
+        config["schedule_changes"] = changes
+    return CraftResult(delta=delta, images=images_out, labels=y, history=history, config=config)
+
+
+def _rounds(eng: Engine, cfg: CraftConfig, start_round: int, history: list, save, ckpt: Checkpoint | None,
+            progress: bool):
+    """Rounds start_round + 1 .. cfg.rounds of the engine, with metrics, checkpoints, the
+    progress bar and Ctrl-C handling (finish the round, checkpoint, raise CraftInterrupted)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.rounds, initial=start_round, desc=f"miue craft ({cfg.objective})", unit="round",
+               disable=not progress, dynamic_ncols=True)
+    interrupt = GracefulInterrupt(enabled=ckpt is not None)
+    saved = start_round
+    try:
+        with interrupt:
+            first = cfg.rounds + 1 if history and history[-1].get("stopped") else start_round + 1
+            for e in range(first, cfg.rounds + 1):
+                try:
+                    rec = eng.run_round(e)
+                except FloatingPointError as exc:
+                    raise FloatingPointError(f"{exc}; stopped, the last good checkpoint (round {saved}) is kept") from None
+                history.append(rec)
+                log.info("round %d/%d: %s", e, cfg.rounds, rec)
+                if ckpt is not None:
+                    ckpt.append_metrics(rec)
+                stopped = rec.get("stopped", False)
+                if e % cfg.checkpoint_every == 0 or e == cfg.rounds or interrupt.requested or stopped:
+                    save(e)
+                    saved = e
+                if stopped:
+                    bar.update(cfg.rounds - e + 1)
+                    break
+                bar.set_postfix(loss=f"{rec['objective_loss']:.4f}", acc=f"{rec['train_acc']:.3f}",
+                                img_s=f"{rec['pgd_images_per_s']:.0f}")
+                bar.update(1)
+                if interrupt.requested and e < cfg.rounds:
+                    raise CraftInterrupted(
+                        f"crafting interrupted after round {e}/{cfg.rounds}; checkpoint saved in {ckpt.directory} "
+                        "(call again with the same checkpoint_dir to resume)", e, ckpt.directory)
+    finally:
+        bar.close()
