@@ -13,13 +13,25 @@ import os
 import sys
 
 
+def budget(text: str) -> float:
+    """An L-inf budget as written in papers, ``8/255``, or as a float, ``0.0314``."""
+    num, slash, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a float or a fraction such as 8/255, got {text!r}") from None
+    if not (0 < value <= 1):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (in [0, 1] pixel units, e.g. 8/255), got {text!r}")
+    return value
+
+
 def _cmd_info(args) -> int:
     import platform
 
     import torch
 
     import miue
-    from miue._backend import cpp_has_cuda
+    from miue._extension import cpp_has_cuda, extension_status
 
     info = {
         "miue": miue.__version__,
@@ -30,6 +42,7 @@ def _cmd_info(args) -> int:
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"],
         "backends": miue.available_backends(),
         "cpp_has_cuda_kernels": cpp_has_cuda(),
+        "extension": extension_status(),
         "cpu_threads": torch.get_num_threads(),
     }
     try:
@@ -90,7 +103,7 @@ def _cmd_craft(args) -> int:
         result = miue.craft_fast(
             data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, rounds=args.rounds,
             pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=device, backend=args.backend,
-            classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir,
+            classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir, extend=args.extend,
             progress=not args.quiet and rank == 0, release_rounding=args.release_rounding, delta_dtype=args.delta_dtype,
             **opts,
         )
@@ -163,10 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("craft", help="craft unlearnable examples for a dataset and save them")
     s.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, digits, or a path "
                                    "(idx directory, CIFAR directory, ImageFolder tree, .npz, .mat)")
-    s.add_argument("--out", required=True, help="result file (.npz or .pt)")
+    s.add_argument("--out", required=True, help="result file (.npz or .pt; without a suffix .npz is added)")
     s.add_argument("--preset", choices=PRESETS, default="paper")
     s.add_argument("--objective", choices=OBJECTIVES, default="miue")
-    s.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget in [0,1] units (default 8/255)")
+    s.add_argument("--eps", type=budget, default=8 / 255,
+                   help="L-inf budget in [0,1] units, a float or a fraction such as 8/255 (default 8/255)")
     s.add_argument("--rounds", type=int, help="override the preset's number of rounds")
     s.add_argument("--pgd-steps", type=int, help="override the preset's PGD steps per round")
     s.add_argument("--batch-size", type=int, help="PGD batch size")
@@ -176,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--delta-dtype", choices=("float32", "float16", "int8"))
     s.add_argument("--release-rounding", choices=("round", "trunc"), default="round")
     s.add_argument("--checkpoint-dir", help="checkpoint here every round; rerun with the same directory to resume")
+    s.add_argument("--extend", action="store_true",
+                   help="with --checkpoint-dir holding a run with fewer rounds: continue it to --rounds "
+                        "(the schedules change at the checkpoint's round) instead of refusing it")
     s.add_argument("--png-dir", help="also export the released images as PNGs (one folder per class)")
     s.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     s.add_argument("--backend", choices=("reference", "cpp", "triton"), help="force an ops backend")
@@ -190,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", choices=ARCHS, help="victim architecture (default: the preset's)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--defense", choices=DEFENSES)
-    s.add_argument("--at-eps", type=float, default=4 / 255, help="adversarial-training eps (default 4/255)")
+    s.add_argument("--at-eps", type=budget, default=4 / 255,
+                   help="adversarial-training eps, a float or a fraction such as 4/255 (default 4/255)")
     s.add_argument("--poison-ratio", type=float, default=1.0)
     s.add_argument("--json", help="write the full result as JSON here")
     s.add_argument("--device")

@@ -96,6 +96,40 @@ def test_craft_options_and_png_export(tmp_path, capsys):
     assert len(files) == 100
 
 
+@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("4 / 255", 4 / 255), ("0.0314", 0.0314), ("1", 1.0),
+                                         ("1/1", 1.0)])
+def test_eps_as_fraction_or_float(text, value):
+    for argv, dest in ((["craft", "digits", "--out", "x.npz", "--eps", text], "eps"),
+                       (["evaluate", "x.npz", "--at-eps", text], "at_eps")):
+        assert getattr(build_parser().parse_args(argv), dest) == value  # exactly: 8/255 is the float 8 / 255
+
+
+@pytest.mark.parametrize("text", ["8/0", "8/", "/255", "8//255", "eight/255", "0", "-8/255", "300/255", "nan", "1/2/3"])
+def test_bad_eps_exits_2_naming_the_option(text, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["craft", "digits", "--out", "x.npz", "--eps", text])
+    assert e.value.code == 2
+    assert "--eps" in capsys.readouterr().err
+
+
+def test_craft_eps_fraction_no_suffix_and_extend(tmp_path, capsys):
+    out, ck = tmp_path / "poisons", str(tmp_path / "ck")
+    rc = main(["craft", "digits", "--out", str(out), "--eps", "4/255", "--checkpoint-dir", ck, *CRAFT])
+    assert rc == 0, capsys.readouterr().err
+    assert f"wrote {out}.npz" in capsys.readouterr().out and not out.exists()
+    res = miue.CraftResult.load(f"{out}.npz")
+    assert res.config["eps"] == 4 / 255 and res.delta.abs().max() <= 4 / 255
+    more = list(CRAFT)
+    more[more.index("--rounds") + 1] = "2"
+    argv = ["craft", "digits", "--out", str(out), "--eps", "4/255", "--checkpoint-dir", ck, *more]
+    assert main(argv) == 1  # a finished 1-round run is not silently extended
+    assert "extend=True" in capsys.readouterr().err
+    assert main(argv + ["--extend"]) == 0, capsys.readouterr().err
+    res2 = miue.CraftResult.load(f"{out}.npz")
+    assert [h["round"] for h in res2.history] == [1, 2]
+    assert res2.config["schedule_changes"] == [{"round": 1, "rounds_before": 1, "rounds_after": 2}]
+
+
 def test_evaluate_prints_accuracy_and_writes_json(poisons, tmp_path, capsys):
     path = poisons[0]
     js = tmp_path / "out.json"
@@ -204,8 +238,8 @@ def test_bad_arguments_exit_2(argv, capsys, tmp_path, monkeypatch):
         (None, ["info", "craft", "evaluate", "demo", "--verbose"]),
         ("info", ["--json"]),
         ("craft", ["--out", "--preset", "--objective", "--eps", "--rounds", "--pgd-steps", "--batch-size", "--arch",
-                   "--classwise", "--per-class", "--delta-dtype", "--release-rounding", "--checkpoint-dir", "--png-dir",
-                   "--device", "--backend", "--seed", "--quiet"]),
+                   "--classwise", "--per-class", "--delta-dtype", "--release-rounding", "--checkpoint-dir", "--extend",
+                   "--png-dir", "--device", "--backend", "--seed", "--quiet"]),
         ("evaluate", ["--dataset", "--preset", "--arch", "--epochs", "--defense", "--at-eps", "--poison-ratio", "--json",
                       "--device", "--seed", "--quiet"]),
         ("demo", ["--out-dir", "--quick", "--device", "--seed", "--quiet"]),

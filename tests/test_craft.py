@@ -246,6 +246,43 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert [r["round"] for r in _metrics(dir_b)] == [1, 2, 3]
 
 
+def test_more_rounds_refused_unless_extend(tmp_path, monkeypatch):
+    x, y = uint8_data(n=64, shape=(1, 12, 12))
+    kw = dict(pgd_steps=1, seed=5, checkpoint_dir=str(tmp_path / "E"), lr_min=1e-3)
+    two = craft(x, y, rounds=2, **kw)
+    with pytest.raises(ValueError, match=r"rounds: checkpoint 2 vs now 4.*extend=True"):
+        craft(x, y, rounds=4, **kw)
+    calls = _count_pgd(monkeypatch)
+    four = craft(x, y, rounds=4, extend=True, **kw)
+    assert calls["n"] == 2  # rounds 3 and 4 only: it continued the checkpoint
+    assert [h["round"] for h in four.history] == [1, 2, 3, 4]
+    assert _losses(four)[:2] == _losses(two)  # the first two rounds are the checkpoint's
+    assert not torch.equal(four.delta, two.delta)
+    assert four.config["rounds"] == 4
+    assert four.config["schedule_changes"] == [{"round": 2, "rounds_before": 2, "rounds_after": 4}]
+    assert "schedule_changes" not in two.config
+    # from round 3 on, the schedules are those of a 4-round run: α_e = α_end + (E-e+1)/E (α_0 - α_end), cosine lr
+    cfg, E = four.config, 4
+    for h in four.history[2:]:
+        e = h["round"]
+        assert h["alpha"] == pytest.approx(cfg["alpha_end"] + (E - e + 1) / E * (cfg["alpha_start"] - cfg["alpha_end"]))
+        assert h["lr"] == pytest.approx(1e-3 + (cfg["lr"] - 1e-3) * (1 + math.cos(math.pi * (e - 1) / E)) / 2)
+    assert four.history[1]["lr"] == pytest.approx(1e-3 + (cfg["lr"] - 1e-3) * (1 + math.cos(math.pi / 2)) / 2)
+    assert [r["round"] for r in _metrics(str(tmp_path / "E"))] == [1, 2, 3, 4]
+    # resuming the extended run (no extend needed now) does no work and keeps the record
+    calls["n"] = 0
+    again = craft(x, y, rounds=4, **kw)
+    assert calls["n"] == 0 and torch.equal(again.delta, four.delta)
+    assert again.config["schedule_changes"] == four.config["schedule_changes"]
+    # extend never shortens, and other keys stay checked
+    with pytest.raises(ValueError, match="rounds=4 and this call rounds=3"):
+        craft(x, y, rounds=3, extend=True, **kw)
+    with pytest.raises(ValueError, match="pgd_steps"):
+        craft(x, y, rounds=5, extend=True, **{**kw, "pgd_steps": 2})
+    with pytest.raises(TypeError, match="extend"):
+        craft(x, y, rounds=5, extend="yes", **kw)
+
+
 def test_metrics_one_line_per_round_after_resume_with_checkpoint_every(tmp_path, monkeypatch):
     x, y = uint8_data(n=64, shape=(1, 12, 12))
     kw = dict(rounds=3, pgd_steps=1, seed=5, checkpoint_every=2, checkpoint_dir=str(tmp_path / "B"))
@@ -373,6 +410,15 @@ def test_malicious_pt_is_not_unpickled(tmp_path, small_result):
     obj = torch.load(path, weights_only=False)
     obj["meta"].close()
     assert os.path.exists(marker)
+
+
+def test_save_without_suffix_writes_npz(tmp_path, small_result):
+    stem = tmp_path / "sub.dir" / "poisons"  # a dot in a folder name is not a suffix
+    path = small_result.save(str(stem))
+    assert path == f"{stem}.npz" and os.path.exists(path) and not os.path.exists(stem)
+    assert torch.equal(CraftResult.load(path).images, small_result.images)
+    with pytest.raises(ValueError, match="npz or .pt"):
+        small_result.save(str(tmp_path / "trailing."))
 
 
 def test_wrong_extension_and_missing_file(tmp_path, small_result):
