@@ -6,7 +6,7 @@ Every measurement is a *cell* (one poison × one victim × one seed × one defen
 killed run loses one cell at most. Crafted poisons are cached (``--cache-dir``, outside the
 repository) with crafting checkpoints, so an interrupted 1,000-step craft resumes too.
 
-Stages (run in this order; ``--stages`` picks some):
+Stages (``--stages`` picks some and sets their order; ``--budgets`` likewise):
 
 ``plateau``    clean-trained victims at their epoch budget E and at 2E: shows how far from
                the plateau E stops (the curves are in the JSON).
@@ -371,6 +371,27 @@ def targets(data: dict, summary: dict, budget: str) -> dict:
     return out
 
 
+def _target_lines(t: dict, budget: str) -> list[str]:
+    if not t:
+        return []
+    ok = {True: "met", False: "MISSED"}
+    out = ["", f"Targets at budget {budget}:", ""]
+    if "miue_mean_le_em_mean" in t:
+        m, e, good = t["miue_mean_le_em_mean"]
+        out.append(f"- MI-UE mean over victims ≤ EM's: {100 * m:.1f}% vs {100 * e:.1f}%: {ok[good]}")
+    if "miue_cnn_sgd_le_20pct" in t:
+        a, good = t["miue_cnn_sgd_le_20pct"]
+        out.append(f"- MI-UE ≤ 20% on cnn-sgd: {100 * a:.1f}%: {ok[good]}")
+    if "miue_le_half_clean_every_victim" in t:
+        cells = ", ".join(f"{v} {100 * m:.1f}% vs clean {100 * c:.1f}% {ok[g]}" for v, m, c, g in
+                          t["miue_le_half_clean_every_victim"])
+        out.append(f"- MI-UE ≤ half the clean accuracy (or the class-wise reference's drop where that cannot): {cells}")
+    if "clean_ge_88pct" in t:
+        out.append("- clean-trained victims ≥ 88%: " + ", ".join(f"{v} {100 * c:.1f}% {ok[g]}" for v, c, g in
+                                                              t["clean_ge_88pct"]))
+    return out
+
+
 def markdown(data: dict) -> str:
     s = summarize(data)
     setup = data["setup"]
@@ -416,9 +437,7 @@ def markdown(data: dict) -> str:
         lines += ["", f"Gaussian I(clean; poisoned) of the victim's features vs its test accuracy over {len(lens)} "
                   f"cells: Spearman ρ = {rho:.2f}."]
     for b in setup.get("budgets", {}):
-        t = targets(data, s, b)
-        if t:
-            lines += ["", f"Targets at budget {b}: " + json.dumps(t)]
+        lines += _target_lines(targets(data, s, b), b)
     return "\n".join(lines) + "\n"
 
 
@@ -524,9 +543,8 @@ def main(argv=None) -> int:
     print(f"effectiveness study: {len(study.train)} training / {len(study.test)} test images"
           f"{' (QUICK smoke run: not evidence)' if args.quick else ''}; results in {args.out}", flush=True)
     try:
-        for stage in STAGES:
-            if stage in args.stages:
-                getattr(study, f"stage_{stage}")()
+        for stage in dict.fromkeys(args.stages):  # in the order given
+            getattr(study, f"stage_{stage}")()
     except _OutOfTime:
         print(f"--max-minutes {args.max_minutes} reached: stopping between cells (rerun with --resume)", flush=True)
     print(f"study ran {time.perf_counter() - t0:.0f} s", flush=True)

@@ -1,0 +1,82 @@
+"""The effectiveness study's bookkeeping (benchmarks/effectiveness.py): cell caching, resume
+checks, the summary over seeds, the targets and the report. The study itself runs in CI as
+``effectiveness.py --quick`` (.ci/run)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "effectiveness.py")
+spec = importlib.util.spec_from_file_location("effectiveness", _PATH)
+eff = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(eff)
+
+
+def _cell(poison, victim, seed, acc, method=None, budget=None, defense=None, mi=None):
+    c = {"poison": poison, "method": method or poison.split("@")[0], "budget": budget, "victim": victim, "seed": seed,
+         "defense": defense, "epochs": 3, "test_acc": acc, "test_acc_history": [acc]}
+    if mi is not None:
+        c["mi_nats"] = mi
+    return eff.cell_id(poison, victim, seed, defense), c
+
+
+def _data():
+    cells = {}
+    for v in eff.VICTIMS:
+        for s in eff.SEEDS.get(v, (0,)):
+            for pid, acc in (("clean", 0.9), ("miue@200", 0.3 + 0.01 * s), ("em@200", 0.5), ("ref-cw", 0.6)):
+                cid, c = _cell(pid, v, s, acc, budget="200" if "@" in pid else None, mi=None if pid == "clean" else acc)
+                cells[cid] = c
+    cid, c = _cell("miue@200", "cnn-sgd", 0, 0.7, budget="200", defense="jpeg")
+    cells[cid] = c
+    poisons = {"miue@200": {"budget": "200"}, "em@200": {"budget": "200"}, "ref-cw": {"budget": None}}
+    return {"setup": {"train_images": 100, "test_images": 50, "budgets": {"200": {}}}, "poisons": poisons, "cells": cells}
+
+
+def test_ids():
+    assert eff.poison_id("miue", "200") == "miue@200"
+    assert eff.poison_id("miue", "200", "tau=0.5") == "miue@200+tau=0.5"
+    assert eff.poison_id("random", "200") == "random" and eff.poison_id("ref-cw", "25") == "ref-cw"
+    assert eff.cell_id("em@25", "mlp-adam", 0, None) == "em@25|mlp-adam|s0|none"
+
+
+def test_summary_means_over_seeds_and_skips_defenses():
+    s = eff.summarize(_data())
+    mean, std, n = s["miue@200"]["cnn-sgd"]
+    assert n == 3 and mean == pytest.approx(0.31) and std == pytest.approx(0.0081649, rel=1e-4)
+    assert s["miue@200"]["mlp-adam"][2] == 1  # one seed, and the jpeg cell is not mixed in
+
+
+def test_targets():
+    data = _data()
+    t = eff.targets(data, eff.summarize(data), "200")
+    m, e, good = t["miue_mean_le_em_mean"]
+    assert good and m < e
+    assert t["miue_cnn_sgd_le_20pct"][1] is False  # 31% > 20%
+    assert all(g for *_, g in t["miue_le_half_clean_every_victim"])  # 30% <= 45%
+    assert all(g for *_, g in t["clean_ge_88pct"])
+
+
+def test_report_writes_tables_and_plots(tmp_path):
+    with open(tmp_path / "results.json", "w") as fh:
+        json.dump(_data(), fh)
+    eff.report(str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "| miue@200 | 200 |" in md and "Spearman" in md and "jpeg" in md and "MISSED" in md
+    assert (tmp_path / "budget_curve.png").stat().st_size > 1000
+    assert (tmp_path / "mi_scatter.png").stat().st_size > 1000
+
+
+def test_results_refuse_overwrite_and_other_setup(tmp_path):
+    path = str(tmp_path / "results.json")
+    setup = {"dataset": "fashion-mnist", "train_per_class": 10, "test_per_class": None, "eps": 8 / 255, "quick": False}
+    r = eff.Results(path, setup, resume=False)
+    r.data["cells"]["x"] = {"test_acc": 0.5}
+    r.save()
+    with pytest.raises(SystemExit, match="--resume"):
+        eff.Results(path, setup, resume=False)
+    assert eff.Results(path, setup, resume=True).data["cells"]["x"]["test_acc"] == 0.5
+    with pytest.raises(SystemExit, match="another setup"):
+        eff.Results(path, {**setup, "train_per_class": 11}, resume=True)
