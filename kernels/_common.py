@@ -42,17 +42,6 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def dot_operands_fp32(dtype: torch.dtype) -> bool:
-    """Whether tl.dot operands are fp32: always for fp32 inputs (in IEEE precision, not TF32)
-    and under the interpreter, which has no fp16/bf16 arithmetic; fp16/bf16 inputs on a GPU
-    use tensor cores with fp32 accumulation."""
-    return dtype == torch.float32 or interpreting()
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dot_operands_fp32(dtype) else "tf32"  # (the latter is ignored for fp16/bf16)
-
-
 def interpreting() -> bool:
     """Whether Triton runs in its CPU interpreter (TRITON_INTERPRET=1)."""
     return INTERPRET

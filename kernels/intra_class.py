@@ -14,7 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERP, cast_rne, check_dtype, empty, next_pow2
+from . import _config
+from ._common import INTERP, cast_rne, check_dtype, empty
 from .normalize import class_sums, normalize
 
 
@@ -68,9 +69,7 @@ def intra_class_bwd(grad, z, inv_norm, class_sum, class_count, labels):
     pairs = _pairs(class_count)
     scale = torch.where(pairs > 0, -2.0 * grad.float() / pairs.clamp_min(1).float(), torch.zeros((), device=z.device))
     out = empty((B, D), z.dtype, z.device)
-    block_d = min(next_pow2(D), 128)
-    block_b = max(1, min(64, 4096 // block_d))
-    _intra_bwd_kernel[(triton.cdiv(B, block_b),)](
-        z, inv_norm, labels, class_sum, scale.reshape(1), out, B, D, class_sum.shape[0], BLOCK_B=block_b, BLOCK_D=block_d
-    )
+    cfg = _config.intra_bwd_config(D)
+    _config.launch(_intra_bwd_kernel, (triton.cdiv(B, cfg["BLOCK_B"]),),
+                   (z, inv_norm, labels, class_sum, scale.reshape(1), out, B, D, class_sum.shape[0]), cfg)
     return out

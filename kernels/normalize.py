@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERP, acc_dtype_for, cast_rne, check_dtype, empty, next_pow2
+from . import _config
+from ._common import INTERP, acc_dtype_for, cast_rne, check_dtype, empty
 
 
 @triton.jit
@@ -102,22 +103,15 @@ def _segment_sum_kernel(run_ptr, offsets_ptr, counts_ptr, sum_ptr, D, CHUNK: tl.
 # --------------------------------------------------------------------------- launchers
 
 
-def _blocks(D: int) -> tuple[int, int]:
-    block_d = min(next_pow2(D), 128)
-    block_b = max(1, min(64, 4096 // block_d))
-    return block_b, block_d
-
-
 def normalize(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(z in the features' dtype, inv_norm fp32); accepts any strides."""
     check_dtype(features)
     B, D = features.shape
     z = empty((B, D), features.dtype, features.device)
     inv = empty((B,), acc_dtype_for(features), features.device)
-    block_b, block_d = _blocks(D)
-    _normalize_kernel[(triton.cdiv(B, block_b),)](
-        features, z, inv, B, D, features.stride(0), features.stride(1), BLOCK_B=block_b, BLOCK_D=block_d
-    )
+    cfg = _config.normalize_config(D)
+    _config.launch(_normalize_kernel, (triton.cdiv(B, cfg["BLOCK_B"]),),
+                   (features, z, inv, B, D, features.stride(0), features.stride(1)), cfg)
     return z, inv
 
 
@@ -134,13 +128,11 @@ def class_sums(features: torch.Tensor, inv: torch.Tensor, labels: torch.Tensor, 
     offsets = torch.cumsum(counts, 0) - counts
     runs = empty((B, D), torch.float32, dev)
     sums = empty((C, D), torch.float32, dev)
-    chunk = 64
-    block_d = min(next_pow2(D), 64)
-    _segment_scan_kernel[(triton.cdiv(B, chunk), triton.cdiv(D, block_d))](
-        features, inv, order, key_sorted, runs, B, D, C, features.stride(0), features.stride(1),
-        CHUNK=chunk, BLOCK_D=block_d,
-    )
-    _segment_sum_kernel[(C, triton.cdiv(D, block_d))](runs, offsets, counts, sums, D, CHUNK=chunk, BLOCK_D=block_d)
+    cfg = _config.class_sums_config(D)
+    col_blocks = triton.cdiv(D, cfg["BLOCK_D"])
+    _config.launch(_segment_scan_kernel, (triton.cdiv(B, cfg["CHUNK"]), col_blocks),
+                   (features, inv, order, key_sorted, runs, B, D, C, features.stride(0), features.stride(1)), cfg)
+    _config.launch(_segment_sum_kernel, (C, col_blocks), (runs, offsets, counts, sums, D), cfg)
     return sums, counts[:C].clone()
 
 

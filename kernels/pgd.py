@@ -18,9 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _config
 from ._common import INTERP, cast_rne
-
-BLOCK = 2048
 
 
 @triton.jit
@@ -45,7 +44,11 @@ def _pgd_kernel(delta_ptr, grad_ptr, clean_ptr, step_ptr, eps_ptr, step_val, eps
     t = tl.where(t < -eps, -eps, t)
     t = tl.where(t > eps, eps, t)
     if CLEAN_U8:
-        c = tl.math.div_rn(tl.load(clean_ptr + offs, mask=ok, other=0).to(ct), 255.0)
+        c = tl.load(clean_ptr + offs, mask=ok, other=0).to(ct)
+        if F64:
+            c = c / 255.0  # fp64 division is IEEE (div.rn.f64); div_rn only takes fp32
+        else:
+            c = tl.math.div_rn(c, 255.0)
     else:
         c = tl.load(clean_ptr + offs, mask=ok, other=0.0).to(ct)
     x = c + t
@@ -68,11 +71,10 @@ def _launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
     else:
         step_t = eps_t = delta  # unused pointers
         step_v, eps_v = float(step_size), float(eps)
-    _pgd_kernel[(triton.cdiv(n, BLOCK),)](
-        delta, grad if grad is not None else delta, clean, step_t, eps_t, step_v, eps_v, float(lo), float(hi), n,
-        DO_STEP=do_step, SCALARS_IN_MEMORY=in_memory, CLEAN_U8=clean.dtype == torch.uint8,
-        F64=delta.dtype == torch.float64, BLOCK=BLOCK,
-    )
+    cfg = _config.pgd_config(delta.dtype, clean.dtype, do_step, in_memory)
+    _config.launch(_pgd_kernel, (triton.cdiv(n, cfg["BLOCK"]),),
+                   (delta, grad if grad is not None else delta, clean, step_t, eps_t, step_v, eps_v, float(lo), float(hi), n),
+                   cfg)
 
 
 def pgd_linf_step_(delta, grad, clean, step_size, eps, lo, hi):

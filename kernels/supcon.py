@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERP, cast_rne, check_dtype, dot_operands_fp32, dot_precision, empty, interpreting, next_pow2
+from . import _config
+from ._common import INTERP, cast_rne, check_dtype, empty
 from .normalize import normalize
 
 LOG2E = 1.4426950408889634
@@ -193,36 +194,23 @@ def _project_kernel(acc_ptr, z_ptr, inv_ptr, g_ptr, out_ptr, B, D, coef_scale,
 # --------------------------------------------------------------------------- launchers
 
 
-def _tiles(B: int, D: int) -> tuple[int, int, int]:
-    block_k = max(16, min(next_pow2(D), 64))
-    if interpreting():
-        return 32, 32, max(16, min(next_pow2(D), 128))
-    block_m = 64 if B >= 2048 else 32
-    return block_m, 64, block_k
-
-
 def supcon_fwd(features: torch.Tensor, labels: torch.Tensor, temperature: float, eps: float):
     """(loss, z, inv_norm, P, N): see miue.reference.supcon_fwd."""
     check_dtype(features)
     B, D = features.shape
     z, inv = normalize(features)
     scale = LOG2E / temperature
-    block_m, block_n, block_k = _tiles(B, D)
-    row_blocks = triton.cdiv(B, block_m)
-    # split the columns so that small batches still fill the GPU (one split when interpreting)
-    n_splits = 1 if interpreting() else max(1, min(triton.cdiv(B, block_n), 264 // row_blocks))
-    cols_per_split = triton.cdiv(triton.cdiv(B, n_splits), block_n) * block_n
-    n_splits = triton.cdiv(B, cols_per_split)
+    cfg = _config.supcon_fwd_config(B, D, z.dtype)
+    n_splits, cols_per_split = _config.supcon_fwd_splits(B, cfg)
     part = empty((n_splits, 3, B), torch.float32, z.device)
-    cast = dot_operands_fp32(z.dtype)
-    _supcon_fwd_kernel[(row_blocks, n_splits)](
-        z, inv, labels, part, B, D, scale, cols_per_split,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, CAST_FP32=cast, PRECISION=dot_precision(z.dtype),
-    )
+    _config.launch(_supcon_fwd_kernel, (triton.cdiv(B, cfg["BLOCK_M"]), n_splits),
+                   (z, inv, labels, part, B, D, scale, cols_per_split), cfg)
     P = empty((B,), torch.float32, z.device)
     N = empty((B,), torch.float32, z.device)
     row_loss = empty((B,), torch.float32, z.device)
-    _supcon_finish_kernel[(triton.cdiv(B, 1024),)](part, inv, P, N, row_loss, B, n_splits, scale, eps, BLOCK=1024)
+    fin = _config.supcon_finish_config()
+    _config.launch(_supcon_finish_kernel, (triton.cdiv(B, fin["BLOCK"]),),
+                   (part, inv, P, N, row_loss, B, n_splits, scale, eps), fin)
     loss = row_loss.sum(dtype=torch.float64).div_(B).to(torch.float32)
     return loss, z, inv, P, N
 
@@ -239,18 +227,11 @@ def supcon_bwd(grad, z, inv_norm, P, N, labels, temperature: float):
     grad = grad.reshape(1)
     scale = LOG2E / temperature
     coef_scale = 1.0 / (B * temperature)
-    block_m, block_n, block_k = _tiles(B, D)
-    if not interpreting():
-        block_m = 16 if B <= 4096 else 32
-    in_regs = next_pow2(D) <= 256
-    block_d = max(16, next_pow2(D)) if in_regs else 128
-    acc = out if in_regs else torch.zeros((B, D), dtype=torch.float32, device=z.device)
-    cast = dot_operands_fp32(z.dtype)
-    _supcon_bwd_kernel[(triton.cdiv(B, block_m),)](
-        z, inv_norm, labels, q, ra, grad, out, acc, B, D, scale, coef_scale,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d,
-        IN_REGS=in_regs, CAST_FP32=cast, PRECISION=dot_precision(z.dtype),
-    )
-    if not in_regs:
-        _project_kernel[(triton.cdiv(B, 16),)](acc, z, inv_norm, grad, out, B, D, coef_scale, BLOCK_B=16, BLOCK_D=128)
+    cfg = _config.supcon_bwd_config(B, D, z.dtype)
+    acc = out if cfg["IN_REGS"] else torch.zeros((B, D), dtype=torch.float32, device=z.device)
+    _config.launch(_supcon_bwd_kernel, (triton.cdiv(B, cfg["BLOCK_M"]),),
+                   (z, inv_norm, labels, q, ra, grad, out, acc, B, D, scale, coef_scale), cfg)
+    if not cfg["IN_REGS"]:
+        pc = _config.project_config()
+        _config.launch(_project_kernel, (triton.cdiv(B, pc["BLOCK_B"]),), (acc, z, inv_norm, grad, out, B, D, coef_scale), pc)
     return out
