@@ -20,11 +20,12 @@ if [ "${MIUE_SKIP_INSTALL:-0}" != "1" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade "setuptools>=70" wheel ninja pybind11
   "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
   # CPU kernels always; the CUDA sources are compiled too when a toolkit is found, so a
-  # compile error cannot land (they are only run on a GPU).
+  # compile error cannot land (they are only run on a GPU). CUDA_HOME is left as the user
+  # has it: the build finds the toolkit and its runtime library as it does for users.
   export MIUE_REQUIRE_EXT=1
   if [ -z "${MIUE_BUILD_CUDA:-}" ]; then
     if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
-      export MIUE_BUILD_CUDA=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+      export MIUE_BUILD_CUDA=1
     else
       export MIUE_BUILD_CUDA=0
     fi
