@@ -195,6 +195,8 @@ def _ext_modules():
         CPU build warns (or fails with MIUE_REQUIRE_EXT=1). Writes BUILD_INFO either way."""
 
         def run(self):
+            # setuptools clears these while building and does not restore them on failure
+            self._inplace, compiler = self.inplace, self.compiler
             try:
                 super().run()
             except Exception as exc:
@@ -209,6 +211,7 @@ def _ext_modules():
                     ext.__dict__.update(copy.deepcopy({k: v for k, v in vars(cpu_fallback).items()
                                                        if not k.startswith("_")}))
                 self.build_temp = self.build_temp.rstrip(os.sep) + "-cpu"
+                self.inplace, self.compiler = self._inplace, compiler
                 try:
                     super().run()
                 except Exception as exc2:
@@ -217,6 +220,7 @@ def _ext_modules():
             self._write_info()
 
         def _no_extension(self, exc):
+            self.inplace = self._inplace
             PLAN.error = f"{type(exc).__name__}: {_first_line(exc)}"
             if _flag("MIUE_REQUIRE_EXT") or PLAN.cuda_required:
                 raise exc
@@ -229,7 +233,7 @@ def _ext_modules():
             info = {"torch": PLAN.torch, "built": PLAN.error is None, "cuda_kernels": PLAN.error is None and PLAN.cuda,
                     "cuda_note": None if PLAN.cuda else PLAN.cuda_note, "error": PLAN.error}
             folders = [os.path.join(self.build_lib, "miue")]
-            if self.inplace:  # editable installs: beside the copy in the source tree
+            if self._inplace:  # editable installs: beside the copy in the source tree
                 folders.append(self.get_finalized_command("build_py").get_package_dir("miue"))
             for folder in folders:
                 os.makedirs(folder, exist_ok=True)
