@@ -107,7 +107,6 @@ def craft_fast(
     return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress, extend)
 
 
-
 def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress, extend=False) -> CraftResult:
     rank, world = dist_info()
     n_global = clean.shape[0]
