@@ -382,6 +382,7 @@ def cuda_compile_cmd(src: str, archs, out: str) -> list[str]:
         incs += ce.include_paths(device_type="cuda")
     except TypeError:  # older torch
         incs += ce.include_paths(cuda=True)
+    incs.append(os.path.join(cuda_home(), "include"))
     cu13 = os.path.join(site, "nvidia", "cu13", "include")
     if os.path.isdir(cu13):
         incs.append(cu13)
@@ -447,13 +448,6 @@ def _cx(row) -> str:
     return " ".join(f"{k}={v}" for k, v in row["constexprs"] if k not in skip)
 
 
-def _types(row) -> str:
-    ptrs = [v[1:] for k, v in row["signature"] if v.startswith("*")]
-    ints = [f"{k}:{v}" for k, v in row["signature"] if v in ("i64", "u64")]
-    ones = [k for k, v in row["constexprs"] if v == 1 and k[0].isupper() is False]
-    return ",".join(dict.fromkeys(ptrs)) + (" " + " ".join(ints) if ints else "") + (" " + "=1 ".join(ones) + "=1" if ones else "")
-
-
 def markdown(report) -> str:
     L = [f"# AOT check ({report['date']})", "",
          f"triton {report['triton']}, torch {report['torch']}, nvcc {report.get('nvcc') or '-'}; "
@@ -467,7 +461,7 @@ def markdown(report) -> str:
           "One row per distinct launch configuration (hot = on the crafting hot path: any spill fails). "
           "`regs` registers/thread, `spill` spill stores/loads in bytes, `smem` shared memory per block (bytes), "
           "`occ` resident warps / 64 per SM with the limiting resource.", "",
-          "| kernel | hot | dtypes / ints | meta-parameters | warps | sm_90 regs | spill | smem | occ H100 | sm_80 regs | spill | smem | occ A100 |",
+          "| kernel | hot | example launch (of n) | meta-parameters | warps | sm_90 regs | spill | smem | occ H100 | sm_80 regs | spill | smem | occ A100 |",
           "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     by = {}
     for r in report["triton_kernels"]:
@@ -476,7 +470,8 @@ def markdown(report) -> str:
     for key in sorted(by, key=lambda k: (k[0], k[2], k[1])):
         rows = by[key]
         any_r = next(iter(rows.values()))
-        cells = [f"`{any_r['kernel']}`", "yes" if any_r["hot"] else "", _types(any_r), _cx(any_r),
+        n = any_r.get("n_cases", len(any_r["cases"]))
+        cells = [f"`{any_r['kernel']}`", "yes" if any_r["hot"] else "", f"{any_r['cases'][0]} ({n})", _cx(any_r),
                  str(any_r.get("num_warps", dict(any_r["options"]).get("num_warps", "")))]
         for cc in (90, 80):
             r = rows.get(cc)
@@ -504,6 +499,14 @@ def markdown(report) -> str:
     return "\n".join(L)
 
 
+def rewrite_markdown(out_dir: str) -> None:
+    """Regenerate aot.md from aot.json (no compile)."""
+    with open(os.path.join(out_dir, "aot.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(out_dir, "aot.md"), "w") as f:
+        f.write(markdown(report))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="directory for aot.json and aot.md")
@@ -523,7 +526,9 @@ def main(argv=None) -> int:
         jobs = [j for j in jobs if re.search(args.only, j["kernel"])]
     cu_files = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     nvcc = os.path.join(cuda_home(), "bin", "nvcc") if cuda_home() else None
-    do_cuda = not args.no_cuda and nvcc and os.path.exists(nvcc)
+    do_cuda = bool(not args.no_cuda and nvcc and os.path.exists(nvcc))
+    if do_cuda:
+        os.environ.setdefault("CUDA_HOME", cuda_home())  # for torch.utils.cpp_extension in the workers
     if not do_cuda and args.require_cuda:
         failures.append("nvcc not found (set CUDA_HOME)")
     print(f"aot_check: {len(jobs)} Triton compiles ({len(jobs) // max(1, len(archs))} configurations x {archs}), "
@@ -540,6 +545,7 @@ def main(argv=None) -> int:
         cuda_results = [f.result() for f in cuda_futs]
 
     for r in triton_results:
+        r["n_cases"], r["cases"] = len(r["cases"]), r["cases"][:3]  # keep the report small
         name = f"triton {r['kernel']} sm_{r['cc']} [{_cx(r)}] ({r['cases'][0]})"
         if not r["ok"]:
             failures.append(f"{name}: compile error: {r['error'][:500]}")

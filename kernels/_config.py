@@ -91,13 +91,19 @@ def supcon_fwd_config(B: int, D: int, dtype: torch.dtype, gpu: bool | None = Non
     """_supcon_fwd_kernel: a BLOCK_M × BLOCK_N tile of logits, its Gram accumulated over D in
     steps of BLOCK_K."""
     gpu = gpu_tiles() if gpu is None else gpu
-    block_k = max(16, min(next_pow2(D), 64))
-    if gpu:
-        block_m, block_n = (64 if B >= 2048 else 32), 64
-    else:
-        block_m, block_n, block_k = 32, 32, max(16, min(next_pow2(D), 128))
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, CAST_FP32=dot_operands_fp32(dtype, gpu),
-                PRECISION=dot_precision(dtype, gpu), num_warps=4, num_stages=3)
+    cast = dot_operands_fp32(dtype, gpu)
+    if not gpu:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=max(16, min(next_pow2(D), 128)), CAST_FP32=cast,
+                    PRECISION=dot_precision(dtype, gpu), num_warps=4, num_stages=3)
+    # Chosen from the sm_90/sm_80 compiles of benchmarks/aot_check.py (results/aot-2026-11-30):
+    # with 4 warps every 64-row tile and every fp32 BLOCK_K = 64 tile spilled (up to 1.4 KB
+    # per thread on sm_80, 255 registers); 8 warps halve the per-thread tile. fp32 dots are
+    # IEEE FMA loops (no tensor cores), so fp32 keeps 32 rows, BLOCK_K <= 32 and one stage.
+    if dtype == torch.float32:
+        return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=max(16, min(next_pow2(D), 32)), CAST_FP32=cast,
+                    PRECISION=dot_precision(dtype, gpu), num_warps=8, num_stages=1)
+    return dict(BLOCK_M=64 if B >= 2048 else 32, BLOCK_N=64, BLOCK_K=max(16, min(next_pow2(D), 64)), CAST_FP32=cast,
+                PRECISION=dot_precision(dtype, gpu), num_warps=8, num_stages=2)
 
 
 def supcon_fwd_splits(B: int, cfg: dict[str, Any], gpu: bool | None = None) -> tuple[int, int]:
@@ -120,21 +126,26 @@ def supcon_bwd_config(B: int, D: int, dtype: torch.dtype, gpu: bool | None = Non
     accumulator stays in registers (IN_REGS) and the projection is fused, otherwise it goes
     through an fp32 buffer in BLOCK_D column chunks and _project_kernel finishes."""
     gpu = gpu_tiles() if gpu is None else gpu
-    block_k = max(16, min(next_pow2(D), 64))
-    if gpu:
-        block_m, block_n = (16 if B <= 4096 else 32), 64
-    else:
-        block_m, block_n, block_k = 32, 32, max(16, min(next_pow2(D), 128))
     in_regs = next_pow2(D) <= 256
     block_d = max(16, next_pow2(D)) if in_regs else 128
+    if gpu:
+        # as the forward (see supcon_fwd_config): 8 warps; fp32 FMA dots with BLOCK_K <= 32, one stage
+        # fp32: (16 rows x 32 columns) tiles; with 64 columns or 32 rows the FMA dot W·Z spilled
+        fp32 = dtype == torch.float32
+        block_m, block_n = (16, 32) if fp32 else ((16 if B <= 4096 else 32), 64)
+        block_k = max(16, min(next_pow2(D), 32 if fp32 else 64))
+        num_warps, num_stages = 8, (1 if fp32 else 2)
+    else:
+        block_m, block_n, block_k = 32, 32, max(16, min(next_pow2(D), 128))
+        num_warps, num_stages = 4, 3
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, IN_REGS=in_regs,
-                CAST_FP32=dot_operands_fp32(dtype, gpu), PRECISION=dot_precision(dtype, gpu), num_warps=4,
-                num_stages=3)
+                CAST_FP32=dot_operands_fp32(dtype, gpu), PRECISION=dot_precision(dtype, gpu), num_warps=num_warps,
+                num_stages=num_stages)
 
 
 def project_config() -> dict[str, Any]:
     """_project_kernel (the backward's projection when D > 256)."""
-    return dict(BLOCK_B=16, BLOCK_D=128, num_warps=4)
+    return dict(BLOCK_B=16, BLOCK_D=128, num_warps=8)  # 4 warps spilled 8 B on sm_90 (fp32)
 
 
 def intra_bwd_config(D: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "common.h"
+#include "index.cuh"
 
 namespace miue {
 namespace cuda {
@@ -30,7 +31,14 @@ inline void check_cuda(const at::Tensor& t, const at::Tensor& ref, const char* n
   TORCH_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(), ", got ", t.device());
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t ceil_div(int64_t a, int64_t b) { return grid_blocks(a, b); }
+
+// gridDim.x for n items at per_block items per block, checked against the CUDA limit.
+inline unsigned grid_x(int64_t n, int64_t per_block, const char* what) {
+  const int64_t blocks = grid_blocks(n, per_block);
+  TORCH_CHECK(blocks <= kMaxGridX, what, ": ", n, " items need ", blocks, " blocks, more than CUDA's grid limit");
+  return static_cast<unsigned>(blocks);
+}
 
 // A float64 scalar argument that is either known on the host (a CPU tensor: reading it costs
 // no GPU sync) or lives on the device (read by the kernel through `ptr`).

@@ -53,7 +53,7 @@ __global__ void intra_bwd_kernel(const scalar_t* __restrict__ z, const acc_of<sc
                                  scalar_t* __restrict__ out) {
   using acc_t = acc_of<scalar_t>;
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t i = warp_row(blockIdx.x, kWarps, threadIdx.x);
   if (i >= B) return;
   const int64_t P = *pairs;
   const label_t yi = y[i];
@@ -124,7 +124,7 @@ at::Tensor intra_class_bwd_cuda(const at::Tensor& grad, const at::Tensor& z_in, 
   const at::Tensor pairs = (class_count_in * (class_count_in - 1)).sum();
   const ScalarHolder g = make_scalar(grad);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned>(ceil_div(B, kWarps)));
+  const dim3 grid(grid_x(B, kWarps, "intra_class_bwd"));
   AT_DISPATCH_INDEX_TYPES(labels.scalar_type(), "miue_intra_bwd_cuda_labels", [&] {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "miue_intra_bwd_cuda", [&] {
       intra_bwd_kernel<scalar_t, index_t><<<grid, kThreads, 0, stream>>>(

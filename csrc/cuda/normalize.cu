@@ -24,7 +24,7 @@ __global__ void normalize_rows_kernel(const scalar_t* __restrict__ f, scalar_t* 
                                       int64_t* __restrict__ counts) {
   using acc_t = acc_of<scalar_t>;
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t i = warp_row(blockIdx.x, kWarps, threadIdx.x);
   if (i >= B) return;  // the whole warp leaves together
   const scalar_t* row = f + i * D;
   double ss = 0;
@@ -81,7 +81,7 @@ void launch_normalize(const at::Tensor& features, at::Tensor& z, at::Tensor& inv
                       int64_t C, at::Tensor* sums, at::Tensor* counts) {
   const int64_t B = features.size(0), D = features.size(1);
   if (B == 0) return;
-  const dim3 grid(static_cast<unsigned>(ceil_div(B, kWarps)));
+  const dim3 grid(grid_x(B, kWarps, "normalize"));
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "miue_normalize_cuda", [&] {
     using acc_t = acc_of<scalar_t>;

@@ -51,11 +51,10 @@ __global__ void pgd_kernel(delta_t* __restrict__ d, const grad_t* __restrict__ g
                            int64_t n, ScalarArg step_arg, ScalarArg eps_arg, comp_t lo, comp_t hi) {
   const comp_t step = kStep ? static_cast<comp_t>(step_arg.get()) : comp_t(0);
   const comp_t eps = static_cast<comp_t>(eps_arg.get());
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * kUnroll + threadIdx.x;
   comp_t dv[kUnroll], cv[kUnroll], sv[kUnroll];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {  // loads first, for memory-level parallelism
-    const int64_t k = base + static_cast<int64_t>(u) * blockDim.x;
+    const int64_t k = unrolled_index(blockIdx.x, blockDim.x, kUnroll, u, threadIdx.x);
     if (k < n) {
       dv[u] = static_cast<comp_t>(d[k]);
       cv[u] = clean_value<comp_t>(c[k]);
@@ -67,7 +66,7 @@ __global__ void pgd_kernel(delta_t* __restrict__ d, const grad_t* __restrict__ g
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
-    const int64_t k = base + static_cast<int64_t>(u) * blockDim.x;
+    const int64_t k = unrolled_index(blockIdx.x, blockDim.x, kUnroll, u, threadIdx.x);
     if (k < n) {
       comp_t t = dv[u];
       if constexpr (kStep) t = sub_rn(t, mul_rn(step, sv[u]));
@@ -83,7 +82,7 @@ void launch_pgd(at::Tensor& delta, const grad_t* g, const at::Tensor& clean, Sca
   using comp_t = acc_of<delta_t>;
   const int64_t n = delta.numel();
   if (n == 0) return;
-  const auto blocks = static_cast<unsigned>(ceil_div(n, int64_t{kThreads} * kUnroll));
+  const unsigned blocks = grid_x(n, int64_t{kThreads} * kUnroll, "pgd");
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, clean.scalar_type(), "miue_pgd_cuda_clean", [&] {
     pgd_kernel<delta_t, grad_t, scalar_t, comp_t, kStep><<<blocks, kThreads, 0, stream>>>(

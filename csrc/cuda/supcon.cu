@@ -65,7 +65,7 @@ __global__ void supcon_weights_kernel(acc_t* __restrict__ W, const acc_t* __rest
                                       const acc_t* __restrict__ ra, int64_t i0, int64_t B, acc_t tau,
                                       double tau_d, ScalarArg grad) {
   const int64_t r = blockIdx.y, i = i0 + r;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t j = block_col(blockIdx.x, blockDim.x, threadIdx.x);
   if (j >= B) return;
   acc_t* w = W + r * B + j;
   // null row (no gradient), null column (z_j = 0 contributes nothing), diagonal (projected away)
@@ -85,7 +85,7 @@ __global__ void supcon_project_kernel(const acc_t* __restrict__ G, const acc_t* 
                                       const acc_t* __restrict__ inv, int64_t i0, int64_t n, int64_t D,
                                       scalar_t* __restrict__ out) {
   const int lane = threadIdx.x & 31;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t r = warp_row(blockIdx.x, kWarps, threadIdx.x);
   if (r >= n) return;
   const int64_t i = i0 + r;
   const acc_t* g = G + r * D;
