@@ -367,10 +367,17 @@ def _demangle(names):
 
 
 def _short_cuda_name(demangled: str) -> str:
-    # "void miue::cuda::(anonymous namespace)::pgd_kernel<float, float, unsigned char, float, true>(...)"
-    s = re.sub(r"^void\s+", "", demangled)
-    s = s.split("(")[0] if "<" not in s.split("(")[0] else s[: s.index(">(") + 1] if ">(" in s else s
-    return s.replace("miue::cuda::", "").replace("(anonymous namespace)::", "")
+    # "void miue::cuda::(anonymous namespace)::pgd_kernel<float, ..., true>(float*, ...)" -> "pgd_kernel<float, ..., true>"
+    s = re.sub(r"^void\s+", "", demangled).replace("(anonymous namespace)::", "").replace("miue::cuda::", "")
+    depth = 0
+    for i, ch in enumerate(s):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            return s[:i]
+    return s
 
 
 def cuda_compile_cmd(src: str, archs, out: str) -> list[str]:
