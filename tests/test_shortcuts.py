@@ -1,0 +1,80 @@
+"""Training-free poisons (miue.shortcuts): bounds, determinism, and the class structure that
+makes each one a shortcut."""
+
+import pytest
+import torch
+
+from miue import shortcuts as S
+
+EPS = 8 / 255
+
+
+def _labels(n=60, k=4):
+    return torch.arange(n) % k
+
+
+@pytest.mark.parametrize("fn", [S.ar_noise, S.lsp_noise])
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (2, 9, 13)])
+def test_linf_bound_and_determinism(fn, shape):
+    y = _labels()
+    d = fn(y, shape, EPS, seed=3)
+    assert d.shape == (y.numel(), *shape) and d.dtype == torch.float32
+    assert d.abs().max() <= EPS + 1e-7
+    assert torch.allclose(d.abs().flatten(1).amax(1), torch.full((y.numel(),), EPS))  # every sample uses the budget
+    assert torch.equal(d, fn(y, shape, EPS, seed=3))
+    assert not torch.equal(d, fn(y, shape, EPS, seed=4))
+
+
+def test_ar_noise_is_predicted_by_its_own_class_filter_only():
+    y = _labels(40, 4)
+    filters = S.ar_filters(4, 1, seed=0)
+    d = S.ar_noise(y, (1, 16, 16), EPS, seed=0, filters=filters).double()
+
+    def residual(x, b):  # x[i, j] - Σ b ⊙ window, interior pixels
+        win = x.unfold(2, 3, 1).unfold(3, 3, 1)  # (n, 1, 14, 14, 3, 3), window ending at (i, j)
+        pred = (win * b.view(1, 1, 1, 1, 3, 3)).sum((-1, -2))
+        return (x[:, :, 2:, 2:] - pred).abs().mean((1, 2, 3))
+
+    for k in range(4):
+        own = residual(d[y == k], filters[k, 0])
+        other = residual(d[y == k], filters[(k + 1) % 4, 0])
+        assert own.max() < 1e-6 * EPS * 1e3  # float32 rounding of the scaled process only
+        assert other.min() > 1e-3 * EPS
+
+
+def test_lsp_is_patch_constant_and_linearly_separable():
+    from sklearn.linear_model import LogisticRegression
+
+    y = _labels(200, 10)
+    d = S.lsp_noise(y, (1, 28, 28), EPS, seed=0)
+    assert torch.equal(d[:, :, :7, :7], d[:, :, :1, :1].expand(-1, -1, 7, 7))  # 4×4 grid of 7×7 patches
+    clf = LogisticRegression(max_iter=5000, C=100.0).fit(d.flatten(1).numpy(), y.numpy())
+    assert clf.score(d.flatten(1).numpy(), y.numpy()) == 1.0
+
+
+def test_ops_sets_one_distinct_extreme_pixel_per_class():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (80, 3, 8, 8), generator=g, dtype=torch.uint8)
+    x[:, :, 0, 0] = 0  # a constant corner: every class would pick it
+    y = _labels(80, 4)
+    pos, col = S.ops_pixels(x, y)
+    assert len({tuple(p.tolist()) for p in pos}) == 4  # distinct positions
+    assert set(col.flatten().tolist()) <= {0.0, 1.0}
+    out = S.ops_images(x, y, pos, col)
+    changed = (out != x).any(1).flatten(1).sum(1)
+    assert changed.max() <= 1  # L0: at most one pixel per image
+    for k in range(4):
+        r, c = pos[k].tolist()
+        assert torch.equal(out[y == k][:, :, r, c], (col[k] * 255).to(torch.uint8).expand(int((y == k).sum()), -1))
+    assert torch.equal(out[:, :, :, :][(out != x).any(1).flatten(1).sum(1) == 0], x[changed == 0])
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="eps"):
+        S.ar_noise(_labels(), (1, 8, 8), 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        S.lsp_noise(_labels(), (8, 8), EPS)
+    with pytest.raises(TypeError, match="uint8"):
+        S.ops_images(torch.rand(4, 1, 8, 8), _labels(4, 2))
+    with pytest.raises(ValueError, match="distinct pixel positions"):
+        S.ops_pixels(torch.zeros(8, 1, 2, 2, dtype=torch.uint8), torch.arange(8))
