@@ -39,20 +39,17 @@ def build_command() -> str:
     return "pip install --no-build-isolation --force-reinstall --no-deps <miue source checkout>"
 
 
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:limit] if text else ""
-
-
 def missing_reason(exc: BaseException) -> str:
     """Why the extension is missing, from the import error and the build record."""
+    from miue._io import first_line  # (here, so that this module can load before the package)
+
     info = build_info()
     if isinstance(exc, ModuleNotFoundError) and exc.name == "miue._C":
         if info.get("error"):
             return f"its build failed ({info['error']})"
         return ("it was not built (installed with MIUE_SKIP_EXT=1, or without torch importable at build time, "
                 "or from a source tree whose build did not run)")
-    return f"it failed to load ({type(exc).__name__}: {_first_line(exc)}; built against torch " \
+    return f"it failed to load ({type(exc).__name__}: {first_line(exc, 300)}; built against torch " \
            f"{info.get('torch', '?')}, running torch {torch.__version__})"
 
 
