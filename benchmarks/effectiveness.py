@@ -58,8 +58,11 @@ METHODS = {
     "miue-linear": ("miue-linear", False),
     "miue-cw": ("miue", True),
     "random": ("random", False),
+    "ar": ("ar", False),
+    "lsp": ("lsp", False),
+    "ops": ("ops", False),
 }
-BUDGET_FREE = ("random", "ref-cw")  # the same poison at every budget
+BUDGET_FREE = ("random", "ref-cw", "ar", "lsp", "ops")  # no surrogate: the same poison at every budget
 
 # victims: (evaluate preset, arch, epochs). They differ from the surrogate (cnn-small trained
 # with SGD) in width or architecture and in recipe (SGD + crop + flip vs Adam, no augmentation).
@@ -193,7 +196,7 @@ class Study:
                 opts.update(overrides)
                 result = craft_fast(self.train.images, self.train.labels, preset="demo", objective=objective,
                                     classwise=classwise, eps=EPS, seed=0, progress=self.args.progress,
-                                    checkpoint_dir=None if method == "random" else os.path.join(self.cache, "ckpt", pid),
+                                    checkpoint_dir=None if method in BUDGET_FREE else os.path.join(self.cache, "ckpt", pid),
                                     **opts)
             seconds = time.perf_counter() - t0
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -284,7 +287,7 @@ class _OutOfTime(Exception):
 
 def _pgd_steps(result) -> int:
     cfg = result.config
-    if cfg.get("method") == "ref-cw" or cfg.get("objective") == "random":
+    if cfg.get("method") == "ref-cw" or cfg.get("objective") in ("random", "ar", "lsp", "ops"):
         return 0
     done = [h for h in result.history if not h.get("stopped")]
     return len(done) * int(cfg.get("pgd_steps", 0))

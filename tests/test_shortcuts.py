@@ -78,3 +78,25 @@ def test_bad_arguments_are_named():
         S.ops_images(torch.rand(4, 1, 8, 8), _labels(4, 2))
     with pytest.raises(ValueError, match="distinct pixel positions"):
         S.ops_pixels(torch.zeros(8, 1, 2, 2, dtype=torch.uint8), torch.arange(8))
+
+
+@pytest.mark.parametrize("objective", ["ar", "lsp", "ops"])
+def test_craft_fast_objectives(objective, tmp_path):
+    """Through craft_fast: released uint8 images within ε (ar, lsp) or one pixel (ops) of the
+    clean ones, deterministic, saved and loaded; classwise is refused."""
+    from miue.craft import CraftResult, craft_fast
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = _labels(40, 4)
+    r = craft_fast(x, y, objective=objective, preset="demo", progress=False, device="cpu")
+    diff = (r.images.int() - x.int()).abs()
+    if objective == "ops":
+        assert r.config["norm"] == "L0" and (diff.flatten(1) > 0).sum(1).max() <= 1
+    else:
+        assert r.config["norm"] == "Linf" and diff.max() <= 8 and r.delta.abs().max() <= EPS + 1e-7
+    assert torch.equal(r.images, craft_fast(x, y, objective=objective, preset="demo", progress=False).images)
+    again = CraftResult.load(r.save(str(tmp_path / "r")))
+    assert torch.equal(again.images, r.images)
+    with pytest.raises(ValueError, match="classwise"):
+        craft_fast(x, y, objective=objective, classwise=True, preset="demo", progress=False)

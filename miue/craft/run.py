@@ -20,7 +20,7 @@ from miue.craft.engine import Engine
 from miue.craft.inputs import prepare_inputs
 from miue.craft.interrupt import CraftInterrupted, GracefulInterrupt
 from miue.craft.result import CraftResult, release
-from miue.presets import OBJECTIVES, CraftConfig, make_config
+from miue.presets import OBJECTIVES, TRAINING_FREE, CraftConfig, make_config
 
 log = logging.getLogger("miue.craft")
 
@@ -63,7 +63,9 @@ def craft_fast(
     preset: "paper" (SPEC §3 exactly), "fast" (paper + bf16/channels_last/compile/CUDA
         graphs on CUDA) or "demo" (small CNN, short schedule for CPUs).
     objective: "miue" (supcon loss), "miue-linear" (intra-class cosine loss), "em"
-        (error-minimising cross-entropy) or "random" (uniform noise, no model).
+        (error-minimising cross-entropy), "random" (uniform noise, no model), or a
+        training-free shortcut from miue.shortcuts: "ar" (autoregressive noise), "lsp"
+        (linear-separable patches) or "ops" (one-pixel shortcut: an L0 attack, ignores eps).
     surrogate: an nn.Module returning logits (features = the input of its last nn.Linear)
         or (features, logits); a copy is trained. Default: the preset's architecture.
     rounds, pgd_steps, batch_size (PGD batch), train_batch_size, amp, channels_last, compile,
@@ -101,10 +103,38 @@ def craft_fast(
         raise ValueError("delta_dtype='int8' holds |δ| ≤ 127/255; use float16/float32 for a larger eps")
     if device.type != "cuda":  # bf16 autocast and CUDA graphs are CUDA-only (channels_last helps oneDNN too)
         cfg.amp = cfg.cuda_graphs = False
+    if cfg.objective in TRAINING_FREE:
+        if cfg.classwise:
+            raise ValueError(f"objective={cfg.objective!r} is class-structured already; classwise=True does not apply")
+        return _training_free(cfg, clean, y)
     if cfg.classwise and dist_info()[1] > 1 and cfg.objective != "random":
         raise ValueError("classwise crafting is not supported under torch.distributed (class perturbations would "
                          "need a collective per PGD step); run it in one process")
     return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress, extend)
+
+
+def _training_free(cfg: CraftConfig, clean: torch.Tensor, y: torch.Tensor) -> CraftResult:
+    """ar / lsp: δ from the class's generator, in the ε ball and the [0, 1] box; ops: each
+    class's one pixel set (δ is then what it is at that pixel, up to ±1). Seconds, no rounds,
+    the same result in every process of a distributed run."""
+    from miue import shortcuts
+
+    if cfg.objective == "ops":
+        base = clean if clean.dtype == torch.uint8 else torch.round(clean * 255).to(torch.uint8)
+        pos, col = shortcuts.ops_pixels(base, y)
+        images = shortcuts.ops_images(base, y, pos, col)
+        clean01 = clean.float() / 255 if clean.dtype == torch.uint8 else clean
+        delta = images.float() / 255 - clean01
+        extra = {"norm": "L0", "pixels": pos.tolist(), "colours": col.tolist()}
+    else:
+        make = shortcuts.ar_noise if cfg.objective == "ar" else shortcuts.lsp_noise
+        delta = make(y, tuple(clean.shape[1:]), cfg.eps, seed=cfg.seed)
+        ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
+        images = release(clean, delta, cfg.eps, cfg.release_rounding)
+        extra = {"norm": "Linf"}
+    config = {**cfg.to_dict(), **extra}
+    return CraftResult(delta=delta, images=images, labels=y, history=[{"round": 1, "objective": cfg.objective}],
+                       config=config)
 
 
 def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress, extend=False) -> CraftResult:
