@@ -143,7 +143,8 @@ def _cmd_evaluate(args) -> int:
         clean = train.images
     res = evaluate(poisons.images, poisons.labels, test.images, test.labels, arch=args.arch, epochs=args.epochs,
                    preset=args.preset, defense=args.defense, at_eps=args.at_eps, poison_ratio=args.poison_ratio,
-                   clean_images=clean, seed=args.seed, device=args.device, progress=not args.quiet)
+                   clean_images=clean, seed=args.seed, device=args.device, progress=not args.quiet,
+                   optimizer=args.optimizer, augment=None if args.augment is None else args.augment == "on")
     print(f"clean test accuracy of a {res.config['arch']} victim trained on {args.poisons}"
           + (f" with defense {args.defense}" if args.defense else "") + f": {res.test_acc:.4f}")
     if args.json:
@@ -203,8 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="train a victim on a poisons file and report its clean test accuracy")
     s.add_argument("poisons", help="a result file written by `miue craft` (.npz or .pt)")
     s.add_argument("--dataset", help="dataset of the test split (default: the one recorded in the poisons file)")
-    s.add_argument("--preset", choices=("paper", "quick"), default="paper")
+    s.add_argument("--preset", choices=("paper", "quick", "adam"), default="paper",
+                   help="victim recipe: paper (ResNet-18, SGD, 200 epochs), quick (small CNN, SGD, crop + flip), "
+                        "adam (small CNN, Adam, no augmentation)")
     s.add_argument("--arch", choices=ARCHS, help="victim architecture (default: the preset's)")
+    s.add_argument("--optimizer", choices=("sgd", "adam"), help="override the preset's optimizer")
+    s.add_argument("--augment", choices=("on", "off"), help="override the preset's crop + flip")
     s.add_argument("--epochs", type=int)
     s.add_argument("--defense", choices=DEFENSES)
     s.add_argument("--at-eps", type=budget, default=4 / 255,

@@ -146,6 +146,19 @@ def test_evaluate_prints_accuracy_and_writes_json(poisons, tmp_path, capsys):
     assert len(data["test_acc_history"]) == 1
 
 
+def test_evaluate_adam_recipe_and_overrides(poisons, tmp_path, capsys):
+    js = tmp_path / "adam.json"
+    rc = main(["evaluate", poisons[0], "--preset", "adam", "--epochs", "1", "--arch", "mlp", "--quiet", "--json", str(js)])
+    assert rc == 0, capsys.readouterr().err
+    cfg = json.loads(js.read_text())["config"]
+    assert cfg["optimizer"] == "adam" and not cfg["crop"] and cfg["arch"] == "mlp"
+    rc = main(["evaluate", poisons[0], "--preset", "quick", "--epochs", "1", "--arch", "cnn-small", "--quiet",
+               "--optimizer", "adam", "--augment", "off", "--json", str(js)])
+    assert rc == 0, capsys.readouterr().err
+    cfg = json.loads(js.read_text())["config"]
+    assert cfg["optimizer"] == "adam" and not cfg["flip"] and cfg["preset"] == "quick"
+
+
 def test_evaluate_with_defense(poisons, capsys):
     rc = main(["evaluate", poisons[0], "--preset", "quick", "--epochs", "1", "--arch", "cnn-small", "--quiet",
                "--defense", "cutout", "--dataset", "digits"])
