@@ -57,6 +57,7 @@ METHODS = {
     "ref-cw": (None, True),
     "miue-linear": ("miue-linear", False),
     "miue-cw": ("miue", True),
+    "tap": ("tap", False),  # budget b: the budget's rounds of clean training, then b PGD steps at the end
     "random": ("random", False),
     "ar": ("ar", False),
     "lsp": ("lsp", False),
@@ -193,6 +194,8 @@ class Study:
                                      config={"method": "ref-cw", "eps": EPS}, history=[])
             else:
                 opts = dict(self.budgets.get(budget, {})) if budget else {}
+                if objective == "tap" and budget:  # all of TAP's steps come after its training
+                    opts["pgd_steps"] = opts["rounds"] * opts["pgd_steps"]
                 opts.update(overrides)
                 result = craft_fast(self.train.images, self.train.labels, preset="demo", objective=objective,
                                     classwise=classwise, eps=EPS, seed=0, progress=self.args.progress,
@@ -289,7 +292,7 @@ def _pgd_steps(result) -> int:
     cfg = result.config
     if cfg.get("method") == "ref-cw" or cfg.get("objective") in ("random", "ar", "lsp", "ops"):
         return 0
-    done = [h for h in result.history if not h.get("stopped")]
+    done = [h for h in result.history if "objective_loss" in h]  # rounds that ran a PGD pass
     return len(done) * int(cfg.get("pgd_steps", 0))
 
 

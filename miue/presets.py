@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-OBJECTIVES = ("miue", "miue-linear", "em", "random", "ar", "lsp", "ops")
+OBJECTIVES = ("miue", "miue-linear", "em", "tap", "random", "ar", "lsp", "ops")
 TRAINING_FREE = ("ar", "lsp", "ops")  # class-structured generators from miue.shortcuts: no surrogate, no rounds
 PRESETS = ("paper", "fast", "demo")
 

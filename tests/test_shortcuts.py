@@ -100,3 +100,38 @@ def test_craft_fast_objectives(objective, tmp_path):
     assert torch.equal(again.images, r.images)
     with pytest.raises(ValueError, match="classwise"):
         craft_fast(x, y, objective=objective, classwise=True, preset="demo", progress=False)
+
+
+def test_tap_trains_on_clean_then_attacks_towards_the_next_class(tmp_path, monkeypatch):
+    """TAP: no PGD until the last round, then pgd_steps steps that raise p(y + 1); the
+    surrogate never sees δ; bounds hold; a killed-and-resumed run equals an uninterrupted one."""
+    from miue.craft import craft_fast
+    from miue.craft.engine import tap_step_size, tap_target
+    from miue.presets import make_config
+
+    assert tap_target(torch.tensor([0, 1, 3]), 4).tolist() == [1, 2, 0]
+    assert tap_step_size(make_config("demo", eps=EPS, pgd_steps=10)) == pytest.approx(2.5 * EPS / 10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = _labels(64, 4)
+    r = craft_fast(x, y, objective="tap", preset="demo", rounds=3, pgd_steps=4, progress=False, device="cpu")
+    assert [("objective_loss" in h) for h in r.history] == [False, False, True]
+    assert (r.images.int() - x.int()).abs().max() <= 8 and r.delta.abs().max() > 0
+    # a run that dies in round 3 (after the checkpoint of round 2) resumes to the same δ
+    from miue.craft.engine import Engine
+
+    real = Engine.run_round
+
+    def dies_in_round_3(self, e):
+        if e == 3:
+            raise RuntimeError("killed")
+        return real(self, e)
+
+    ck = str(tmp_path / "ck")
+    kw = dict(objective="tap", preset="demo", rounds=3, pgd_steps=4, progress=False, checkpoint_dir=ck, device="cpu")
+    monkeypatch.setattr(Engine, "run_round", dies_in_round_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        craft_fast(x, y, **kw)
+    monkeypatch.setattr(Engine, "run_round", real)
+    again = craft_fast(x, y, **kw)
+    assert torch.equal(again.delta, r.delta) and len(again.history) == 3

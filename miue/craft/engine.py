@@ -8,6 +8,8 @@ Round e = 1..E (:meth:`Engine.run_round`):
      [0, 1] box around the (flipped) clean image, by the fused ``pgd_linf_step_``.
 L is the supcon loss (``miue``), the intra-class cosine loss (``miue-linear``) or
 cross-entropy on the logits (``em``: error-minimising noise); ``random`` draws uniform noise.
+``tap`` (targeted adversarial poisoning) trains the surrogate on the clean data for every
+round and runs its K PGD steps once, after the last round, towards the target class y + 1.
 
 Speed: the dataset stays on the device as uint8 when it fits (else in pinned host memory,
 streamed batch by batch, so that GPU memory does not grow with N: :mod:`.store`); flips
@@ -44,6 +46,17 @@ def _flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _as_float01(c: torch.Tensor) -> torch.Tensor:
     return c.float().div_(255.0) if c.dtype == torch.uint8 else c
+
+
+def tap_target(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """TAP's target class: the next class, (y + 1) mod C (Fowl et al. 2021 use a fixed permutation)."""
+    return torch.remainder(y + 1, num_classes)
+
+
+def tap_step_size(cfg: CraftConfig) -> float:
+    """TAP's constant PGD step: 2.5·ε / K for its K steps (the usual choice for a K-step L∞ attack
+    that may reach the ball's surface from anywhere inside it)."""
+    return 2.5 * cfg.eps / cfg.pgd_steps
 
 
 class Engine:
@@ -115,7 +128,11 @@ class Engine:
             log.info("round %d: surrogate accuracy %.4f >= stop_train_acc %.4f: crafting ends", e, train_acc,
                      cfg.stop_train_acc)
             return {**rec, "stopped": True, "lr": lr, "seconds": t1 - t0}
-        alpha = cfg.alpha(e)
+        if cfg.objective == "tap" and e < cfg.rounds:  # TAP: train on clean data first, attack once at the end
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"round {e}: the surrogate produced NaN/Inf (train loss {train_loss})")
+            return {**rec, "lr": lr, "seconds": t1 - t0, "train_images_per_s": self.train_images_per_round / (t1 - t0)}
+        alpha = tap_step_size(cfg) if cfg.objective == "tap" else cfg.alpha(e)
         objective = float(self.pgd_pass(alpha))  # 2. K signed-gradient steps on every δ, frozen surrogate
         t2 = time.perf_counter()
         if not (math.isfinite(objective) and math.isfinite(train_loss)):
@@ -197,7 +214,8 @@ class Engine:
             c = _as_float01(self.store.clean_batch(idx))
             if flips is not None:
                 c = _flip(c, flips.to(self.device))
-            x = (c + self._delta_for(idx)).clamp_(0, 1)
+            # TAP's surrogate learns the clean data; the min-min objectives train on the poisoned data
+            x = c if self.cfg.objective == "tap" else (c + self._delta_for(idx)).clamp_(0, 1)
             y = self.labels_dev.index_select(0, idx.to(self.device))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.train_forward(self._input(x))
@@ -219,6 +237,8 @@ class Engine:
             return ops.supcon_loss(feats, y, cfg.temperature, backend=cfg.backend)
         if cfg.objective == "miue-linear":
             return ops.intra_class_cosine_loss(feats, y, self.C, backend=cfg.backend, validate=False)
+        if cfg.objective == "tap":  # descend cross-entropy to the target class: raise p(target | x + δ)
+            return F.cross_entropy(logits.float(), tap_target(y, self.C))
         return F.cross_entropy(logits.float(), y)
 
     def _pgd_step(self, d, clean_f, c_box, y, alpha, eps, box):

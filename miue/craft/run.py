@@ -63,7 +63,9 @@ def craft_fast(
     preset: "paper" (SPEC §3 exactly), "fast" (paper + bf16/channels_last/compile/CUDA
         graphs on CUDA) or "demo" (small CNN, short schedule for CPUs).
     objective: "miue" (supcon loss), "miue-linear" (intra-class cosine loss), "em"
-        (error-minimising cross-entropy), "random" (uniform noise, no model), or a
+        (error-minimising cross-entropy), "tap" (targeted adversarial poisoning: a surrogate
+        trained on the clean data, then pgd_steps steps towards class y + 1 after the last
+        round), "random" (uniform noise, no model), or a
         training-free shortcut from miue.shortcuts: "ar" (autoregressive noise), "lsp"
         (linear-separable patches) or "ops" (one-pixel shortcut: an L0 attack, ignores eps).
     surrogate: an nn.Module returning logits (features = the input of its last nn.Linear)
@@ -225,8 +227,9 @@ def _rounds(eng: Engine, cfg: CraftConfig, start_round: int, history: list, save
                 if stopped:
                     bar.update(cfg.rounds - e + 1)
                     break
-                bar.set_postfix(loss=f"{rec['objective_loss']:.4f}", acc=f"{rec['train_acc']:.3f}",
-                                img_s=f"{rec['pgd_images_per_s']:.0f}")
+                if "objective_loss" in rec:  # (TAP's training-only rounds have no PGD pass)
+                    bar.set_postfix(loss=f"{rec['objective_loss']:.4f}", acc=f"{rec['train_acc']:.3f}",
+                                    img_s=f"{rec['pgd_images_per_s']:.0f}")
                 bar.update(1)
                 if interrupt.requested and e < cfg.rounds:
                     raise CraftInterrupted(
