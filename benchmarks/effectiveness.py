@@ -58,6 +58,7 @@ METHODS = {
     "miue-linear": ("miue-linear", False),
     "miue-cw": ("miue", True),
     "tap": ("tap", False),  # budget b: the budget's rounds of clean training, then b PGD steps at the end
+    "rem": ("rem", False),  # about 8x EM's cost (7 inner steps for ρ per training batch and per PGD step)
     "random": ("random", False),
     "ar": ("ar", False),
     "lsp": ("lsp", False),

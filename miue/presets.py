@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-OBJECTIVES = ("miue", "miue-linear", "em", "tap", "random", "ar", "lsp", "ops")
+OBJECTIVES = ("miue", "miue-linear", "em", "tap", "rem", "random", "ar", "lsp", "ops")
 TRAINING_FREE = ("ar", "lsp", "ops")  # class-structured generators from miue.shortcuts: no surrogate, no rounds
 PRESETS = ("paper", "fast", "demo")
 
@@ -38,6 +38,8 @@ class CraftConfig:
     #                              poisoned data reaches this (0: off, run every round)
     pgd_bn: str = "eval"  # batch norm during PGD: "eval" (running statistics) or "train" (batch statistics,
     #                       running statistics left unchanged)
+    rem_eps: float = 0.0  # REM's adversarial radius ρ_a (0: eps / 2, the REM paper's choice)
+    rem_steps: int = 7  # REM's inner PGD steps for ρ (the REM code: 7 steps of ρ_a / 4, random start)
     arch: str = "resnet18"
     lr: float = 0.1
     momentum: float = 0.9

@@ -135,3 +135,30 @@ def test_tap_trains_on_clean_then_attacks_towards_the_next_class(tmp_path, monke
     monkeypatch.setattr(Engine, "run_round", real)
     again = craft_fast(x, y, **kw)
     assert torch.equal(again.delta, r.delta) and len(again.history) == 3
+
+
+def test_rem_inner_maximisation_and_crafting(tmp_path):
+    """REM: ρ stays within rem_eps (eps/2 by default) and raises the surrogate's loss; a
+    crafting run respects the bounds and is deterministic."""
+    import torch.nn.functional as F
+
+    from miue.craft import _Engine, craft_fast
+    from miue.presets import make_config
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = _labels(64, 4)
+    cfg = make_config("demo", objective="rem", eps=EPS, num_classes=4)
+    eng = _Engine(cfg, x, y, None, torch.device("cpu"), progress=False)
+    eng.train_epoch()
+    eng.model.eval()
+    eng.model.requires_grad_(False)
+    xf = x.float() / 255
+    rho = eng._rem_rho(xf, y)
+    assert rho.abs().max() <= EPS / 2 + 1e-7
+    with torch.no_grad():
+        assert F.cross_entropy(eng.model((xf + rho).clamp(0, 1)), y) > F.cross_entropy(eng.model(xf), y)
+    kw = dict(objective="rem", preset="demo", rounds=2, pgd_steps=2, progress=False, device="cpu", rem_steps=2)
+    r = craft_fast(x, y, **kw)
+    assert (r.images.int() - x.int()).abs().max() <= 8 and r.delta.abs().max() > 0
+    assert torch.equal(r.delta, craft_fast(x, y, **kw).delta)

@@ -28,7 +28,7 @@ METRICS_NAME = "metrics.jsonl"
 
 CHECKED_KEYS = ("objective", "eps", "rounds", "pgd_steps", "pgd_batch_size", "train_batch_size", "arch", "seed",
                 "classwise", "temperature", "alpha_start", "alpha_end", "lr", "delta_dtype", "num_classes", "flip",
-                "train_steps", "train_epochs", "stop_train_acc", "pgd_bn")
+                "train_steps", "train_epochs", "stop_train_acc", "pgd_bn", "rem_eps", "rem_steps")
 
 
 def fingerprint(clean: torch.Tensor, labels: torch.Tensor) -> str:

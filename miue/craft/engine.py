@@ -10,6 +10,9 @@ L is the supcon loss (``miue``), the intra-class cosine loss (``miue-linear``) o
 cross-entropy on the logits (``em``: error-minimising noise); ``random`` draws uniform noise.
 ``tap`` (targeted adversarial poisoning) trains the surrogate on the clean data for every
 round and runs its K PGD steps once, after the last round, towards the target class y + 1.
+``rem`` (robust error-minimising noise) is EM with an adversarially trained surrogate: every
+training batch and every PGD step first finds ρ (radius ``rem_eps``, eps/2 by default) that
+maximises the loss at x + δ + ρ, and trains on / descends the loss there.
 
 Speed: the dataset stays on the device as uint8 when it fits (else in pinned host memory,
 streamed batch by batch, so that GPU memory does not grow with N: :mod:`.store`); flips
@@ -217,6 +220,12 @@ class Engine:
             # TAP's surrogate learns the clean data; the min-min objectives train on the poisoned data
             x = c if self.cfg.objective == "tap" else (c + self._delta_for(idx)).clamp_(0, 1)
             y = self.labels_dev.index_select(0, idx.to(self.device))
+            if self.cfg.objective == "rem":  # adversarial training: on x + ρ, ρ maximising the loss
+                model.eval()
+                model.requires_grad_(False)
+                x = (x + self._rem_rho(x, y)).clamp_(0, 1)
+                model.train()
+                model.requires_grad_(True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = self.train_forward(self._input(x))
                 loss = F.cross_entropy(logits.float(), y)
@@ -241,13 +250,30 @@ class Engine:
             return F.cross_entropy(logits.float(), tap_target(y, self.C))
         return F.cross_entropy(logits.float(), y)
 
+    def _rem_rho(self, x, y):
+        """REM's inner maximisation: ρ in the L∞ ball of radius rem_eps (eps/2 by default) that
+        raises the cross-entropy of the current surrogate at x + ρ, by rem_steps signed steps of
+        rem_eps/4 from a uniform random start (drawn from the run's generator). Detached."""
+        cfg = self.cfg
+        r = cfg.rem_eps or cfg.eps / 2
+        rho = ((torch.rand(x.shape, generator=self.gen) * 2 - 1) * r).to(x.device)
+        for _ in range(cfg.rem_steps):
+            rho.requires_grad_(True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = F.cross_entropy(self.forward(self._input((x + rho).clamp(0, 1))).float(), y)
+            (g,) = torch.autograd.grad(loss, rho)
+            rho = (rho.detach() + (r / 4) * g.sign()).clamp_(-r, r)
+        return rho.detach()
+
     def _pgd_step(self, d, clean_f, c_box, y, alpha, eps, box):
         """One step on the batch δ ``d`` (float32, in place); returns the objective value."""
+        # REM: the loss is taken at the worst ρ around x + δ (min over δ of max over ρ)
+        rho = self._rem_rho((clean_f + d).clamp(0, 1), y) if self.cfg.objective == "rem" else 0.0
         dv = d.detach().requires_grad_(True)
         # inside a CUDA graph the autocast weight-cast cache would outlive its capture
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
                             cache_enabled=not self.cfg.cuda_graphs):
-            feats, logits = self.forward(self._input(clean_f + dv), return_features=True)
+            feats, logits = self.forward(self._input(clean_f + dv + rho), return_features=True)
             loss = self._objective(feats, logits, y)
         (g,) = torch.autograd.grad(loss, dv)
         if self.cfg.classwise:
@@ -314,8 +340,8 @@ class Engine:
     def _graphed_step(self, d, clean_f, c_box, y):
         """The CUDA graph of one sample-wise PGD step for full batches (``cuda_graphs``), built
         on first use; None when graphs are off or capture failed (the step then runs eagerly)."""
-        if not (self.cfg.cuda_graphs and self.device.type == "cuda") or self._graph_failed:
-            return None
+        if not (self.cfg.cuda_graphs and self.device.type == "cuda") or self._graph_failed or self.cfg.objective == "rem":
+            return None  # (REM draws its random starts on the host: not capturable)
         if self._graph is None or self._graph.c_box.dtype != c_box.dtype:
             try:
                 step = lambda *a: self._pgd_step(*a, (0.0, 1.0))  # noqa: E731

@@ -65,7 +65,8 @@ def craft_fast(
     objective: "miue" (supcon loss), "miue-linear" (intra-class cosine loss), "em"
         (error-minimising cross-entropy), "tap" (targeted adversarial poisoning: a surrogate
         trained on the clean data, then pgd_steps steps towards class y + 1 after the last
-        round), "random" (uniform noise, no model), or a
+        round), "rem" (robust EM: surrogate trained adversarially with radius rem_eps = eps/2,
+        δ minimising the loss at the worst ρ), "random" (uniform noise, no model), or a
         training-free shortcut from miue.shortcuts: "ar" (autoregressive noise), "lsp"
         (linear-separable patches) or "ops" (one-pixel shortcut: an L0 attack, ignores eps).
     surrogate: an nn.Module returning logits (features = the input of its last nn.Linear)
