@@ -373,7 +373,7 @@ def targets(data: dict, summary: dict, budget: str) -> dict:
             ref_drop = (r is not None) and (c - m >= c - r)
             ok.append((v, m, c, bool(half or ((r is not None and r > c / 2) and ref_drop))))
         out["miue_le_half_clean_every_victim"] = ok
-    if None not in clean:
+    if None not in clean and out:  # only beside measured poisons of this budget
         out["clean_ge_88pct"] = [(v, c, bool(c >= 0.88)) for v, c in zip(victims, clean)]
     return out
 
@@ -425,7 +425,8 @@ def markdown(data: dict) -> str:
     plateau = [(c["victim"], c["epochs"], c["test_acc"]) for cid, c in data["cells"].items() if c["poison"] == "clean"
                and c["defense"] is None and c["seed"] == 0]
     if plateau:
-        lines += ["", "Plateau check (clean data, seed 0): test accuracy at E and 2E epochs.", "",
+        lines += ["", "Plateau check (clean data, seed 0): test accuracy at the victim's epochs E and, once measured, "
+                  "at 2E (the per-epoch curves are in results.json).", "",
                   "| victim | epochs | clean acc |", "|---|---:|---:|"]
         for v, e, a in sorted(plateau):
             lines.append(f"| {v} | {e} | {100 * a:.1f} |")
