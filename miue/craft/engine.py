@@ -268,12 +268,14 @@ class Engine:
     def _pgd_step(self, d, clean_f, c_box, y, alpha, eps, box):
         """One step on the batch δ ``d`` (float32, in place); returns the objective value."""
         # REM: the loss is taken at the worst ρ around x + δ (min over δ of max over ρ)
-        rho = self._rem_rho((clean_f + d).clamp(0, 1), y) if self.cfg.objective == "rem" else 0.0
+        rem = self.cfg.objective == "rem"
+        rho = self._rem_rho((clean_f + d).clamp(0, 1), y) if rem else None
         dv = d.detach().requires_grad_(True)
         # inside a CUDA graph the autocast weight-cast cache would outlive its capture
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
                             cache_enabled=not self.cfg.cuda_graphs):
-            feats, logits = self.forward(self._input(clean_f + dv + rho), return_features=True)
+            x = (clean_f + dv + rho).clamp(0, 1) if rem else clean_f + dv  # (x + δ is in the box already)
+            feats, logits = self.forward(self._input(x), return_features=True)
             loss = self._objective(feats, logits, y)
         (g,) = torch.autograd.grad(loss, dv)
         if self.cfg.classwise:
