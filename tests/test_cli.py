@@ -255,7 +255,7 @@ def test_bad_arguments_exit_2(argv, capsys, tmp_path, monkeypatch):
                    "--png-dir", "--device", "--backend", "--seed", "--quiet"]),
         ("evaluate", ["--dataset", "--preset", "--arch", "--epochs", "--defense", "--at-eps", "--poison-ratio", "--json",
                       "--device", "--seed", "--quiet"]),
-        ("demo", ["--out-dir", "--quick", "--device", "--seed", "--quiet"]),
+        ("demo", ["--out-dir", "--methods", "--quick", "--device", "--seed", "--quiet"]),
     ],
 )
 def test_help(command, options, capsys):
@@ -276,3 +276,56 @@ def test_parser_choices_follow_the_registries():
     arch = next(a for a in ev._actions if a.dest == "arch")
     assert tuple(defense.choices) == tuple(DEFENSES)
     assert tuple(arch.choices) == tuple(ARCHS)
+
+
+# --------------------------------------------------------------------------- demo --methods
+
+
+def test_demo_methods_choices_follow_the_objectives():
+    from miue.demo import DEFAULT_METHODS, NAMES
+    from miue.presets import OBJECTIVES
+
+    demo = next(a for a in build_parser()._actions if a.dest == "command").choices["demo"]
+    methods = next(a for a in demo._actions if a.dest == "methods")
+    assert tuple(methods.choices) == tuple(OBJECTIVES) == tuple(NAMES)
+    assert methods.default == list(DEFAULT_METHODS) == ["miue", "em", "random"]
+    assert build_parser().parse_args(["demo", "--methods", "tap", "ops"]).methods == ["tap", "ops"]
+
+
+def test_demo_rejects_unknown_methods(capsys, tmp_path):
+    from miue.demo import run_demo
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--methods", "nope", "--out-dir", str(tmp_path / "d")])
+    assert e.value.code == 2 and "--methods" in capsys.readouterr().err
+    for bad, match in (((), "at least one"), (("miue", "bogus"), "bogus")):
+        with pytest.raises(ValueError, match=match):
+            run_demo(out_dir=str(tmp_path / "d"), methods=bad)
+    assert not (tmp_path / "d").exists()  # refused before any work
+
+
+def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys):
+    """A tiny demo (5 images per class, one round, one victim epoch) with two training-free
+    objectives and EM: the report, table, poisons and figure follow --methods."""
+    from miue import demo
+    from miue.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist", "test")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"Fashion-MNIST not available (apt-get install dataset-fashion-mnist): {exc}")
+    monkeypatch.setitem(demo.QUICK, "train_per_class", 5)
+    monkeypatch.setitem(demo.QUICK, "test_per_class", 5)
+    monkeypatch.setitem(demo.QUICK, "rounds", 1)
+    out = tmp_path / "demo"
+    report = demo.run_demo(out_dir=str(out), quick=True, progress=False, methods=("ops", "em", "lsp", "ops"),
+                           victim_epochs=1)
+    assert list(report["victims"]) == ["clean", "OPS", "EM", "LSP"]  # order kept, duplicate dropped
+    assert list(report["craft"]) == ["OPS", "EM", "LSP"] and set(report["lens"]) == {"OPS", "EM", "LSP"}
+    assert set(report["checks"]) == {"clean_at_least_0.88"}  # no MI-UE: no MI-UE checks
+    for f in ("report.json", "figure.png", "ops.npz", "em.npz", "lsp.npz"):
+        assert (out / f).is_file(), f
+    assert not (out / "miue.npz").exists()
+    table = capsys.readouterr().out
+    assert "OPS" in table and "LSP" in table and "MI-UE" not in table.split("targets:")[-1]
+
