@@ -21,6 +21,7 @@ Writes ``results.json``, ``results.md`` (tables) and ``budget_curve.png`` /
 
     python benchmarks/effectiveness.py --resume                 # the whole study (hours on 2 cores)
     python benchmarks/effectiveness.py --resume --stages budgets --budgets 25 200
+    python benchmarks/effectiveness.py --resume --stages budgets --budgets 25 --methods rem miue em --victims cnn-sgd
     python benchmarks/effectiveness.py --report-only            # tables and plots from results.json
     python benchmarks/effectiveness.py --quick --out /tmp/eff   # CI smoke run (tiny everything)
 """
@@ -153,6 +154,7 @@ class Study:
         self.quick = args.quick
         q = QUICK if args.quick else None
         self.budgets = q["budgets"] if q else {b: BUDGETS[b] for b in args.budgets}
+        self.victims = list(dict.fromkeys(args.victims))  # in the order given
         self.epochs_scale = args.epoch_scale
         train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
         tpc = q["train_per_class"] if q else args.train_per_class
@@ -244,7 +246,8 @@ class Study:
 
     def stage_plateau(self):
         print("== plateau: clean victims at E and 2E epochs", flush=True)
-        for victim, (_, _, E) in VICTIMS.items():
+        for victim in self.victims:
+            E = VICTIMS[victim][2]
             E = 1 if self.quick else max(1, round(E * self.epochs_scale))
             self.run_cell("clean", "clean", None, victim, 0)
             self.run_cell("clean", "clean", None, victim, 0, epochs=2 * E, tag=f"epochs={2 * E}")
@@ -252,15 +255,16 @@ class Study:
     def stage_budgets(self):
         print("== budgets: every method at every budget, every victim", flush=True)
         methods = [m for m in self.args.methods if m in METHODS]
-        for victim in VICTIMS:  # the clean reference first
+        for victim in self.victims:  # the clean reference first
             self.run_cell("clean", "clean", None, victim, 0)
         for b in self.budgets:  # seed 0 of every cell of a budget first, then the extra seeds
-            cells = [(m, v) for m in methods for v in VICTIMS if not (m in BUDGET_FREE and b != next(iter(self.budgets)))]
+            cells = [(m, v) for m in methods for v in self.victims
+                     if not (m in BUDGET_FREE and b != next(iter(self.budgets)))]
             for first in (True, False):
                 for m, victim in cells:
                     for seed in self._seeds(victim)[:1] if first else self._seeds(victim)[1:]:
                         self.run_cell(poison_id(m, b), m, None if m in BUDGET_FREE else b, victim, seed)
-        for victim in VICTIMS:
+        for victim in self.victims:
             for seed in self._seeds(victim)[1:]:
                 self.run_cell("clean", "clean", None, victim, seed)
 
@@ -271,7 +275,7 @@ class Study:
         for name in names:
             for method in ("miue", "em") if name in ABLATION_EM else ("miue",):
                 pid = poison_id(method, budget, name)
-                for victim in ABLATION_VICTIMS:
+                for victim in [v for v in ABLATION_VICTIMS if v in self.victims]:
                     self.run_cell(pid, method, budget, victim, 0, overrides=ABLATIONS[name])
 
     def stage_defenses(self):
@@ -533,7 +537,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="CI smoke run: tiny subsets, one tiny budget, 1 victim epoch")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="rows of the budgets stage, in this order (default: all)")
+    p.add_argument("--victims", nargs="+", choices=list(VICTIMS), default=list(VICTIMS),
+                   help="victims of the plateau, budgets and ablations stages, in this order (default: all; "
+                        "the defenses use cnn-sgd)")
     p.add_argument("--train-per-class", type=int, default=2000, help="class-balanced training subset (default 2000/class)")
     p.add_argument("--epoch-scale", type=float, default=1.0, help="scale every victim's epoch budget")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly before the first cell that starts later")

@@ -80,3 +80,25 @@ def test_results_refuse_overwrite_and_other_setup(tmp_path):
     assert eff.Results(path, setup, resume=True).data["cells"]["x"]["test_acc"] == 0.5
     with pytest.raises(SystemExit, match="another setup"):
         eff.Results(path, {**setup, "train_per_class": 11}, resume=True)
+
+
+def test_budgets_stage_order_follows_methods_and_victims():
+    """--methods and --victims set which cells the budgets stage measures and in which order:
+    the clean references, seed 0 of every (method, victim), then the extra seeds."""
+    import argparse
+
+    study = object.__new__(eff.Study)
+    study.quick = False
+    study.budgets = {"25": eff.BUDGETS["25"]}
+    study.victims = ["mlp-adam", "cnn-sgd"]
+    study.args = argparse.Namespace(methods=["rem", "ops", "em"])
+    calls = []
+    study.run_cell = lambda pid, method, budget, victim, seed, **kw: calls.append((pid, victim, seed))
+    study.stage_budgets()
+    assert calls == [("clean", "mlp-adam", 0), ("clean", "cnn-sgd", 0),
+                     ("rem@25", "mlp-adam", 0), ("rem@25", "cnn-sgd", 0), ("ops", "mlp-adam", 0), ("ops", "cnn-sgd", 0),
+                     ("em@25", "mlp-adam", 0), ("em@25", "cnn-sgd", 0),
+                     ("rem@25", "cnn-sgd", 1), ("rem@25", "cnn-sgd", 2), ("ops", "cnn-sgd", 1), ("ops", "cnn-sgd", 2),
+                     ("em@25", "cnn-sgd", 1), ("em@25", "cnn-sgd", 2), ("clean", "cnn-sgd", 1), ("clean", "cnn-sgd", 2)]
+    with pytest.raises(SystemExit):
+        eff.main(["--victims", "vgg", "--out", "/nonexistent"])
