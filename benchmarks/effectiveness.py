@@ -155,6 +155,7 @@ class Study:
         q = QUICK if args.quick else None
         self.budgets = q["budgets"] if q else {b: BUDGETS[b] for b in args.budgets}
         self.victims = list(dict.fromkeys(args.victims))  # in the order given
+        self.seed_filter = set(args.seeds) if args.seeds is not None else None
         self.epochs_scale = args.epoch_scale
         train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
         tpc = q["train_per_class"] if q else args.train_per_class
@@ -256,7 +257,8 @@ class Study:
         print("== budgets: every method at every budget, every victim", flush=True)
         methods = [m for m in self.args.methods if m in METHODS]
         for victim in self.victims:  # the clean reference first
-            self.run_cell("clean", "clean", None, victim, 0)
+            if 0 in self._seeds(victim):
+                self.run_cell("clean", "clean", None, victim, 0)
         for b in self.budgets:  # seed 0 of every cell of a budget first, then the extra seeds
             cells = [(m, v) for m in methods for v in self.victims
                      if not (m in BUDGET_FREE and b != next(iter(self.budgets)))]
@@ -265,8 +267,9 @@ class Study:
                     for seed in self._seeds(victim)[:1] if first else self._seeds(victim)[1:]:
                         self.run_cell(poison_id(m, b), m, None if m in BUDGET_FREE else b, victim, seed)
         for victim in self.victims:
-            for seed in self._seeds(victim)[1:]:
-                self.run_cell("clean", "clean", None, victim, seed)
+            for seed in self._seeds(victim):
+                if seed != 0:
+                    self.run_cell("clean", "clean", None, victim, seed)
 
     def stage_ablations(self):
         budget = next(iter(self.budgets)) if self.quick else ABLATION_BUDGET
@@ -286,7 +289,8 @@ class Study:
                 self.run_cell(poison_id(m, budget), m, budget if m != "clean" else None, "cnn-sgd", 0, defense=defense)
 
     def _seeds(self, victim):
-        return (0,) if self.quick else SEEDS.get(victim, (0,))
+        seeds = (0,) if self.quick else SEEDS.get(victim, (0,))
+        return tuple(s for s in seeds if s in self.seed_filter) if self.seed_filter is not None else seeds
 
 
 class _OutOfTime(Exception):
@@ -542,6 +546,9 @@ def main(argv=None) -> int:
     p.add_argument("--victims", nargs="+", choices=list(VICTIMS), default=list(VICTIMS),
                    help="victims of the plateau, budgets and ablations stages, in this order (default: all; "
                         "the defenses use cnn-sgd)")
+    p.add_argument("--seeds", nargs="+", type=int,
+                   help="measure only these of each victim's seeds (default: all; e.g. --seeds 0 for one pass, "
+                        "--seeds 1 2 for the extra seeds of the small-CNN victim)")
     p.add_argument("--train-per-class", type=int, default=2000, help="class-balanced training subset (default 2000/class)")
     p.add_argument("--epoch-scale", type=float, default=1.0, help="scale every victim's epoch budget")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly before the first cell that starts later")

@@ -91,6 +91,7 @@ def test_budgets_stage_order_follows_methods_and_victims():
     study.quick = False
     study.budgets = {"25": eff.BUDGETS["25"]}
     study.victims = ["mlp-adam", "cnn-sgd"]
+    study.seed_filter = None
     study.args = argparse.Namespace(methods=["rem", "ops", "em"])
     calls = []
     study.run_cell = lambda pid, method, budget, victim, seed, **kw: calls.append((pid, victim, seed))
@@ -100,5 +101,15 @@ def test_budgets_stage_order_follows_methods_and_victims():
                      ("em@25", "mlp-adam", 0), ("em@25", "cnn-sgd", 0),
                      ("rem@25", "cnn-sgd", 1), ("rem@25", "cnn-sgd", 2), ("ops", "cnn-sgd", 1), ("ops", "cnn-sgd", 2),
                      ("em@25", "cnn-sgd", 1), ("em@25", "cnn-sgd", 2), ("clean", "cnn-sgd", 1), ("clean", "cnn-sgd", 2)]
+    study.seed_filter = {0}  # --seeds 0: one pass, no extra seeds
+    calls.clear()
+    study.stage_budgets()
+    assert [c for c in calls if c[2] != 0] == [] and len(calls) == 8
+    study.seed_filter = {1, 2}  # --seeds 1 2: only the extra seeds of the seeded victim
+    calls.clear()
+    study.stage_budgets()
+    assert calls == [("rem@25", "cnn-sgd", 1), ("ops", "cnn-sgd", 1), ("em@25", "cnn-sgd", 1),
+                     ("rem@25", "cnn-sgd", 2), ("ops", "cnn-sgd", 2), ("em@25", "cnn-sgd", 2),
+                     ("clean", "cnn-sgd", 1), ("clean", "cnn-sgd", 2)]
     with pytest.raises(SystemExit):
         eff.main(["--victims", "vgg", "--out", "/nonexistent"])
