@@ -335,7 +335,7 @@ def _mean_std(xs):
     xs = [x for x in xs if x is not None]
     if not xs:
         return None, None
-    return float(np.mean(xs)), float(np.std(xs)) if len(xs) > 1 else 0.0
+    return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0  # sample std over seeds
 
 
 def _fmt(mean, std=None):
@@ -413,7 +413,7 @@ def markdown(data: dict) -> str:
     lines = [f"# Effectiveness study — Fashion-MNIST, {setup['train_images']:,} training / {setup['test_images']:,} test "
              f"images, ε = 8/255", "",
              "Clean test accuracy (%) of each victim trained on the released images (lower = more unlearnable); "
-             "mean ± std over seeds where there are several (cnn-sgd: 3 seeds). Budget = PGD steps per image.", ""]
+             "mean ± sample std over seeds where there are several (cnn-sgd: 3 seeds). Budget = PGD steps per image.", ""]
     victims = list(VICTIMS)
     lines.append("| poison | budget | " + " | ".join(victims) + " | mean |")
     lines.append("|---|---:|" + "---:|" * (len(victims) + 1))
@@ -468,27 +468,38 @@ def plots(data: dict, out: str) -> list[str]:
     budgets = sorted({int(p["budget"]) for p in data["poisons"].values() if p.get("budget")})
     if budgets:
         victims = list(VICTIMS)
-        fig, axes = plt.subplots(1, len(victims), figsize=(4 * len(victims), 3.6), sharey=True)
+        fig, axes = plt.subplots(1, len(victims), figsize=(4 * len(victims), 3.9), sharey=True)
+        colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
+        free_styles = dict(zip(BUDGET_FREE, (":", "-.", (0, (1, 3)), (0, (5, 2)), (0, (3, 1, 1, 1)))))
+        handles = {}
         for ax, v in zip(np.atleast_1d(axes), victims):
             for m in METHODS:
                 pts = [(b, s.get(poison_id(m, str(b)), {}).get(v)) for b in budgets]
                 pts = [(b, r) for b, r in pts if r is not None and r[0] is not None]
-                if m in BUDGET_FREE and m in s and v in s[m]:
-                    ax.axhline(100 * s[m][v][0], ls=":", lw=1, label=m, color="gray" if m == "random" else "k")
+                if m in BUDGET_FREE:  # the same poison at every budget: a horizontal line
+                    if m in s and v in s[m]:
+                        handles[m] = ax.axhline(100 * s[m][v][0], ls=free_styles[m], lw=1.2, color=colors[m],
+                                                label=f"{m} (no budget)")
                     continue
                 if pts:
-                    ax.errorbar([b for b, _ in pts], [100 * r[0] for _, r in pts], yerr=[100 * r[1] for _, r in pts],
-                                marker="o", capsize=3, label=m)
+                    handles[m] = ax.errorbar([b for b, _ in pts], [100 * r[0] for _, r in pts],
+                                             yerr=[100 * r[1] for _, r in pts], marker="o", capsize=3, color=colors[m],
+                                             label=m)
             if "clean" in s and v in s["clean"]:
-                ax.axhline(100 * s["clean"][v][0], ls="--", lw=1, color="g", label="clean")
+                handles["clean"] = ax.axhline(100 * s["clean"][v][0], ls="--", lw=1, color="k", label="clean")
             ax.set_xscale("log")
+            ax.set_xticks(budgets)
+            ax.set_xticklabels([str(b) for b in budgets])
+            ax.minorticks_off()
+            ax.set_xlim(budgets[0] / 1.5, budgets[-1] * 1.5)
             ax.set_xlabel("PGD steps per image")
             ax.set_title(v, fontsize=9)
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
         np.atleast_1d(axes)[0].set_ylabel("victim clean test accuracy (%)")
-        np.atleast_1d(axes)[-1].legend(fontsize=7)
-        fig.tight_layout()
+        fig.legend(list(handles.values()), [h.get_label() for h in handles.values()], loc="lower center",
+                   ncol=min(len(handles), 7), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
         path = os.path.join(out, "budget_curve.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)

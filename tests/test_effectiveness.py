@@ -45,7 +45,7 @@ def test_ids():
 def test_summary_means_over_seeds_and_skips_defenses():
     s = eff.summarize(_data())
     mean, std, n = s["miue@200"]["cnn-sgd"]
-    assert n == 3 and mean == pytest.approx(0.31) and std == pytest.approx(0.0081649, rel=1e-4)
+    assert n == 3 and mean == pytest.approx(0.31) and std == pytest.approx(0.01, rel=1e-6)  # sample std (ddof=1) of 0.30, 0.31, 0.32
     assert s["miue@200"]["mlp-adam"][2] == 1  # one seed, and the jpeg cell is not mixed in
 
 
