@@ -465,11 +465,12 @@ def plots(data: dict, out: str) -> list[str]:
 
     s = summarize(data)
     written = []
+    # one colour per method in both plots (11 methods: more than the default cycle's 10)
+    colors = {m: plt.cm.tab20(2 * i % 20 + (i >= 10)) for i, m in enumerate(METHODS)}
     budgets = sorted({int(p["budget"]) for p in data["poisons"].values() if p.get("budget")})
     if budgets:
         victims = list(VICTIMS)
         fig, axes = plt.subplots(1, len(victims), figsize=(4 * len(victims), 3.9), sharey=True)
-        colors = {m: f"C{i}" for i, m in enumerate(METHODS)}
         free_styles = dict(zip(BUDGET_FREE, (":", "-.", (0, (1, 3)), (0, (5, 2)), (0, (3, 1, 1, 1)))))
         handles = {}
         for ax, v in zip(np.atleast_1d(axes), victims):
@@ -509,7 +510,7 @@ def plots(data: dict, out: str) -> list[str]:
         fig, ax = plt.subplots(figsize=(5, 4))
         for m in sorted({x[2] for x in lens}):
             pts = [(x, y) for x, y, mm in lens if mm == m]
-            ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], s=14, label=m)
+            ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], s=14, label=m, color=colors.get(m, "k"))
         rho = _spearman([x[0] for x in lens], [x[1] for x in lens])
         ax.set_xlabel("Gaussian I(clean; poisoned) of victim features (nats)")
         ax.set_ylabel("victim clean test accuracy (%)")
