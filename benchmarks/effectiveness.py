@@ -248,8 +248,7 @@ class Study:
     def stage_plateau(self):
         print("== plateau: clean victims at E and 2E epochs", flush=True)
         for victim in self.victims:
-            E = VICTIMS[victim][2]
-            E = 1 if self.quick else max(1, round(E * self.epochs_scale))
+            E = 1 if self.quick else max(1, round(VICTIMS[victim][2] * self.epochs_scale))
             self.run_cell("clean", "clean", None, victim, 0)
             self.run_cell("clean", "clean", None, victim, 0, epochs=2 * E, tag=f"epochs={2 * E}")
 
@@ -475,13 +474,13 @@ def plots(data: dict, out: str) -> list[str]:
         handles = {}
         for ax, v in zip(np.atleast_1d(axes), victims):
             for m in METHODS:
-                pts = [(b, s.get(poison_id(m, str(b)), {}).get(v)) for b in budgets]
-                pts = [(b, r) for b, r in pts if r is not None and r[0] is not None]
                 if m in BUDGET_FREE:  # the same poison at every budget: a horizontal line
                     if m in s and v in s[m]:
                         handles[m] = ax.axhline(100 * s[m][v][0], ls=free_styles[m], lw=1.2, color=colors[m],
                                                 label=f"{m} (no budget)")
                     continue
+                pts = [(b, s.get(poison_id(m, str(b)), {}).get(v)) for b in budgets]
+                pts = [(b, r) for b, r in pts if r is not None and r[0] is not None]
                 if pts:
                     handles[m] = ax.errorbar([b for b, _ in pts], [100 * r[0] for _, r in pts],
                                              yerr=[100 * r[1] for _, r in pts], marker="o", capsize=3, color=colors[m],
