@@ -126,11 +126,25 @@ class Results:
             self.data["cells"] = old.get("cells", {})
 
     def save(self):
+        """Merge with what is on disk, then replace it atomically, under a lock file.
+
+        Two runs may share one results.json (e.g. a slow craft on one core beside short cells on
+        the other): each keeps every cell the other wrote, so no result is lost. Cells and poison
+        records are write-once, so the union is the answer; this run's copy wins a clash."""
+        import fcntl
+
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.data, fh, indent=1)
-        os.replace(tmp, self.path)
+        with open(self.path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(self.path):
+                with open(self.path) as fh:
+                    disk = json.load(fh)
+                for key in ("poisons", "cells"):
+                    self.data[key] = {**disk.get(key, {}), **self.data[key]}
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(self.data, fh, indent=1)
+            os.replace(tmp, self.path)
 
 
 def cell_id(poison: str, victim: str, seed: int, defense: str | None) -> str:

@@ -82,6 +82,22 @@ def test_results_refuse_overwrite_and_other_setup(tmp_path):
         eff.Results(path, {**setup, "train_per_class": 11}, resume=True)
 
 
+def test_results_two_runs_sharing_one_file_keep_each_others_cells(tmp_path):
+    path = str(tmp_path / "results.json")
+    setup = {"dataset": "fashion-mnist", "train_per_class": 10, "test_per_class": None, "eps": 8 / 255, "quick": False}
+    eff.Results(path, setup, resume=False).save()
+    a, b = eff.Results(path, setup, resume=True), eff.Results(path, setup, resume=True)
+    a.data["cells"]["a"] = {"test_acc": 0.1}
+    a.data["poisons"]["pa"] = {"seconds": 1}
+    a.save()
+    b.data["cells"]["b"] = {"test_acc": 0.2}
+    b.save()  # b loaded before a saved: a's cell must survive b's write
+    final = eff.Results(path, setup, resume=True).data
+    assert final["cells"] == {"a": {"test_acc": 0.1}, "b": {"test_acc": 0.2}}
+    assert final["poisons"] == {"pa": {"seconds": 1}}
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
 def test_budgets_stage_order_follows_methods_and_victims():
     """--methods and --victims set which cells the budgets stage measures and in which order:
     the clean references, seed 0 of every (method, victim), then the extra seeds."""
