@@ -13,7 +13,7 @@ Stages (``--stages`` picks some and sets their order; ``--budgets`` likewise):
 ``budgets``    every method at every budget (PGD steps per image: 25 = the ``demo`` preset,
                200, 1,000 = the paper's 100 rounds × 10 steps and α ramp) × every victim; 3 seeds
                on the SGD small-CNN victim.
-``ablations``  one knob at a time on MI-UE (and EM's own recipe) at the ablation budget.
+``ablations``  one knob at a time on MI-UE (EM too for its own recipe and the surrogate depth) at the ablation budget.
 ``defenses``   MI-UE, EM and clean data under training-time defenses at the defense budget.
 
 Writes ``results.json``, ``results.md`` (tables) and ``budget_curve.png`` /
@@ -92,7 +92,8 @@ ABLATIONS = {
     "surrogate=cnn": dict(arch="cnn"),
     "surrogate=resnet-small": dict(arch="resnet-small"),
 }
-ABLATION_EM = ("em-recipe", "train_steps=10")  # also measured for EM, whose own recipe these are
+# also measured for EM: its own recipe, and the surrogate depth (does a deeper surrogate help MI-UE more than EM?)
+ABLATION_EM = ("em-recipe", "train_steps=10", "surrogate=resnet-small")
 ABLATION_VICTIMS = ("cnn-sgd", "cnn-adam", "mlp-adam")
 
 DEFENSE_BUDGET = "200"
@@ -286,7 +287,7 @@ class Study:
 
     def stage_ablations(self):
         budget = next(iter(self.budgets)) if self.quick else ABLATION_BUDGET
-        names = QUICK["ablations"] if self.quick else list(ABLATIONS)
+        names = QUICK["ablations"] if self.quick else (getattr(self.args, "ablations", None) or list(ABLATIONS))
         print(f"== ablations at budget {budget}", flush=True)
         for name in names:
             for method in ("miue", "em") if name in ABLATION_EM else ("miue",):
@@ -571,6 +572,8 @@ def main(argv=None) -> int:
     p.add_argument("--victims", nargs="+", choices=list(VICTIMS), default=list(VICTIMS),
                    help="victims of the plateau, budgets and ablations stages, in this order (default: all; "
                         "the defenses use cnn-sgd)")
+    p.add_argument("--ablations", nargs="+", choices=list(ABLATIONS),
+                   help="knobs of the ablations stage, in this order (default: all)")
     p.add_argument("--seeds", nargs="+", type=int,
                    help="measure only these of each victim's seeds (default: all; e.g. --seeds 0 for one pass, "
                         "--seeds 1 2 for the extra seeds of the small-CNN victim)")

@@ -129,3 +129,17 @@ def test_budgets_stage_order_follows_methods_and_victims():
                      ("clean", "cnn-sgd", 1), ("clean", "cnn-sgd", 2)]
     with pytest.raises(SystemExit):
         eff.main(["--victims", "vgg", "--out", "/nonexistent"])
+
+
+def test_ablations_stage_follows_ablations_option_and_measures_em_for_surrogate_depth():
+    import argparse
+
+    study = object.__new__(eff.Study)
+    study.quick = False
+    study.victims = ["cnn-sgd"]
+    study.args = argparse.Namespace(ablations=["surrogate=resnet-small", "tau=0.05"])
+    calls = []
+    study.run_cell = lambda pid, method, budget, victim, seed, **kw: calls.append((pid, victim, seed))
+    study.stage_ablations()
+    assert calls == [("miue@200+surrogate=resnet-small", "cnn-sgd", 0), ("em@200+surrogate=resnet-small", "cnn-sgd", 0),
+                     ("miue@200+tau=0.05", "cnn-sgd", 0)]
