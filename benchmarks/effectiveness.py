@@ -290,7 +290,8 @@ class Study:
         names = QUICK["ablations"] if self.quick else (getattr(self.args, "ablations", None) or list(ABLATIONS))
         print(f"== ablations at budget {budget}", flush=True)
         for name in names:
-            for method in ("miue", "em") if name in ABLATION_EM else ("miue",):
+            methods = ("miue", "em") if name in ABLATION_EM else ("miue",)
+            for method in [m for m in methods if m in getattr(self.args, "methods", methods)]:
                 pid = poison_id(method, budget, name)
                 for victim in [v for v in ABLATION_VICTIMS if v in self.victims]:
                     self.run_cell(pid, method, budget, victim, 0, overrides=ABLATIONS[name])
@@ -568,7 +569,8 @@ def main(argv=None) -> int:
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                   help="rows of the budgets stage, in this order (default: all)")
+                   help="rows of the budgets stage, in this order; also filters the ablations stage's miue/em "
+                        "(default: all)")
     p.add_argument("--victims", nargs="+", choices=list(VICTIMS), default=list(VICTIMS),
                    help="victims of the plateau, budgets and ablations stages, in this order (default: all; "
                         "the defenses use cnn-sgd)")

@@ -143,3 +143,7 @@ def test_ablations_stage_follows_ablations_option_and_measures_em_for_surrogate_
     study.stage_ablations()
     assert calls == [("miue@200+surrogate=resnet-small", "cnn-sgd", 0), ("em@200+surrogate=resnet-small", "cnn-sgd", 0),
                      ("miue@200+tau=0.05", "cnn-sgd", 0)]
+    calls.clear()
+    study.args.methods = ["em"]  # --methods filters the ablated methods too
+    study.stage_ablations()
+    assert calls == [("em@200+surrogate=resnet-small", "cnn-sgd", 0)]
