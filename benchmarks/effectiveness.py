@@ -120,8 +120,9 @@ class Results:
                 raise SystemExit(f"{path} exists: pass --resume to continue it, or choose another --out")
             with open(path) as fh:
                 old = json.load(fh)
-            keep = ("dataset", "train_per_class", "test_per_class", "eps", "quick")
-            if any(old["setup"].get(k) != setup.get(k) for k in keep):
+            keep = ("dataset", "train_per_class", "test_per_class", "eps", "quick", "surrogate_steps")
+            if any(old["setup"].get(k, 0 if k == "surrogate_steps" else None) != setup.get(k, 0 if k == "surrogate_steps" else None)
+                   for k in keep):
                 raise SystemExit(f"--resume: {path} was measured with another setup ({[old['setup'].get(k) for k in keep]})")
             self.data["poisons"] = old.get("poisons", {})
             self.data["cells"] = old.get("cells", {})
@@ -180,11 +181,15 @@ class Study:
                  "train_images": len(self.train), "test_images": len(self.test), "eps": EPS, "quick": args.quick,
                  "budgets": self.budgets, "victims": VICTIMS, "seeds": SEEDS, "ablations": ABLATIONS,
                  "ablation_budget": ABLATION_BUDGET, "defense_budget": DEFENSE_BUDGET,
-                 "surrogate": "demo preset (cnn-small, SGD lr 0.01, one epoch per round)",
+                 "surrogate": "demo preset (cnn-small, SGD lr 0.01, "
+                              + (f"{args.surrogate_steps} SGD steps per round)" if args.surrogate_steps
+                                 else "one epoch per round)"),
+                 "surrogate_steps": args.surrogate_steps,
                  "environment": _environment()}
         self.res = Results(os.path.join(args.out, "results.json"), setup, args.resume)
         self.res.data["setup"]["environment"] = setup["environment"]
-        self.cache = os.path.join(args.cache_dir, "quick" if args.quick else f"fmnist-{tpc}pc")
+        self.cache = os.path.join(args.cache_dir, ("quick" if args.quick else f"fmnist-{tpc}pc")
+                                  + (f"-ts{args.surrogate_steps}" if args.surrogate_steps else ""))
         self.deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
         self._poison_cache = {}
 
@@ -212,7 +217,9 @@ class Study:
                 result = CraftResult(delta=delta, images=release(clean, delta, EPS), labels=labels,
                                      config={"method": "ref-cw", "eps": EPS}, history=[])
             else:
-                opts = dict(self.budgets.get(budget, {})) if budget else {}
+                # the surrogate's schedule is pinned here, not left to the preset's current default
+                opts = {"train_steps": getattr(self.args, "surrogate_steps", 0), "train_epochs": 1}
+                opts.update(self.budgets.get(budget, {}) if budget else {})
                 if objective == "tap" and budget:  # all of TAP's steps come after its training
                     opts["pgd_steps"] = opts["rounds"] * opts["pgd_steps"]
                 opts.update(overrides)
@@ -580,6 +587,10 @@ def main(argv=None) -> int:
                    help="measure only these of each victim's seeds (default: all; e.g. --seeds 0 for one pass, "
                         "--seeds 1 2 for the extra seeds of the small-CNN victim)")
     p.add_argument("--train-per-class", type=int, default=2000, help="class-balanced training subset (default 2000/class)")
+    p.add_argument("--surrogate-steps", type=int, default=0,
+                   help="surrogate SGD steps per crafting round (default 0: one epoch of the subset per round, "
+                        "so the surrogate's training grows with the data; e.g. 235 = one epoch of all 60,000 "
+                        "images at batch 256, whatever the subset)")
     p.add_argument("--epoch-scale", type=float, default=1.0, help="scale every victim's epoch budget")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly before the first cell that starts later")
     p.add_argument("--report-only", action="store_true", help="only rewrite tables and plots from results.json")
@@ -588,8 +599,8 @@ def main(argv=None) -> int:
     if args.report_only:
         report(args.out)
         return 0
-    if args.train_per_class < 1 or args.epoch_scale <= 0 or args.max_minutes < 0:
-        p.error("--train-per-class and --epoch-scale must be positive, --max-minutes >= 0")
+    if args.train_per_class < 1 or args.epoch_scale <= 0 or args.max_minutes < 0 or args.surrogate_steps < 0:
+        p.error("--train-per-class and --epoch-scale must be positive, --max-minutes and --surrogate-steps >= 0")
     os.makedirs(args.out, exist_ok=True)
     study = Study(args)
     t0 = time.perf_counter()

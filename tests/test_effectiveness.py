@@ -80,6 +80,10 @@ def test_results_refuse_overwrite_and_other_setup(tmp_path):
     assert eff.Results(path, setup, resume=True).data["cells"]["x"]["test_acc"] == 0.5
     with pytest.raises(SystemExit, match="another setup"):
         eff.Results(path, {**setup, "train_per_class": 11}, resume=True)
+    # results written before --surrogate-steps existed were one epoch per round (0)
+    assert eff.Results(path, {**setup, "surrogate_steps": 0}, resume=True).data["cells"]["x"]
+    with pytest.raises(SystemExit, match="another setup"):
+        eff.Results(path, {**setup, "surrogate_steps": 235}, resume=True)
 
 
 def test_results_two_runs_sharing_one_file_keep_each_others_cells(tmp_path):
