@@ -100,6 +100,8 @@ def _cmd_craft(args) -> int:
         opts = {}
         if args.arch:
             opts["arch"] = args.arch
+        if args.train_steps is not None:
+            opts["train_steps"] = args.train_steps
         result = miue.craft_fast(
             data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, rounds=args.rounds,
             pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=device, backend=args.backend,
@@ -186,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, help="override the preset's number of rounds")
     s.add_argument("--pgd-steps", type=int, help="override the preset's PGD steps per round")
     s.add_argument("--batch-size", type=int, help="PGD batch size")
+    s.add_argument("--train-steps", type=int,
+                   help="surrogate SGD steps per round (0: one epoch of the data per round; default: the preset's)")
     s.add_argument("--arch", choices=ARCHS, help="surrogate architecture (default: the preset's)")
     s.add_argument("--classwise", action="store_true", help="one perturbation per class")
     s.add_argument("--per-class", type=int, help="use a class-balanced subset with this many images per class")

@@ -86,12 +86,13 @@ def test_craft_options_and_png_export(tmp_path, capsys):
     out = tmp_path / "em.pt"
     png = tmp_path / "png"
     rc = main(["craft", "digits", "--out", str(out), "--objective", "em", "--eps", "0.0156862745", "--classwise",
-               "--png-dir", str(png), "--seed", "3", *CRAFT])
+               "--png-dir", str(png), "--seed", "3", "--train-steps", "2", *CRAFT])
     assert rc == 0, capsys.readouterr().err
     line = capsys.readouterr().out.strip()
     assert "objective em" in line and "eps 0.01569" in line
     res = miue.CraftResult.load(str(out))
     assert len(res.labels) == 100
+    assert res.config["train_steps"] == 2  # --train-steps reaches the crafting config
     files = [f for _, _, fs in os.walk(png) for f in fs if f.endswith(".png")]
     assert len(files) == 100
 
@@ -250,7 +251,7 @@ def test_bad_arguments_exit_2(argv, capsys, tmp_path, monkeypatch):
     [
         (None, ["info", "craft", "evaluate", "demo", "--verbose"]),
         ("info", ["--json"]),
-        ("craft", ["--out", "--preset", "--objective", "--eps", "--rounds", "--pgd-steps", "--batch-size", "--arch",
+        ("craft", ["--out", "--preset", "--objective", "--eps", "--rounds", "--pgd-steps", "--batch-size", "--train-steps", "--arch",
                    "--classwise", "--per-class", "--delta-dtype", "--release-rounding", "--checkpoint-dir", "--extend",
                    "--png-dir", "--device", "--backend", "--seed", "--quiet"]),
         ("evaluate", ["--dataset", "--preset", "--arch", "--epochs", "--defense", "--at-eps", "--poison-ratio", "--json",
