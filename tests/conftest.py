@@ -50,6 +50,19 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
+def _demo_preset_epoch_rounds(request, monkeypatch):
+    """The ``demo`` preset trains its surrogate 235 SGD steps of 256 images per round whatever
+    the data's size (one epoch of 60,000 images). On the 32- to 2,000-image sets of most tests
+    that would be most of their run time and test nothing they check, so they run the preset
+    with one epoch per round (``train_steps=0``). Tests marked ``demo_preset`` (the end-to-end
+    check, the preset tests) get the preset as shipped; spawned processes always do."""
+    if request.node.get_closest_marker("demo_preset") is None:
+        from miue.presets import PRESET_VALUES
+
+        monkeypatch.setitem(PRESET_VALUES["demo"], "train_steps", 0)
+
+
+@pytest.fixture(autouse=True)
 def _poison_triton_outputs():
     """Triton launchers allocate through miue.kernels._common.empty: make every new buffer
     NaN so that an element a kernel does not write fails the comparison."""

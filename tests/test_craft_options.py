@@ -49,6 +49,24 @@ def test_train_steps_fixes_surrogate_steps_per_round():
     assert r.history[0]["train_images_per_s"] > 0
 
 
+@pytest.mark.demo_preset
+@pytest.mark.parametrize("n", [32, 96])
+def test_demo_preset_budget_does_not_depend_on_the_data_size(n):
+    """The shipped demo preset: 235 surrogate steps of 256 images per round (one epoch of
+    60,000), on 32 images as on 96, instead of an epoch of whatever the data holds."""
+    assert make_config("demo").train_steps == 235
+    x, y = _data(n)
+    _Counting.train_calls = 0
+    r = craft_fast(x, y, preset="demo", surrogate=_Counting(), rounds=1, pgd_steps=1, progress=False, device="cpu")
+    assert _Counting.train_calls == 235
+    assert r.config["train_steps"] == 235 and r.config["train_batch_size"] == 256
+
+
+def test_tests_run_the_demo_preset_with_epoch_rounds():
+    """conftest's default for unmarked tests (the ones above count on it)."""
+    assert make_config("demo").train_steps == 0
+
+
 def test_stop_train_acc_ends_crafting_and_resumes_stopped(tmp_path):
     x, y = _data(64)
     kw = dict(preset="demo", rounds=3, pgd_steps=1, progress=False, device="cpu", stop_train_acc=1e-9,
