@@ -121,8 +121,8 @@ class Results:
             with open(path) as fh:
                 old = json.load(fh)
             keep = ("dataset", "train_per_class", "test_per_class", "eps", "quick", "surrogate_steps")
-            if any(old["setup"].get(k, 0 if k == "surrogate_steps" else None) != setup.get(k, 0 if k == "surrogate_steps" else None)
-                   for k in keep):
+            missing = {"surrogate_steps": 0}  # keys added since: the value runs without them had
+            if any(old["setup"].get(k, missing.get(k)) != setup.get(k, missing.get(k)) for k in keep):
                 raise SystemExit(f"--resume: {path} was measured with another setup ({[old['setup'].get(k) for k in keep]})")
             self.data["poisons"] = old.get("poisons", {})
             self.data["cells"] = old.get("cells", {})
