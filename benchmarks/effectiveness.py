@@ -306,8 +306,10 @@ class Study:
     def stage_defenses(self):
         budget = next(iter(self.budgets)) if self.quick else DEFENSE_BUDGET
         print(f"== defenses at budget {budget}", flush=True)
-        for defense in (QUICK["defenses"] if self.quick else DEFENSES):
-            for m in DEFENSE_METHODS:
+        names = QUICK["defenses"] if self.quick else (getattr(self.args, "defenses", None) or list(DEFENSES))
+        methods = getattr(self.args, "methods", None) or list(METHODS)
+        for defense in names:
+            for m in [m for m in DEFENSE_METHODS if m == "clean" or m in methods]:
                 self.run_cell(poison_id(m, budget), m, budget if m != "clean" else None, "cnn-sgd", 0, defense=defense)
 
     def _seeds(self, victim):
@@ -576,13 +578,16 @@ def main(argv=None) -> int:
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
-                   help="rows of the budgets stage, in this order; also filters the ablations stage's miue/em "
-                        "(default: all)")
+                   help="rows of the budgets stage, in this order; also filters the miue/em of the ablations and "
+                        "defenses stages (default: all)")
     p.add_argument("--victims", nargs="+", choices=list(VICTIMS), default=list(VICTIMS),
                    help="victims of the plateau, budgets and ablations stages, in this order (default: all; "
                         "the defenses use cnn-sgd)")
     p.add_argument("--ablations", nargs="+", choices=list(ABLATIONS),
                    help="knobs of the ablations stage, in this order (default: all)")
+    p.add_argument("--defenses", nargs="+", choices=list(DEFENSES),
+                   help="defenses of the defenses stage, in this order (default: all; 'at' trains with PGD-10, "
+                        "about 11x the cost of the others)")
     p.add_argument("--seeds", nargs="+", type=int,
                    help="measure only these of each victim's seeds (default: all; e.g. --seeds 0 for one pass, "
                         "--seeds 1 2 for the extra seeds of the small-CNN victim)")

@@ -151,3 +151,23 @@ def test_ablations_stage_follows_ablations_option_and_measures_em_for_surrogate_
     study.args.methods = ["em"]  # --methods filters the ablated methods too
     study.stage_ablations()
     assert calls == [("em@200+surrogate=resnet-small", "cnn-sgd", 0)]
+
+
+def test_defenses_stage_follows_defenses_option_and_methods_filter():
+    import argparse
+
+    study = object.__new__(eff.Study)
+    study.quick = False
+    study.args = argparse.Namespace(defenses=["blur", "at"])
+    calls = []
+    study.run_cell = lambda pid, method, budget, victim, seed, **kw: calls.append((pid, victim, seed, kw["defense"]))
+    study.stage_defenses()
+    assert calls == [("miue@200", "cnn-sgd", 0, "blur"), ("em@200", "cnn-sgd", 0, "blur"), ("clean", "cnn-sgd", 0, "blur"),
+                     ("miue@200", "cnn-sgd", 0, "at"), ("em@200", "cnn-sgd", 0, "at"), ("clean", "cnn-sgd", 0, "at")]
+    calls.clear()
+    study.args.methods = ["miue"]  # clean stays: it is the defense's own baseline
+    study.stage_defenses()
+    assert calls == [("miue@200", "cnn-sgd", 0, "blur"), ("clean", "cnn-sgd", 0, "blur"),
+                     ("miue@200", "cnn-sgd", 0, "at"), ("clean", "cnn-sgd", 0, "at")]
+    with pytest.raises(SystemExit):
+        eff.main(["--defenses", "grayscale", "--out", "/nonexistent"])
