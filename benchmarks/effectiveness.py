@@ -170,7 +170,8 @@ class Study:
         self.quick = args.quick
         q = QUICK if args.quick else None
         self.budgets = q["budgets"] if q else {b: BUDGETS[b] for b in args.budgets}
-        self.victims = list(dict.fromkeys(args.victims))  # in the order given
+        self.victims_given = args.victims is not None  # the ablations stage has its own default victims
+        self.victims = list(dict.fromkeys(args.victims or VICTIMS))  # in the order given
         self.seed_filter = set(args.seeds) if args.seeds is not None else None
         self.epochs_scale = args.epoch_scale
         train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
@@ -300,17 +301,25 @@ class Study:
             methods = ("miue", "em") if name in ABLATION_EM else ("miue",)
             for method in [m for m in methods if m in getattr(self.args, "methods", methods)]:
                 pid = poison_id(method, budget, name)
-                for victim in [v for v in ABLATION_VICTIMS if v in self.victims]:
-                    self.run_cell(pid, method, budget, victim, 0, overrides=ABLATIONS[name])
+                victims = self.victims if getattr(self, "victims_given", False) else \
+                    [v for v in ABLATION_VICTIMS if v in self.victims]
+                for victim in victims:  # seed 0 unless --seeds asks for the victim's others
+                    for seed in (self._seeds(victim) if self.seed_filter is not None else (0,)):
+                        self.run_cell(pid, method, budget, victim, seed, overrides=ABLATIONS[name])
 
     def stage_defenses(self):
         budget = next(iter(self.budgets)) if self.quick else DEFENSE_BUDGET
         print(f"== defenses at budget {budget}", flush=True)
         names = QUICK["defenses"] if self.quick else (getattr(self.args, "defenses", None) or list(DEFENSES))
         methods = getattr(self.args, "methods", None) or list(METHODS)
+        variant = getattr(self.args, "defense_variant", None)  # e.g. poisons crafted on the ResNet-8 surrogate
         for defense in names:
             for m in [m for m in DEFENSE_METHODS if m == "clean" or m in methods]:
-                self.run_cell(poison_id(m, budget), m, budget if m != "clean" else None, "cnn-sgd", 0, defense=defense)
+                if m == "clean":
+                    self.run_cell("clean", m, None, "cnn-sgd", 0, defense=defense)
+                else:
+                    self.run_cell(poison_id(m, budget, variant), m, budget, "cnn-sgd", 0, defense=defense,
+                                  overrides=ABLATIONS[variant] if variant else None)
 
     def _seeds(self, victim):
         seeds = (0,) if self.quick else SEEDS.get(victim, (0,))
@@ -580,14 +589,18 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
                    help="rows of the budgets stage, in this order; also filters the miue/em of the ablations and "
                         "defenses stages (default: all)")
-    p.add_argument("--victims", nargs="+", choices=list(VICTIMS), default=list(VICTIMS),
+    p.add_argument("--victims", nargs="+", choices=list(VICTIMS),
                    help="victims of the plateau, budgets and ablations stages, in this order (default: all; "
-                        "the defenses use cnn-sgd)")
+                        f"the ablations: {' '.join(ABLATION_VICTIMS)}; the defenses use cnn-sgd)")
     p.add_argument("--ablations", nargs="+", choices=list(ABLATIONS),
-                   help="knobs of the ablations stage, in this order (default: all)")
+                   help="knobs of the ablations stage, in this order (default: all); with --seeds, their "
+                        "cells on cnn-sgd get those seeds too")
     p.add_argument("--defenses", nargs="+", choices=list(DEFENSES),
                    help="defenses of the defenses stage, in this order (default: all; 'at' trains with PGD-10, "
                         "about 11x the cost of the others)")
+    p.add_argument("--defense-variant", choices=list(ABLATIONS),
+                   help="defend poisons crafted with this ablation's setting instead of the main rows' "
+                        "(e.g. surrogate=resnet-small)")
     p.add_argument("--seeds", nargs="+", type=int,
                    help="measure only these of each victim's seeds (default: all; e.g. --seeds 0 for one pass, "
                         "--seeds 1 2 for the extra seeds of the small-CNN victim)")

@@ -141,6 +141,7 @@ def test_ablations_stage_follows_ablations_option_and_measures_em_for_surrogate_
     study = object.__new__(eff.Study)
     study.quick = False
     study.victims = ["cnn-sgd"]
+    study.seed_filter = None
     study.args = argparse.Namespace(ablations=["surrogate=resnet-small", "tau=0.05"])
     calls = []
     study.run_cell = lambda pid, method, budget, victim, seed, **kw: calls.append((pid, victim, seed))
@@ -151,6 +152,16 @@ def test_ablations_stage_follows_ablations_option_and_measures_em_for_surrogate_
     study.args.methods = ["em"]  # --methods filters the ablated methods too
     study.stage_ablations()
     assert calls == [("em@200+surrogate=resnet-small", "cnn-sgd", 0)]
+    # --victims given: the ablation runs on exactly those (resnet-sgd is not an ablation victim by
+    # default); --seeds 1 2: the small-CNN victim's extra seeds, nothing on the single-seed victims
+    study.victims, study.victims_given, study.seed_filter = ["resnet-sgd", "cnn-sgd"], True, {1, 2}
+    calls.clear()
+    study.stage_ablations()
+    assert calls == [("em@200+surrogate=resnet-small", "cnn-sgd", 1), ("em@200+surrogate=resnet-small", "cnn-sgd", 2)]
+    study.seed_filter = None
+    calls.clear()
+    study.stage_ablations()
+    assert calls == [("em@200+surrogate=resnet-small", "resnet-sgd", 0), ("em@200+surrogate=resnet-small", "cnn-sgd", 0)]
 
 
 def test_defenses_stage_follows_defenses_option_and_methods_filter():
@@ -169,5 +180,14 @@ def test_defenses_stage_follows_defenses_option_and_methods_filter():
     study.stage_defenses()
     assert calls == [("miue@200", "cnn-sgd", 0, "blur"), ("clean", "cnn-sgd", 0, "blur"),
                      ("miue@200", "cnn-sgd", 0, "at"), ("clean", "cnn-sgd", 0, "at")]
+    # --defense-variant: the poisons crafted with an ablation's setting, with its overrides; clean unchanged
+    study.args.defense_variant = "surrogate=resnet-small"
+    study.args.defenses = ["jpeg"]
+    study.args.methods = ["miue", "em"]
+    seen = []
+    study.run_cell = lambda pid, method, budget, victim, seed, **kw: seen.append((pid, kw.get("overrides")))
+    study.stage_defenses()
+    assert seen == [("miue@200+surrogate=resnet-small", {"arch": "resnet-small"}),
+                    ("em@200+surrogate=resnet-small", {"arch": "resnet-small"}), ("clean", None)]
     with pytest.raises(SystemExit):
         eff.main(["--defenses", "grayscale", "--out", "/nonexistent"])
