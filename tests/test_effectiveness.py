@@ -191,3 +191,21 @@ def test_defenses_stage_follows_defenses_option_and_methods_filter():
                     ("em@200+surrogate=resnet-small", {"arch": "resnet-small"}), ("clean", None)]
     with pytest.raises(SystemExit):
         eff.main(["--defenses", "grayscale", "--out", "/nonexistent"])
+
+
+def test_cpu_preset_is_the_study_configuration_it_is_named_after():
+    """The `cpu` preset claims to be the study's 200-step ResNet-8-surrogate cell: the same
+    values as the runner's config for that cell, except the surrogate schedule spelled in steps
+    (79 = one epoch of the study's 20,000 images at its batch size) instead of epochs."""
+    import dataclasses
+    import math
+
+    from miue.presets import make_config
+
+    study = make_config("demo", train_steps=0, train_epochs=1, **eff.BUDGETS["200"],
+                        **eff.ABLATIONS["surrogate=resnet-small"])
+    cpu = make_config("cpu")
+    diff = {k for k, v in dataclasses.asdict(cpu).items() if dataclasses.asdict(study)[k] != v}
+    assert diff == {"preset", "train_steps"}
+    assert cpu.train_steps == math.ceil(10 * 2000 / study.train_batch_size) == 79
+    assert cpu.rounds * cpu.pgd_steps == 200 and cpu.arch == "resnet-small"
