@@ -392,15 +392,17 @@ def summarize(data: dict) -> dict:
     return {p: {v: _mean_std(xs) + (len(xs),) for v, xs in row.items()} for p, row in table.items()}
 
 
-def targets(data: dict, summary: dict, budget: str) -> dict:
-    """Issue 13's targets at ``budget`` (None where a needed cell is missing)."""
+def targets(data: dict, summary: dict, budget: str, variant: str | None = None) -> dict:
+    """Issue 13's targets at ``budget`` for the main rows, or for the poisons crafted with an
+    ablation's setting (``variant``, e.g. surrogate=resnet-small); a target whose cells are
+    missing is left out."""
     def acc(pid, v):
         return summary.get(pid, {}).get(v, (None,))[0]
 
     victims = list(VICTIMS)
     out = {}
-    mi = [acc(poison_id("miue", budget), v) for v in victims]
-    em = [acc(poison_id("em", budget), v) for v in victims]
+    mi = [acc(poison_id("miue", budget, variant), v) for v in victims]
+    em = [acc(poison_id("em", budget, variant), v) for v in victims]
     clean = [acc("clean", v) for v in victims]
     ref = [acc("ref-cw", v) for v in victims]
     if None not in mi + em:
@@ -416,14 +418,22 @@ def targets(data: dict, summary: dict, budget: str) -> dict:
         out["miue_le_half_clean_every_victim"] = ok
     if None not in clean and out:  # only beside measured poisons of this budget
         out["clean_ge_88pct"] = [(v, c, bool(c >= 0.88)) for v, c in zip(victims, clean)]
+    if budget == DEFENSE_BUDGET:
+        cells = {(c["poison"], c["defense"]): c["test_acc"] for c in data["cells"].values()
+                 if c["defense"] and c["seed"] == 0 and c["victim"] == "cnn-sgd"}
+        mp, ep = poison_id("miue", budget, variant), poison_id("em", budget, variant)
+        pairs = [(d, cells[(mp, d)], cells[(ep, d)]) for d in DEFENSES if (mp, d) in cells and (ep, d) in cells]
+        if pairs:
+            wins = sum(m <= e for _, m, e in pairs)
+            out["miue_le_em_under_3_defenses"] = (pairs, wins, bool(wins >= 3))
     return out
 
 
-def _target_lines(t: dict, budget: str) -> list[str]:
+def _target_lines(t: dict, budget: str, variant: str | None = None) -> list[str]:
     if not t:
         return []
     ok = {True: "met", False: "MISSED"}
-    out = ["", f"Targets at budget {budget}:", ""]
+    out = ["", f"Targets at budget {budget}" + (f", poisons crafted with {variant}" if variant else "") + ":", ""]
     if "miue_mean_le_em_mean" in t:
         m, e, good = t["miue_mean_le_em_mean"]
         out.append(f"- MI-UE mean over victims ≤ EM's: {100 * m:.1f}% vs {100 * e:.1f}%: {ok[good]}")
@@ -437,6 +447,11 @@ def _target_lines(t: dict, budget: str) -> list[str]:
     if "clean_ge_88pct" in t:
         out.append("- clean-trained victims ≥ 88%: " + ", ".join(f"{v} {100 * c:.1f}% {ok[g]}" for v, c, g in
                                                               t["clean_ge_88pct"]))
+    if "miue_le_em_under_3_defenses" in t:
+        pairs, wins, good = t["miue_le_em_under_3_defenses"]
+        cells = ", ".join(f"{d} {100 * m:.1f}% vs {100 * e:.1f}%" for d, m, e in pairs)
+        out.append(f"- MI-UE ≤ EM under at least 3 defenses (cnn-sgd, seed 0): {wins} of {len(pairs)} measured "
+                   f"({cells}): {ok[good] if good or len(pairs) == len(DEFENSES) else 'not yet'}")
     return out
 
 
@@ -487,6 +502,11 @@ def markdown(data: dict) -> str:
                   f"cells: Spearman ρ = {rho:.2f}."]
     for b in setup.get("budgets", {}):
         lines += _target_lines(targets(data, s, b), b)
+    for variant in ABLATION_EM:  # the ablations measured for both methods (e.g. the deeper surrogate)
+        b = setup.get("ablation_budget", ABLATION_BUDGET)
+        t = targets(data, s, b, variant)
+        if "miue_mean_le_em_mean" in t or "miue_le_em_under_3_defenses" in t:
+            lines += _target_lines(t, b, variant)
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,38 @@ def test_targets():
     assert t["miue_cnn_sgd_le_20pct"][1] is False  # 31% > 20%
     assert all(g for *_, g in t["miue_le_half_clean_every_victim"])  # 30% <= 45%
     assert all(g for *_, g in t["clean_ge_88pct"])
+    assert "miue_le_em_under_3_defenses" not in t  # only MI-UE was defended: no pair to compare
+
+
+def test_targets_for_a_variant_and_under_defenses(tmp_path):
+    """The deeper-surrogate ablation gets its own target lines (its miue and em rows), and the
+    defense target counts the defenses where MI-UE ≤ EM: met at 3, 'not yet' while fewer are
+    measured, MISSED once all are measured and fewer than 3 hold."""
+    data = _data()
+    v = "surrogate=resnet-small"
+    for victim in eff.VICTIMS:
+        for pid, acc in ((f"miue@200+{v}", 0.2), (f"em@200+{v}", 0.4)):
+            cid, c = _cell(pid, victim, 0, acc, method=pid.split("@")[0], budget="200")
+            data["cells"][cid] = c
+    for i, d in enumerate(("jpeg", "cutout", "mixup")):
+        for pid, acc in ((f"miue@200+{v}", 0.3), (f"em@200+{v}", 0.35 if i < 2 else 0.25)):
+            cid, c = _cell(pid, "cnn-sgd", 0, acc, method=pid.split("@")[0], budget="200", defense=d)
+            data["cells"][cid] = c
+    t = eff.targets(data, eff.summarize(data), "200", v)
+    assert t["miue_mean_le_em_mean"][2] and t["miue_cnn_sgd_le_20pct"][1]  # 20% on cnn-sgd meets it
+    pairs, wins, good = t["miue_le_em_under_3_defenses"]
+    assert [d for d, *_ in pairs] == ["jpeg", "cutout", "mixup"] and wins == 2 and not good
+    with open(tmp_path / "results.json", "w") as fh:
+        json.dump(data, fh)
+    eff.report(str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert f"Targets at budget 200, poisons crafted with {v}:" in md
+    assert "MI-UE ≤ EM under at least 3 defenses (cnn-sgd, seed 0): 2 of 3 measured" in md and "not yet" in md
+    for d in ("ueraser", "blur", "at"):  # all six measured, MI-UE wins the last three: met
+        for pid, acc in ((f"miue@200+{v}", 0.3), (f"em@200+{v}", 0.5)):
+            cid, c = _cell(pid, "cnn-sgd", 0, acc, method=pid.split("@")[0], budget="200", defense=d)
+            data["cells"][cid] = c
+    assert eff.targets(data, eff.summarize(data), "200", v)["miue_le_em_under_3_defenses"][1:] == (5, True)
 
 
 def test_report_writes_tables_and_plots(tmp_path):
