@@ -302,12 +302,17 @@ def test_demo_rejects_unknown_methods(capsys, tmp_path):
     for bad, match in (((), "at least one"), (("miue", "bogus"), "bogus")):
         with pytest.raises(ValueError, match=match):
             run_demo(out_dir=str(tmp_path / "d"), methods=bad)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        run_demo(out_dir=str(tmp_path / "d"), preset="paper")
+    with pytest.raises(SystemExit):
+        main(["demo", "--preset", "paper", "--out-dir", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists()  # refused before any work
 
 
 def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys):
     """A tiny demo (5 images per class, one round, one victim epoch) with two training-free
-    objectives and EM: the report, table, poisons and figure follow --methods."""
+    objectives and EM, crafted with the `cpu` preset: the report, table, poisons and figure
+    follow --methods, and the preset reaches the crafting (its ResNet-8 surrogate)."""
     from miue import demo
     from miue.data import load_dataset
 
@@ -320,7 +325,9 @@ def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(demo.QUICK, "rounds", 1)
     out = tmp_path / "demo"
     report = demo.run_demo(out_dir=str(out), quick=True, progress=False, methods=("ops", "em", "lsp", "ops"),
-                           victim_epochs=1)
+                           victim_epochs=1, preset="cpu")
+    assert report["preset"] == "cpu" and report["craft"]["EM"]["config"]["arch"] == "resnet-small"
+    assert build_parser().parse_args(["demo", "--preset", "cpu"]).preset == "cpu"
     assert list(report["victims"]) == ["clean", "OPS", "EM", "LSP"]  # order kept, duplicate dropped
     assert list(report["craft"]) == ["OPS", "EM", "LSP"] and set(report["lens"]) == {"OPS", "EM", "LSP"}
     assert set(report["checks"]) == {"clean_at_least_0.88"}  # no MI-UE: no MI-UE checks
