@@ -492,7 +492,11 @@ def markdown(data: dict) -> str:
         methods = sorted({c["poison"] for c in defended}, key=lambda p: (p == "clean", p))
         lines.append("| defense | " + " | ".join(methods) + " |")
         lines.append("|---|" + "---:|" * len(methods))
-        for d in sorted({c["defense"] for c in defended}):
+        plain = {c["poison"]: c["test_acc"] for cid, c in data["cells"].items()
+                 if c["defense"] is None and c["victim"] == "cnn-sgd" and c["seed"] == 0 and c["poison"] in methods
+                 and cid.count("|") == 3}  # not the plateau check's 2E cell (its id carries a tag)
+        lines.append("| none | " + " | ".join(_fmt(plain.get(p)) for p in methods) + " |")
+        for d in [d for d in DEFENSES if d in {c["defense"] for c in defended}]:
             row = {c["poison"]: c["test_acc"] for c in defended if c["defense"] == d}
             lines.append(f"| {d} | " + " | ".join(_fmt(row.get(p)) for p in methods) + " |")
     lens = [(c["mi_nats"], c["test_acc"]) for c in data["cells"].values() if "mi_nats" in c]

@@ -97,6 +97,7 @@ def test_report_writes_tables_and_plots(tmp_path):
     eff.report(str(tmp_path))
     md = (tmp_path / "results.md").read_text()
     assert "| miue@200 | 200 |" in md and "Spearman" in md and "jpeg" in md and "MISSED" in md
+    assert "| none | 30.0 |" in md and "| jpeg | 70.0 |" in md  # the undefended seed-0 cell beside the defended one
     assert (tmp_path / "budget_curve.png").stat().st_size > 1000
     assert (tmp_path / "mi_scatter.png").stat().st_size > 1000
 
