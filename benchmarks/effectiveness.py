@@ -455,6 +455,30 @@ def _target_lines(t: dict, budget: str, variant: str | None = None) -> list[str]
     return out
 
 
+def craft_seconds(poison: dict) -> float:
+    """Crafting time of a poison summed over its rounds' own timings: unlike the wall time of
+    the process that finished it (``craft_seconds``), this survives a craft resumed from a
+    checkpoint. Poisons without rounds (training-free, ``ref-cw``) give their wall time."""
+    rounds = [h.get("seconds") for h in poison.get("history") or [] if h.get("seconds") is not None]
+    return float(sum(rounds)) if rounds else float(poison.get("craft_seconds", 0.0))
+
+
+def _craft_cost_lines(data: dict) -> list[str]:
+    crafted = {pid: p for pid, p in data["poisons"].items() if p.get("pgd_steps_per_image")}
+    if not crafted:
+        return []
+    n = data["setup"]["train_images"]
+    out = ["", f"Crafting cost ({n:,} images; seconds summed over the rounds, so a resumed craft counts whole; "
+                "one or two torch threads on the CPU, as each run had):", "",
+           "| poison | rounds | PGD steps per image | seconds | ms per image and PGD step, surrogate training included |", "|---|---:|---:|---:|---:|"]
+    for pid in sorted(crafted, key=lambda q: (int(crafted[q].get("budget") or 0), "+" in q, q)):
+        p = crafted[pid]
+        sec, steps = craft_seconds(p), p["pgd_steps_per_image"]
+        rounds = len([h for h in p.get("history") or [] if "objective_loss" in h])
+        out.append(f"| {pid} | {rounds} | {steps} | {sec:,.0f} | {1000 * sec / (n * steps):.3f} |")
+    return out
+
+
 def markdown(data: dict) -> str:
     s = summarize(data)
     setup = data["setup"]
@@ -478,6 +502,7 @@ def markdown(data: dict) -> str:
         budget = data["poisons"].get(pid, {}).get("budget") or "–"
         lines.append(f"| {pid} | {budget} | " + " | ".join(_fmt(*row[v][:2]) if v in row else "–" for v in victims)
                      + f" | {_fmt(m)} |")
+    lines += _craft_cost_lines(data)
     plateau = [(c["victim"], c["epochs"], c["test_acc"]) for cid, c in data["cells"].items() if c["poison"] == "clean"
                and c["defense"] is None and c["seed"] == 0]
     if plateau:
@@ -639,6 +664,8 @@ def main(argv=None) -> int:
     p.add_argument("--progress", action="store_true", help="tqdm bars for crafting and victims")
     args = p.parse_args(argv)
     if args.report_only:
+        if not os.path.isfile(os.path.join(args.out, "results.json")):
+            p.error(f"--report-only: no results.json in --out {args.out!r}")
         report(args.out)
         return 0
     if args.train_per_class < 1 or args.epoch_scale <= 0 or args.max_minutes < 0 or args.surrogate_steps < 0:

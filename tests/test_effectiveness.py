@@ -242,3 +242,25 @@ def test_cpu_preset_is_the_study_configuration_it_is_named_after():
     assert diff == {"preset", "train_steps"}
     assert cpu.train_steps == math.ceil(10 * 2000 / study.train_batch_size) == 79
     assert cpu.rounds * cpu.pgd_steps == 200 and cpu.arch == "resnet-small"
+
+
+def test_crafting_cost_counts_every_round_of_a_resumed_craft(tmp_path):
+    data = _data()
+    # a craft resumed at round 3: the finishing process saw 12 s, its five rounds took 5 × 10 s
+    data["poisons"]["miue@200"].update(craft_seconds=12.0, pgd_steps_per_image=200,
+                                       history=[{"round": r, "seconds": 10.0, "objective_loss": 0.1} for r in range(5)])
+    data["poisons"]["ref-cw"].update(craft_seconds=0.5, history=[])
+    assert eff.craft_seconds(data["poisons"]["miue@200"]) == 50.0
+    assert eff.craft_seconds(data["poisons"]["ref-cw"]) == 0.5  # no rounds: its wall time
+    with open(tmp_path / "results.json", "w") as fh:
+        json.dump(data, fh)
+    eff.report(str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "| miue@200 | 5 | 200 | 50 | 2.500 |" in md  # 1000 * 50 s / (100 images * 200 steps)
+    assert "| ref-cw |" not in md.split("Crafting cost")[1].split("Plateau")[0]  # nothing crafted by PGD
+
+
+def test_report_only_without_results_names_the_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        eff.main(["--report-only", "--out", str(tmp_path / "nowhere")])
+    assert "no results.json" in capsys.readouterr().err
