@@ -568,6 +568,15 @@ def plots(data: dict, out: str) -> list[str]:
                     handles[m] = ax.errorbar([b for b, _ in pts], [100 * r[0] for _, r in pts],
                                              yerr=[100 * r[1] for _, r in pts], marker="o", capsize=3, color=colors[m],
                                              label=m)
+            for variant in ABLATION_EM:  # both methods crafted with one other setting: stars in the method's colour
+                for m in ("miue", "em"):
+                    pts = [(b, s.get(poison_id(m, str(b), variant), {}).get(v)) for b in budgets]
+                    pts = [(b, r) for b, r in pts if r is not None and r[0] is not None]
+                    if pts:
+                        handles[f"{m}+{variant}"] = ax.errorbar(
+                            [b for b, _ in pts], [100 * r[0] for _, r in pts], yerr=[100 * r[1] for _, r in pts],
+                            marker="*", markersize=11, ls="none", capsize=3, color=colors[m], mec="k", mew=0.5,
+                            label=f"{m}, {variant}")
             if "clean" in s and v in s["clean"]:
                 handles["clean"] = ax.axhline(100 * s["clean"][v][0], ls="--", lw=1, color="k", label="clean")
             ax.set_xscale("log")
