@@ -126,6 +126,13 @@ class Results:
                 raise SystemExit(f"--resume: {path} was measured with another setup ({[old['setup'].get(k) for k in keep]})")
             self.data["poisons"] = old.get("poisons", {})
             self.data["cells"] = old.get("cells", {})
+            self._merge_budgets(old)
+
+    def _merge_budgets(self, other: dict):
+        """The setup records every budget any run of this file measured, not only this run's
+        ``--budgets`` (runs with different ``--budgets`` share one file)."""
+        mine = self.data["setup"].get("budgets", {})
+        self.data["setup"]["budgets"] = {**other.get("setup", {}).get("budgets", {}), **mine}
 
     def save(self):
         """Merge with what is on disk, then replace it atomically, under a lock file.
@@ -143,6 +150,7 @@ class Results:
                     disk = json.load(fh)
                 for key in ("poisons", "cells"):
                     self.data[key] = {**disk.get(key, {}), **self.data[key]}
+                self._merge_budgets(disk)
             tmp = f"{self.path}.{os.getpid()}.tmp"
             with open(tmp, "w") as fh:
                 json.dump(self.data, fh, indent=1)
@@ -455,6 +463,14 @@ def _target_lines(t: dict, budget: str, variant: str | None = None) -> list[str]
     return out
 
 
+def measured_budgets(data: dict) -> list[str]:
+    """Every budget of the file, in increasing order: those its setup records and those of its
+    crafted poisons (a file written before the setup merged its runs' budgets lists only the
+    last run's)."""
+    found = set(data["setup"].get("budgets", {})) | {p["budget"] for p in data["poisons"].values() if p.get("budget")}
+    return sorted(found, key=int)
+
+
 def craft_seconds(poison: dict) -> float:
     """Crafting time of a poison summed over its rounds' own timings: unlike the wall time of
     the process that finished it (``craft_seconds``), this survives a craft resumed from a
@@ -529,7 +545,7 @@ def markdown(data: dict) -> str:
         rho = _spearman([x for x, _ in lens], [y for _, y in lens])
         lines += ["", f"Gaussian I(clean; poisoned) of the victim's features vs its test accuracy over {len(lens)} "
                   f"cells: Spearman ρ = {rho:.2f}."]
-    for b in setup.get("budgets", {}):
+    for b in measured_budgets(data):
         lines += _target_lines(targets(data, s, b), b)
     for variant in ABLATION_EM:  # the ablations measured for both methods (e.g. the deeper surrogate)
         b = setup.get("ablation_budget", ABLATION_BUDGET)

@@ -264,3 +264,21 @@ def test_report_only_without_results_names_the_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         eff.main(["--report-only", "--out", str(tmp_path / "nowhere")])
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_targets_cover_every_measured_budget_and_runs_merge_their_budgets(tmp_path):
+    data = _data()
+    data["setup"]["budgets"] = {"25": {}}  # the last run measured only 25 steps; the 200-step poisons came before
+    with open(tmp_path / "results.json", "w") as fh:
+        json.dump(data, fh)
+    assert eff.measured_budgets(data) == ["25", "200"]
+    eff.report(str(tmp_path))
+    assert "Targets at budget 200:" in (tmp_path / "results.md").read_text()
+    # a run with --budgets 1000 resuming the file keeps the budgets the file already had
+    setup = {k: v for k, v in data["setup"].items()}
+    setup["budgets"] = {"1000": {"rounds": 100}}
+    res = eff.Results(str(tmp_path / "results.json"), setup, resume=True)
+    assert set(res.data["setup"]["budgets"]) == {"25", "1000"}
+    res.save()
+    with open(tmp_path / "results.json") as fh:
+        assert set(json.load(fh)["setup"]["budgets"]) == {"25", "1000"}
