@@ -342,8 +342,12 @@ def _pgd_steps(result) -> int:
     cfg = result.config
     if cfg.get("method") == "ref-cw" or cfg.get("objective") in ("random", "ar", "lsp", "ops"):
         return 0
-    done = [h for h in result.history if "objective_loss" in h]  # rounds that ran a PGD pass
-    return len(done) * int(cfg.get("pgd_steps", 0))
+    return _pgd_rounds(result.history) * int(cfg.get("pgd_steps", 0))
+
+
+def _pgd_rounds(history) -> int:
+    """How many crafting rounds ran a PGD pass."""
+    return sum("objective_loss" in h for h in history or [])
 
 
 def _lens(model, train, poisoned: np.ndarray, n: int) -> dict:
@@ -490,7 +494,7 @@ def _craft_cost_lines(data: dict) -> list[str]:
     for pid in sorted(crafted, key=lambda q: (int(crafted[q].get("budget") or 0), "+" in q, q)):
         p = crafted[pid]
         sec, steps = craft_seconds(p), p["pgd_steps_per_image"]
-        rounds = len([h for h in p.get("history") or [] if "objective_loss" in h])
+        rounds = _pgd_rounds(p.get("history"))
         out.append(f"| {pid} | {rounds} | {steps} | {sec:,.0f} | {1000 * sec / (n * steps):.3f} |")
     return out
 
@@ -555,6 +559,12 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _points(s: dict, budgets, victim: str, pid_at) -> list:
+    """(budget, (mean, std)) of the poison ``pid_at(budget)`` against ``victim``, where measured."""
+    pts = [(b, s.get(pid_at(b), {}).get(victim)) for b in budgets]
+    return [(b, r) for b, r in pts if r is not None and r[0] is not None]
+
+
 def plots(data: dict, out: str) -> list[str]:
     import matplotlib
 
@@ -578,16 +588,14 @@ def plots(data: dict, out: str) -> list[str]:
                         handles[m] = ax.axhline(100 * s[m][v][0], ls=free_styles[m], lw=1.2, color=colors[m],
                                                 label=f"{m} (no budget)")
                     continue
-                pts = [(b, s.get(poison_id(m, str(b)), {}).get(v)) for b in budgets]
-                pts = [(b, r) for b, r in pts if r is not None and r[0] is not None]
+                pts = _points(s, budgets, v, lambda b: poison_id(m, str(b)))
                 if pts:
                     handles[m] = ax.errorbar([b for b, _ in pts], [100 * r[0] for _, r in pts],
                                              yerr=[100 * r[1] for _, r in pts], marker="o", capsize=3, color=colors[m],
                                              label=m)
             for variant in ABLATION_EM:  # both methods crafted with one other setting: stars in the method's colour
                 for m in ("miue", "em"):
-                    pts = [(b, s.get(poison_id(m, str(b), variant), {}).get(v)) for b in budgets]
-                    pts = [(b, r) for b, r in pts if r is not None and r[0] is not None]
+                    pts = _points(s, budgets, v, lambda b: poison_id(m, str(b), variant))
                     if pts:
                         handles[f"{m}+{variant}"] = ax.errorbar(
                             [b for b, _ in pts], [100 * r[0] for _, r in pts], yerr=[100 * r[1] for _, r in pts],
