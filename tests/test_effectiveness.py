@@ -168,6 +168,40 @@ def test_budgets_stage_order_follows_methods_and_victims():
         eff.main(["--victims", "vgg", "--out", "/nonexistent"])
 
 
+def test_budgets_stage_with_a_variant_crafts_with_its_setting_and_skips_training_free_rows(tmp_path):
+    """--budget-variant surrogate=resnet-small: the budgets stage's surrogate poisons get the
+    variant's id and overrides (so 200 steps is the same poison as the ablation's), the
+    training-free rows are left out, the clean reference stays; the report then gives that
+    variant's targets at the new budget."""
+    import argparse
+
+    study = object.__new__(eff.Study)
+    study.quick = False
+    study.budgets = {"1000": eff.BUDGETS["1000"]}
+    study.victims = ["cnn-sgd"]
+    study.seed_filter = {0}
+    study.args = argparse.Namespace(methods=["miue", "ops", "em"], budget_variant="surrogate=resnet-small")
+    calls = []
+    study.run_cell = lambda pid, method, budget, victim, seed, **kw: calls.append((pid, budget, kw.get("overrides")))
+    study.stage_budgets()
+    res = {"arch": "resnet-small"}
+    assert calls == [("clean", None, None), ("miue@1000+surrogate=resnet-small", "1000", res),
+                     ("em@1000+surrogate=resnet-small", "1000", res)]
+    with pytest.raises(SystemExit):  # only the settings measured for both methods
+        eff.main(["--budget-variant", "tau=0.5", "--out", "/nonexistent"])
+    data = _data()
+    cid, c = _cell("miue@1000+surrogate=resnet-small", "cnn-sgd", 0, 0.15, method="miue", budget="1000")
+    data["cells"][cid] = c
+    data["poisons"]["miue@1000+surrogate=resnet-small"] = {"budget": "1000"}
+    with open(tmp_path / "results.json", "w") as fh:
+        json.dump(data, fh)
+    eff.report(str(tmp_path))
+    md = (tmp_path / "results.md").read_text()
+    assert "Targets at budget 1000, poisons crafted with surrogate=resnet-small:" in md
+    assert "- MI-UE ≤ 20% on cnn-sgd: 15.0%: met" in md
+    assert "Targets at budget 200, poisons crafted with" not in md  # no variant cells at 200 in this file
+
+
 def test_ablations_stage_follows_ablations_option_and_measures_em_for_surrogate_depth():
     import argparse
 
