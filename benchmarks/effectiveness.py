@@ -84,8 +84,8 @@ ABLATIONS = {
     "em-recipe": dict(train_steps=10, stop_train_acc=0.99),  # ... and its stopping rule
     "tau=0.05": dict(temperature=0.05),
     "tau=0.5": dict(temperature=0.5),
-    "pgd_batch=256": dict(pgd_batch_size=256),
-    "pgd_batch=1024": dict(pgd_batch_size=1024),
+    "pgd_batch=256": dict(batch_size=256),
+    "pgd_batch=1024": dict(batch_size=1024),
     "bn=train": dict(pgd_bn="train"),
     "flip=off": dict(flip=False),
     "alpha=const": dict(alpha_start=0.75 / 255, alpha_end=0.75 / 255),

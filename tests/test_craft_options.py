@@ -99,3 +99,15 @@ def test_bad_options_are_named(bad):
     x, y = _data(16)
     with pytest.raises(ValueError, match=next(iter(bad))):
         craft_fast(x, y, preset="demo", rounds=1, progress=False, device="cpu", **bad)
+
+
+def test_pgd_batch_size_is_accepted_under_its_config_name():
+    """The ablation `pgd_batch=1024` passes the CraftConfig field name; it must mean the same as
+    batch_size (it used to clash with it inside craft_fast with a bare TypeError)."""
+    x, y = _data(32)
+    a = craft_fast(x, y, preset="demo", rounds=1, pgd_steps=1, progress=False, device="cpu", pgd_batch_size=8)
+    b = craft_fast(x, y, preset="demo", rounds=1, pgd_steps=1, progress=False, device="cpu", batch_size=8)
+    assert a.config["pgd_batch_size"] == b.config["pgd_batch_size"] == 8
+    assert torch.equal(a.delta, b.delta)
+    with pytest.raises(TypeError, match="batch_size or pgd_batch_size"):
+        craft_fast(x, y, preset="demo", rounds=1, progress=False, device="cpu", batch_size=8, pgd_batch_size=16)

@@ -83,6 +83,10 @@ def craft_fast(
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if "pgd_batch_size" in options:  # the CraftConfig field behind batch_size: accepted under either name
+        if batch_size is not None:
+            raise TypeError("give the PGD batch once: batch_size or pgd_batch_size, not both")
+        batch_size = options.pop("pgd_batch_size")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not (0 < eps <= 1):
         raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
     for name, v in (("rounds", rounds), ("pgd_steps", pgd_steps), ("batch_size", batch_size),
