@@ -7,6 +7,10 @@ Variants
   paper      craft_fast(preset="paper"): same settings, miue's engine and fused ops
   fast       craft_fast(preset="fast"): + bf16 autocast, channels_last, torch.compile, CUDA graphs
   demo       craft_fast(preset="demo") (CPU runs: the CPU preset)
+  cpu fp32 / cpu bf16   (CPU runs) the ``cpu`` preset's round (ResNet-8 surrogate, 10 PGD steps per
+             image) in fp32 and with bf16 autocast, side by side, each with its CPU limit ratio:
+             the PGD pass's image·steps/s against the bare surrogate's forward + backward to the
+             input at that precision and batch (1.0 = the loss, PGD update and data movement are free)
 Datasets: CIFAR-10 shapes (50,000 synthetic 3×32×32 uint8 images, 10 classes: no CIFAR on
 these machines) and Fashion-MNIST (real, 60,000 1×28×28). Reported: images/s of the
 training part and of the PGD part (image·steps/s), seconds per round, the projected time
@@ -17,6 +21,7 @@ and a profile (top kernels; share of miue ops vs the network).
 
     python benchmarks/bench_craft.py            # GPU: everything; CPU: Fashion-MNIST, demo model
     python benchmarks/bench_craft.py --quick    # CI-sized CPU run (a 6,000-image subset)
+    python benchmarks/bench_craft.py --n 20000  # CPU: a 20,000-image subset
 """
 
 from __future__ import annotations
@@ -103,8 +108,8 @@ def run_ours(images, labels, preset, device, arch=None, pgd_batch=None, warm_rou
     total = time.perf_counter() - t0
     h = r.history[-1]
     N = images.shape[0]
-    train_s = N * cfg.train_epochs / h["train_images_per_s"]
     pgd_s = N * cfg.pgd_steps / h["pgd_images_per_s"]
+    train_s = h["seconds"] - pgd_s
     return {"seconds": h["seconds"], "train_seconds": train_s, "pgd_seconds": pgd_s,
             "train_images_per_s": h["train_images_per_s"], "pgd_images_per_s": h["pgd_images_per_s"],
             "peak_mib": _peak_mib(device), "rounds_total": cfg.rounds, "pgd_steps": cfg.pgd_steps,
@@ -135,6 +140,30 @@ def round_flops(images, labels, preset, device, arch=None):
     N = images.shape[0]
     return {"train_flops_per_image": train, "pgd_flops_per_image_step": pgd,
             "round_flops": N * cfg.train_epochs * train + N * cfg.pgd_steps * pgd}
+
+
+def surrogate_limit(images, labels, device, arch, amp, batch=512, reps=3):
+    """The bare surrogate's forward + backward to the input (loss = sum of the features), in
+    images/s, at the PGD batch and precision: the ceiling of a PGD pass on this machine."""
+    C = int(labels.max()) + 1
+    torch.manual_seed(0)
+    model = build_model(arch, C, channels=images.shape[1], image_size=images.shape[2], normalize=True).to(device)
+    model = model.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+    x = (images[:batch].to(device).float() / 255).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        d = torch.zeros_like(x, requires_grad=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            f, _ = model(x + d, return_features=True)
+        torch.autograd.grad(f.float().sum(), d)
+
+    step()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        step()
+    _sync(device)
+    return reps * x.shape[0] / (time.perf_counter() - t)
 
 
 def bf16_peak_tflops(device):
@@ -239,8 +268,26 @@ def main(argv=None):
         cases = [(f"cifar10-shapes {nc // 1000}k", synthetic_cifar(nc), ("paper", "fast"), None),
                  (f"fashion-mnist {(nf or 60_000) // 1000}k", fashion_mnist(nf), ("paper", "fast"), None)]
     else:
-        n = 6000 if args.quick else None
+        n = 6000 if args.quick else args.n
         cases = [(f"fashion-mnist {(n or 60_000) // 1000}k", fashion_mnist(n), ("demo",), None)]
+    if not gpu:  # the cpu preset's round in fp32 and in bf16 autocast, with the CPU limit ratio of each
+        from miue._amp import cpu_bf16_reason
+
+        meta["cpu_bf16"] = cpu_bf16_reason()[1]
+        name, (x, y) = cases[0][0], cases[0][1]
+        arch = make_config("cpu").arch
+        fp32 = None
+        for amp in (False, True):
+            res = run_ours(x, y, "cpu", device, amp=amp)
+            bare = surrogate_limit(x, y, device, arch, amp)
+            res["bare_surrogate_images_per_s"] = bare
+            res["cpu_limit_ratio"] = res["pgd_images_per_s"] / bare
+            res["amp_effective"] = bool(amp and meta["cpu_bf16"].startswith("native"))
+            record(name, "cpu bf16" if amp else "cpu fp32", res, base=fp32)
+            print(f"{'':28} {'':9} bare surrogate fwd+bwd {bare:9.0f} img/s: PGD pass at "
+                  f"{res['cpu_limit_ratio']:.2f} of it", flush=True)
+            if fp32 is None:
+                fp32 = res
     for name, (x, y), presets, arch in cases:
         for preset in presets:
             a = arch or make_config(preset).arch
@@ -286,13 +333,16 @@ def markdown(out):
     m = out["meta"]
     lines = [f"# bench_craft: {m['device']}", "", f"{m['date']}; torch {m['torch']}, triton {m['triton']}, CUDA {m['cuda']}"
              + (f"; bf16 matmul {m['bf16_matmul_tflops']:.0f} TFLOP/s" if m.get("bf16_matmul_tflops") else ""), "",
-             "| data | variant | s / round | train img/s | PGD img·step/s | peak MiB | 100-round h | vs baseline | TFLOP/s |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| data | variant | s / round | train img/s | PGD img·step/s | peak MiB | full-schedule h | vs baseline | TFLOP/s | CPU limit ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in out["results"]:
         lines.append(f"| {r['dataset']} | {r['variant']} | {_f(r.get('seconds'), '.2f')} | {_f(r.get('train_images_per_s'), '.0f')} | "
                      f"{_f(r.get('pgd_images_per_s'), '.0f')} | {_f(r.get('peak_mib'), '.0f')} | "
                      f"{_f(r.get('projected_hours_full_schedule'), '.2f')} | {_f(r.get('speedup_vs_baseline'), '.1f')} | "
-                     f"{_f(r.get('achieved_tflops'), '.2f')} |")
+                     f"{_f(r.get('achieved_tflops'), '.2f')} | {_f(r.get('cpu_limit_ratio'), '.2f')} |")
+    lines += ["", "Full-schedule hours: the preset's rounds at this round time, scaled to the whole data set by "
+              "throughput. 'vs baseline' of the cpu bf16 row is its speed-up over the cpu fp32 row. CPU limit ratio: "
+              "the PGD pass's image·steps/s over the bare surrogate's forward + backward at the same precision."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ Stages (``--stages`` picks some and sets their order; ``--budgets`` likewise):
 
 ``plateau``    clean-trained victims at their epoch budget E and at 2E: shows how far from
                the plateau E stops (the curves are in the JSON).
-``budgets``    every method at every budget (PGD steps per image: 25 = the ``demo`` preset,
+``budgets``    every method at every budget (PGD steps per image: 25 = the ``cnn`` preset,
                200, 1,000 = the paper's 100 rounds × 10 steps and α ramp) × every victim; 3 seeds
                on the SGD small-CNN victim.
 ``ablations``  one knob at a time on MI-UE (EM too for its own recipe and the surrogate depth) at the ablation budget.
@@ -42,11 +42,13 @@ import torch
 
 EPS = 8 / 255
 
-# PGD steps per image -> crafting options on top of the ``demo`` preset (cnn-small surrogate,
+# PGD steps per image -> crafting options on top of the ``cnn`` preset (cnn-small surrogate,
 # SGD lr 0.01, one surrogate epoch per round). α ramps from alpha_start (round 1) to alpha_end.
 BUDGETS = {
-    "25": dict(rounds=5, pgd_steps=5, alpha_start=1.0 / 255, alpha_end=2.0 / 255),  # the demo preset
-    "200": dict(rounds=20, pgd_steps=10, alpha_start=0.5 / 255, alpha_end=1.0 / 255),
+    "25": dict(rounds=5, pgd_steps=5, alpha_start=1.0 / 255, alpha_end=2.0 / 255),  # the cnn preset (the demo preset before issue 25)
+    "50": dict(rounds=5, pgd_steps=10, alpha_start=1.0 / 255, alpha_end=2.0 / 255),  # the demo preset with the ResNet-8 surrogate
+    "100": dict(rounds=10, pgd_steps=10, alpha_start=0.5 / 255, alpha_end=1.0 / 255),
+    "200": dict(rounds=20, pgd_steps=10, alpha_start=0.5 / 255, alpha_end=1.0 / 255),  # the cpu preset
     "1000": dict(rounds=100, pgd_steps=10, alpha_start=0.2 / 255, alpha_end=0.4 / 255),  # the paper's schedule
 }
 
@@ -91,9 +93,21 @@ ABLATIONS = {
     "alpha=const": dict(alpha_start=0.75 / 255, alpha_end=0.75 / 255),
     "surrogate=cnn": dict(arch="cnn"),
     "surrogate=resnet-small": dict(arch="resnet-small"),
+    # the same ResNet-8 surrogate with bf16 autocast on the CPU (AMX / avx512_bf16): about 1.8x faster crafting
+    "surrogate=resnet-small+bf16": dict(arch="resnet-small", amp=True),
 }
 # also measured for EM: its own recipe, and the surrogate depth (does a deeper surrogate help MI-UE more than EM?)
-ABLATION_EM = ("em-recipe", "train_steps=10", "surrogate=resnet-small")
+ABLATION_EM = ("em-recipe", "train_steps=10", "surrogate=resnet-small", "surrogate=resnet-small+bf16")
+
+# the cost-effectiveness frontier (issue 25): MI-UE and EM on the ResNet-8 surrogate in bf16 at
+# these budgets, every victim, one victim seed; the small-CNN and fp32 ResNet-8 cells of the
+# budgets stage are reused beside them. --craft-seeds repeats the crafts with other seeds.
+FRONTIER_BUDGETS = ("25", "50", "100", "200")
+FRONTIER_VARIANT = "surrogate=resnet-small+bf16"
+FRONTIER_METHODS = ("miue", "em")
+# the lines of the frontier plot and table: (label, variant of the poison ids)
+SURROGATES = (("small CNN, fp32", None), ("ResNet-8, fp32", "surrogate=resnet-small"),
+              ("ResNet-8, bf16", "surrogate=resnet-small+bf16"))
 ABLATION_VICTIMS = ("cnn-sgd", "cnn-adam", "mlp-adam")
 
 DEFENSE_BUDGET = "200"
@@ -161,10 +175,19 @@ def cell_id(poison: str, victim: str, seed: int, defense: str | None) -> str:
     return f"{poison}|{victim}|s{seed}|{defense or 'none'}"
 
 
-def poison_id(method: str, budget: str | None, ablation: str | None = None) -> str:
+def poison_id(method: str, budget: str | None, ablation: str | None = None, craft_seed: int = 0) -> str:
+    """``method@budget[+ablation][+csN]``: N the crafting seed, where it is not 0."""
     if method in BUDGET_FREE or method == "clean":
         return method
-    return f"{method}@{budget}" + (f"+{ablation}" if ablation else "")
+    return f"{method}@{budget}" + (f"+{ablation}" if ablation else "") + (f"+cs{craft_seed}" if craft_seed else "")
+
+
+def split_craft_seed(pid: str) -> tuple[str, int]:
+    """``miue@50+x+cs2`` -> (``miue@50+x``, 2); ids without a crafting seed have seed 0."""
+    head, sep, tail = pid.rpartition("+cs")
+    if sep and tail.isdigit():
+        return head, int(tail)
+    return pid, 0
 
 
 # ----------------------------------------------------------------------------- the study
@@ -190,7 +213,7 @@ class Study:
                  "train_images": len(self.train), "test_images": len(self.test), "eps": EPS, "quick": args.quick,
                  "budgets": self.budgets, "victims": VICTIMS, "seeds": SEEDS, "ablations": ABLATIONS,
                  "ablation_budget": ABLATION_BUDGET, "defense_budget": DEFENSE_BUDGET,
-                 "surrogate": "demo preset (cnn-small, SGD lr 0.01, "
+                 "surrogate": "cnn preset (cnn-small, SGD lr 0.01, "
                               + (f"{args.surrogate_steps} SGD steps per round)" if args.surrogate_steps
                                  else "one epoch per round)"),
                  "surrogate_steps": args.surrogate_steps,
@@ -201,6 +224,7 @@ class Study:
                                   + (f"-ts{args.surrogate_steps}" if args.surrogate_steps else ""))
         self.deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
         self._poison_cache = {}
+        self.craft_seed = 0  # set per pass of the budgets and frontier stages (--craft-seeds)
 
     # -- poisons
     def poison_images(self, pid: str, method: str, budget: str | None, overrides: dict) -> np.ndarray:
@@ -232,8 +256,8 @@ class Study:
                 if objective == "tap" and budget:  # all of TAP's steps come after its training
                     opts["pgd_steps"] = opts["rounds"] * opts["pgd_steps"]
                 opts.update(overrides)
-                result = craft_fast(self.train.images, self.train.labels, preset="demo", objective=objective,
-                                    classwise=classwise, eps=EPS, seed=0, progress=self.args.progress,
+                result = craft_fast(self.train.images, self.train.labels, preset="cnn", objective=objective,
+                                    classwise=classwise, eps=EPS, seed=self.craft_seed, progress=self.args.progress,
                                     checkpoint_dir=None if method in BUDGET_FREE else os.path.join(self.cache, "ckpt", pid),
                                     **opts)
             seconds = time.perf_counter() - t0
@@ -242,6 +266,7 @@ class Study:
             images = result.images.numpy()
             self.res.data["poisons"][pid] = {
                 "method": method, "budget": budget, "overrides": overrides, "craft_seconds": seconds,
+                "craft_seed": self.craft_seed, "threads": torch.get_num_threads(),
                 "config": result.config, "history": result.history,
                 "pgd_steps_per_image": _pgd_steps(result), "linf_uint8": int(np.abs(
                     images.astype(np.int16) - self.train.images.astype(np.int16)).max()),
@@ -284,6 +309,36 @@ class Study:
             self.run_cell("clean", "clean", None, victim, 0, epochs=2 * E, tag=f"epochs={2 * E}")
 
     def stage_budgets(self):
+        for cs in self._craft_seeds():
+            self.craft_seed = cs
+            self._stage_budgets()
+        self.craft_seed = 0
+
+    def _craft_seeds(self):
+        return list(dict.fromkeys(getattr(self.args, "craft_seeds", None) or [0]))
+
+    def stage_frontier(self):
+        """MI-UE and EM on the ResNet-8 surrogate in bf16 (``--budget-variant`` picks another
+        setting) at FRONTIER_BUDGETS (filtered by ``--budgets``), every victim, victim seed 0
+        (``--seeds`` for more), for each of ``--craft-seeds``."""
+        variant = getattr(self.args, "budget_variant", None) or FRONTIER_VARIANT
+        budgets = [b for b in self.budgets if b in FRONTIER_BUDGETS] or list(self.budgets)  # in --budgets' order
+        methods = [m for m in self.args.methods if m in FRONTIER_METHODS] or list(FRONTIER_METHODS)
+        print(f"== frontier: {' '.join(methods)} crafted with {variant} at budgets {' '.join(budgets)}, "
+              f"crafting seeds {self._craft_seeds()}", flush=True)
+        for victim in self.victims:
+            self.run_cell("clean", "clean", None, victim, 0)
+        for cs in self._craft_seeds():
+            self.craft_seed = cs
+            for b in budgets:
+                for m in methods:
+                    for victim in self.victims:
+                        for seed in (self._seeds(victim) if self.seed_filter is not None else (0,)):
+                            self.run_cell(poison_id(m, b, variant, cs), m, b, victim, seed,
+                                          overrides=ABLATIONS[variant])
+        self.craft_seed = 0
+
+    def _stage_budgets(self):
         # --budget-variant: every budget's poisons crafted with one ablation's setting (e.g. the
         # ResNet-8 surrogate at 1,000 steps); the training-free rows do not depend on it
         variant = getattr(self.args, "budget_variant", None)
@@ -300,8 +355,10 @@ class Study:
             for first in (True, False):
                 for m, victim in cells:
                     for seed in self._seeds(victim)[:1] if first else self._seeds(victim)[1:]:
-                        self.run_cell(poison_id(m, b, variant), m, None if m in BUDGET_FREE else b, victim, seed,
-                                      overrides=overrides)
+                        if m in BUDGET_FREE and self.craft_seed:
+                            continue  # the training-free rows have no crafting seed here
+                        self.run_cell(poison_id(m, b, variant, self.craft_seed), m, None if m in BUDGET_FREE else b,
+                                      victim, seed, overrides=overrides)
         for victim in self.victims:
             for seed in self._seeds(victim):
                 if seed != 0:
@@ -660,7 +717,7 @@ def report(out: str) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-STAGES = ("plateau", "budgets", "ablations", "defenses")
+STAGES = ("plateau", "budgets", "ablations", "defenses", "frontier")
 
 
 def main(argv=None) -> int:
@@ -690,13 +747,16 @@ def main(argv=None) -> int:
     p.add_argument("--budget-variant", choices=list(ABLATION_EM),
                    help="craft the budgets stage's poisons with this setting (poison ids get '+NAME'; the "
                         "training-free rows are skipped), e.g. surrogate=resnet-small for the deeper surrogate "
-                        "at 25 or 1,000 steps")
+                        "at 25 or 1,000 steps; the frontier stage: default " + FRONTIER_VARIANT + ")")
     p.add_argument("--defense-variant", choices=list(ABLATIONS),
                    help="defend poisons crafted with this ablation's setting instead of the main rows' "
                         "(e.g. surrogate=resnet-small)")
     p.add_argument("--seeds", nargs="+", type=int,
                    help="measure only these of each victim's seeds (default: all; e.g. --seeds 0 for one pass, "
                         "--seeds 1 2 for the extra seeds of the small-CNN victim)")
+    p.add_argument("--craft-seeds", nargs="+", type=int, default=[0],
+                   help="crafting seeds of the budgets and frontier stages' poisons (default 0; ids of the "
+                        "others get '+csN'): the spread over crafting seeds, not only victim seeds")
     p.add_argument("--train-per-class", type=int, default=2000, help="class-balanced training subset (default 2000/class)")
     p.add_argument("--surrogate-steps", type=int, default=0,
                    help="surrogate SGD steps per crafting round (default 0: one epoch of the subset per round, "

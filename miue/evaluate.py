@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from miue import defenses as Dfn
+from miue._amp import resolve_amp
 from miue.craft import as_nchw_uint8_or_float
 from miue.models import ARCHS, build_model
 
@@ -166,7 +167,7 @@ def evaluate(
     if not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0 and math.isfinite(cfg["lr"])):
         raise ValueError(f"lr must be a positive number, got {cfg['lr']!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = bool(amp) and device.type == "cuda"
+    amp = resolve_amp(bool(amp), device, "victim amp")  # CUDA, or a CPU with native bf16
     channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
 
     x_train = _to_uint8(as_nchw_uint8_or_float(train_images, "train_images"))

@@ -14,12 +14,23 @@ tests are ``tests/test_X.py``.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 from miue import _validate as V
 from miue._backend import implementation, resolve_backend
 from miue.reference import acc_dtype
+
+def _kernel_region(t: Tensor):
+    """Autocast off while a backend runs: the kernels take bf16/fp16 inputs and accumulate in
+    fp32 themselves; left on, autocast would recast the BLAS products inside the C++ and
+    reference kernels to bf16 (on the CPU with ``amp``, and on CUDA)."""
+    if t.device.type in ("cpu", "cuda"):
+        return torch.autocast(t.device.type, enabled=False)
+    return contextlib.nullcontext()
+
 
 __all__ = [
     "grouped_normalize",
@@ -37,7 +48,8 @@ __all__ = [
 def _grouped_normalize_op(
     features: Tensor, labels: Tensor, num_classes: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(implementation(backend).grouped_normalize(features, labels, num_classes))
+    with _kernel_region(features):
+        return tuple(implementation(backend).grouped_normalize(features, labels, num_classes))
 
 
 @_grouped_normalize_op.register_fake
@@ -105,7 +117,8 @@ def grouped_normalize(
 def _supcon_op(
     features: Tensor, labels: Tensor, temperature: float, eps: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(implementation(backend).supcon_fwd(features, labels, temperature, eps))
+    with _kernel_region(features):
+        return tuple(implementation(backend).supcon_fwd(features, labels, temperature, eps))
 
 
 @_supcon_op.register_fake
@@ -125,7 +138,8 @@ def _(features, labels, temperature, eps, backend):
 def _supcon_backward_op(
     grad: Tensor, z: Tensor, inv_norm: Tensor, P: Tensor, N: Tensor, labels: Tensor, temperature: float, backend: str
 ) -> Tensor:
-    return implementation(backend).supcon_bwd(grad, z, inv_norm, P, N, labels, temperature)
+    with _kernel_region(z):
+        return implementation(backend).supcon_bwd(grad, z, inv_norm, P, N, labels, temperature)
 
 
 @_supcon_backward_op.register_fake
@@ -178,7 +192,8 @@ def supcon_loss(
 def _intra_op(
     features: Tensor, labels: Tensor, num_classes: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(implementation(backend).intra_class_fwd(features, labels, num_classes))
+    with _kernel_region(features):
+        return tuple(implementation(backend).intra_class_fwd(features, labels, num_classes))
 
 
 @_intra_op.register_fake
@@ -198,7 +213,8 @@ def _(features, labels, num_classes, backend):
 def _intra_backward_op(
     grad: Tensor, z: Tensor, inv_norm: Tensor, class_sum: Tensor, class_count: Tensor, labels: Tensor, backend: str
 ) -> Tensor:
-    return implementation(backend).intra_class_bwd(grad, z, inv_norm, class_sum, class_count, labels)
+    with _kernel_region(z):
+        return implementation(backend).intra_class_bwd(grad, z, inv_norm, class_sum, class_count, labels)
 
 
 @_intra_backward_op.register_fake

@@ -51,22 +51,25 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _demo_preset_epoch_rounds(request):
-    """The ``demo`` preset trains its surrogate 235 SGD steps of 256 images per round whatever
-    the data's size (one epoch of 60,000 images). On the 32- to 2,000-image sets of most tests
-    that would be most of their run time and test nothing they check, so they run the preset
-    with one epoch per round (``train_steps=0``). Tests marked ``demo_preset`` (the end-to-end
-    check, the preset tests) get the preset as shipped; spawned processes always do. Set and
-    restored by hand, not with ``monkeypatch``: tests that call ``monkeypatch.undo()`` keep it."""
+    """The CPU presets (``cnn``, ``demo``, ``cpu``) train their surrogate a fixed number of SGD
+    steps per round whatever the data's size (235 or 79 steps of 256 images). On the 32- to
+    2,000-image sets of most tests that would be most of their run time and test nothing they
+    check, so they run the presets with one epoch per round (``train_steps=0``). Tests marked
+    ``demo_preset`` (the end-to-end check, the preset tests) get the presets as shipped;
+    spawned processes always do. Set and restored by hand, not with ``monkeypatch``: tests that
+    call ``monkeypatch.undo()`` keep it."""
     from miue.presets import PRESET_VALUES
 
-    demo = PRESET_VALUES["demo"]
-    shipped = demo["train_steps"]
+    names = ("cnn", "demo", "cpu")
+    shipped = {n: PRESET_VALUES[n]["train_steps"] for n in names}
     if request.node.get_closest_marker("demo_preset") is None:
-        demo["train_steps"] = 0
+        for n in names:
+            PRESET_VALUES[n]["train_steps"] = 0
     try:
         yield
     finally:
-        demo["train_steps"] = shipped
+        for n in names:
+            PRESET_VALUES[n]["train_steps"] = shipped[n]
 
 
 @pytest.fixture(autouse=True)

@@ -26,7 +26,7 @@ def _one_thread(one_thread):
     yield
 
 
-CRAFT = ["--preset", "demo", "--rounds", "1", "--pgd-steps", "1", "--per-class", "10", "--quiet"]
+CRAFT = ["--preset", "cnn", "--rounds", "1", "--pgd-steps", "1", "--per-class", "10", "--quiet"]
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def test_objective_compiles_fullgraph():
 
 def test_craft_compile_matches_eager():
     images, labels = _data()
-    kw = dict(preset="demo", rounds=2, pgd_steps=2, batch_size=32, train_batch_size=32, device="cpu", seed=0,
+    kw = dict(preset="cnn", rounds=2, pgd_steps=2, batch_size=32, train_batch_size=32, device="cpu", seed=0,
               progress=False, amp=False, channels_last=False)
     eager = miue.craft_fast(images, labels, compile=False, **kw)
     torch._dynamo.reset()

@@ -38,7 +38,7 @@ def _one_thread(one_thread):
 
 def craft(images, labels, **kw):
     """craft_fast on the CPU, quietly, with a tiny default schedule."""
-    opts = dict(preset="demo", rounds=1, pgd_steps=1, device="cpu", progress=False)
+    opts = dict(preset="cnn", rounds=1, pgd_steps=1, device="cpu", progress=False)
     opts.update(kw)
     return craft_fast(images, labels, **opts)
 
@@ -326,7 +326,7 @@ def test_resume_with_different_labels_or_images_raises(tmp_path):
 @pytest.fixture(scope="module")
 def small_result():
     x, y = uint8_data(n=64, shape=(3, 8, 8), classes=4, seed=1)
-    return craft_fast(x, y, preset="demo", rounds=2, pgd_steps=1, device="cpu", progress=False)
+    return craft_fast(x, y, preset="cnn", rounds=2, pgd_steps=1, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("ext", ["npz", "pt"])
@@ -709,7 +709,7 @@ def test_fashion_mnist_ci_run(capsys):
         pytest.skip(f"Fashion-MNIST not available (apt-get install dataset-fashion-mnist): {exc}")
     sub = class_balanced_subset(data, per_class=200)
     assert sub.images.shape == (2000, 1, 28, 28)
-    res = craft_fast(sub.images, sub.labels, preset="demo", rounds=2, device="cpu", progress=False)
+    res = craft_fast(sub.images, sub.labels, preset="cnn", rounds=2, device="cpu", progress=False)
     assert res.config["arch"] == "cnn-small"
     assert_result(res, sub.images, sub.labels, EPS8, box=False)
     assert [h["round"] for h in res.history] == [1, 2]

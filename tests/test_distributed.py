@@ -55,7 +55,7 @@ def run_2proc(tmp_path, **kwargs):
 
 
 # one epoch per round, as in the rest of the tests (the spawned workers do not see conftest's patch)
-KW = dict(preset="demo", arch="cnn-small", rounds=2, pgd_steps=2, seed=3, train_steps=0)
+KW = dict(preset="cnn", arch="cnn-small", rounds=2, pgd_steps=2, seed=3, train_steps=0)
 
 
 def test_two_process_miue_shapes_bounds_and_determinism(tmp_path):

@@ -73,7 +73,7 @@ def _released(fmnist, objective: str):
     kw = {} if objective in ("random", "ar", "lsp", "ops") else dict(rounds=4, pgd_steps=5)
     if objective == "rem":  # one surrogate epoch per round (see the module docstring)
         kw["train_steps"] = 0
-    res = craft_fast(train.images, train.labels, objective=objective, preset="demo", eps=EPS, seed=0, device="cpu",
+    res = craft_fast(train.images, train.labels, objective=objective, preset="cnn", eps=EPS, seed=0, device="cpu",
                      progress=False, **kw)
     images = res.images.numpy()
     if objective != "ops":  # the L∞ objectives stay in budget after the uint8 release

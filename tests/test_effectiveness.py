@@ -260,22 +260,24 @@ def test_defenses_stage_follows_defenses_option_and_methods_filter():
         eff.main(["--defenses", "grayscale", "--out", "/nonexistent"])
 
 
-def test_cpu_preset_is_the_study_configuration_it_is_named_after():
-    """The `cpu` preset claims to be the study's 200-step ResNet-8-surrogate cell: the same
-    values as the runner's config for that cell, except the surrogate schedule spelled in steps
-    (79 = one epoch of the study's 20,000 images at its batch size) instead of epochs."""
+@pytest.mark.demo_preset
+def test_demo_and_cpu_presets_are_the_study_cells_they_are_named_after():
+    """demo = the study's 50-step cell and cpu = its 200-step cell of the ResNet-8 surrogate in
+    bf16: the same values as the runner's config for that cell, except the surrogate schedule
+    spelled in steps (79 = one epoch of the study's 20,000 images at batch 256) instead of epochs."""
     import dataclasses
     import math
 
     from miue.presets import make_config
 
-    study = make_config("demo", train_steps=0, train_epochs=1, **eff.BUDGETS["200"],
-                        **eff.ABLATIONS["surrogate=resnet-small"])
-    cpu = make_config("cpu")
-    diff = {k for k, v in dataclasses.asdict(cpu).items() if dataclasses.asdict(study)[k] != v}
-    assert diff == {"preset", "train_steps"}
-    assert cpu.train_steps == math.ceil(10 * 2000 / study.train_batch_size) == 79
-    assert cpu.rounds * cpu.pgd_steps == 200 and cpu.arch == "resnet-small"
+    for preset, budget in (("demo", "50"), ("cpu", "200")):
+        study = make_config("cnn", train_steps=0, train_epochs=1, **eff.BUDGETS[budget],
+                            **eff.ABLATIONS[eff.FRONTIER_VARIANT])
+        shipped = make_config(preset)
+        diff = {k for k, v in dataclasses.asdict(shipped).items() if dataclasses.asdict(study)[k] != v}
+        assert diff == {"preset", "train_steps"}, (preset, diff)
+        assert shipped.train_steps == math.ceil(10 * 2000 / study.train_batch_size) == 79
+        assert shipped.rounds * shipped.pgd_steps == int(budget) and shipped.amp and shipped.arch == "resnet-small"
 
 
 def test_crafting_cost_counts_every_round_of_a_resumed_craft(tmp_path):

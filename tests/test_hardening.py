@@ -37,7 +37,7 @@ CRAFT_SCRIPT = textwrap.dedent("""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (600, 1, 12, 12), dtype=torch.uint8, generator=g)
     y = torch.arange(600) % 4
-    r = miue.craft_fast(x, y, preset="demo", arch="cnn-small", rounds=8, pgd_steps=2, seed=1, progress=False,
+    r = miue.craft_fast(x, y, preset="cnn", arch="cnn-small", rounds=8, pgd_steps=2, seed=1, progress=False,
                         checkpoint_dir=sys.argv[1] if sys.argv[1] != "-" else None)
     r.save(sys.argv[2])
     print("DONE", flush=True)
@@ -175,7 +175,7 @@ def test_full_disk_fails_before_work(tmp_path, monkeypatch):
     monkeypatch.setattr(craft._Engine, "train_epoch", lambda self: started.append(1))
     x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
     with pytest.raises(OSError, match="MiB free"):
-        miue.craft_fast(x, torch.arange(32) % 2, preset="demo", rounds=1, checkpoint_dir=str(tmp_path / "c"),
+        miue.craft_fast(x, torch.arange(32) % 2, preset="cnn", rounds=1, checkpoint_dir=str(tmp_path / "c"),
                         progress=False)
     assert not started
 
@@ -191,7 +191,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
     torch.save({"round": 1, "payload": Evil()}, tmp_path / "ck" / "checkpoint.pt")
     x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
     with pytest.raises(ResultFileError, match="cannot load checkpoint"):
-        miue.craft_fast(x, torch.arange(32) % 2, preset="demo", rounds=1, checkpoint_dir=str(tmp_path / "ck"),
+        miue.craft_fast(x, torch.arange(32) % 2, preset="cnn", rounds=1, checkpoint_dir=str(tmp_path / "ck"),
                         progress=False)
     assert not marker.exists()
 

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from miue import ops
+from miue._amp import resolve_amp
 from miue.craft.distributed import all_reduce_sum
 from miue.craft.graphs import GraphedPGDStep
 from miue.craft.store import DeltaStore, fits_on_device
@@ -92,8 +93,7 @@ class Engine:
             raise ValueError(f"train_steps must be >= 0 and stop_train_acc in [0, 1], got {cfg.train_steps!r}, "
                              f"{cfg.stop_train_acc!r}")
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919 * rank)
-        cuda = device.type == "cuda"
-        self.amp = bool(cfg.amp and cuda)
+        self.amp = resolve_amp(cfg.amp, device)  # bf16 autocast on CUDA, and on CPUs with native bf16
         self.channels_last = bool(cfg.channels_last)
         self.labels_dev = labels.to(device)
         shape = tuple(clean.shape[1:])

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from miue import ops
+from miue._amp import resolve_amp
 from miue.craft.checkpoint import Checkpoint, check_resumable, fingerprint
 from miue.craft.distributed import dist_info, gather_delta, shard
 from miue.craft.engine import Engine
@@ -109,8 +110,10 @@ def craft_fast(
     )
     if cfg.delta_dtype == "int8" and cfg.eps * 255 > 127:
         raise ValueError("delta_dtype='int8' holds |δ| ≤ 127/255; use float16/float32 for a larger eps")
-    if device.type != "cuda":  # bf16 autocast and CUDA graphs are CUDA-only (channels_last helps oneDNN too)
-        cfg.amp = cfg.cuda_graphs = False
+    if device.type != "cuda":  # CUDA graphs are CUDA-only (channels_last helps oneDNN too)
+        cfg.cuda_graphs = False
+    # bf16 autocast: on CUDA, and on CPUs with native bf16 (AMX / avx512_bf16); else fp32, logged once
+    cfg.amp = resolve_amp(cfg.amp, device)
     if cfg.objective in TRAINING_FREE:
         if cfg.classwise:
             raise ValueError(f"objective={cfg.objective!r} is class-structured already; classwise=True does not apply")
