@@ -1,7 +1,7 @@
 """MI-UE vs EM under defenses, on the demo's poisons (issue 5's defense report).
 
-Trains the demo's victim (``evaluate`` preset ``quick``, same epochs and seed as the demo)
-on each released set in ``--poisons-dir`` (``miue.npz``, ``em.npz`` as ``bash scripts/demo.sh``
+Trains the demo's SGD victim (``cnn-sgd``: ``evaluate`` preset ``quick``, 20 epochs as in the
+demo; the demo's subsets, which its poisons record) on each released set in ``--poisons-dir`` (``miue.npz``, ``em.npz`` as ``bash scripts/demo.sh``
 writes them; ``clean`` is the dataset itself) with each defense, and writes a JSON report and
 a markdown table. The JSON is rewritten after every victim, so an interrupted run keeps what
 it measured, and ``--resume`` measures only what is missing.
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--poisons-dir", default="demo_out", help="folder with miue.npz / em.npz (default demo_out)")
     p.add_argument("--methods", nargs="+", default=["MI-UE", "EM", "clean"], choices=[*FILES, "clean"])
     p.add_argument("--defenses", nargs="+", default=["none", "jpeg", "grayscale", "at"], choices=["none", *DEFENSES])
-    p.add_argument("--epochs", type=int, default=7, help="victim epochs (the demo's: 7)")
+    p.add_argument("--epochs", type=int, default=20, help="victim epochs (the demo's cnn-sgd: 20)")
     p.add_argument("--at-eps", type=float, default=4 / 255, help="adversarial-training eps (default 4/255)")
     p.add_argument("--quick", action="store_true", help="poisons from `miue demo --quick` (its class-balanced subsets)")
     p.add_argument("--seed", type=int, default=0, help="victim seed, and the demo's subset seed with --quick")
@@ -72,7 +72,12 @@ def main(argv=None) -> int:
         dataset = dataset or r.config.get("dataset")
     dataset = dataset or "fashion-mnist"
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
-    if args.quick:  # the subsets `miue demo --quick` crafts and tests on
+    subset = next(iter(sets.values())).config.get("subset") if sets else None
+    if subset:  # `miue demo` records the class-balanced subsets it crafted and tested on
+        train = class_balanced_subset(train, subset["train_per_class"], seed=subset["seed"])
+        if subset.get("test_per_class"):
+            test = class_balanced_subset(test, subset["test_per_class"], seed=subset["seed"])
+    elif args.quick:  # poisons of a `miue demo --quick` that did not record its subsets
         train = class_balanced_subset(train, QUICK["train_per_class"], seed=args.seed)
         test = class_balanced_subset(test, QUICK["test_per_class"], seed=args.seed)
     images = {}

@@ -586,6 +586,7 @@ def markdown(data: dict) -> str:
         lines.append(f"| {pid} | {budget} | " + " | ".join(_fmt(*row[v][:2]) if v in row else "–" for v in victims)
                      + f" | {_fmt(m)} |")
     lines += _craft_cost_lines(data)
+    lines += _frontier_lines(data)
     plateau = [(c["victim"], c["epochs"], c["test_acc"]) for cid, c in data["cells"].items() if c["poison"] == "clean"
                and c["defense"] is None and c["seed"] == 0]
     if plateau:
@@ -621,6 +622,99 @@ def markdown(data: dict) -> str:
                     (b != setup.get("ablation_budget", ABLATION_BUDGET) and t):  # a --budget-variant row
                 lines += _target_lines(t, b, variant)
     return "\n".join(lines) + "\n"
+
+
+DEMO_VICTIMS = ("cnn-sgd", "cnn-adam")  # the demo's two victim recipes (miue/demo.py VICTIMS)
+
+
+def frontier_rows(data: dict) -> list[dict]:
+    """One row per (method, surrogate, budget) of MI-UE and EM: crafting seconds and each
+    victim's accuracy, the mean and sample std over crafting seeds where several were crafted
+    (each crafting seed's cell is first averaged over its victim seeds); the mean over all
+    victims and over the demo's two, where every one is measured for every crafting seed."""
+    s = summarize(data)
+    variants = {v: label for label, v in SURROGATES}
+    groups = {}
+    for pid, p in data["poisons"].items():
+        base, cs = split_craft_seed(pid)
+        method, budget = p.get("method"), p.get("budget")
+        if method not in FRONTIER_METHODS or not budget or not p.get("pgd_steps_per_image"):
+            continue
+        variant = base.split("+", 1)[1] if "+" in base else None
+        if variant not in variants:
+            continue
+        groups.setdefault((method, variant, budget), {})[cs] = pid
+    rows = []
+    for (method, variant, budget), seeds in groups.items():
+        row = {"method": method, "surrogate": variants[variant], "variant": variant, "budget": budget,
+               "craft_seeds": sorted(seeds), "craft_seconds": float(np.mean([craft_seconds(data["poisons"][q])
+                                                                             for q in seeds.values()])),
+               "threads": sorted({data["poisons"][q].get("threads") for q in seeds.values()} - {None}),
+               "victims": {}}
+        for v in VICTIMS:
+            accs = [s.get(q, {}).get(v, (None,))[0] for q in seeds.values()]
+            if None not in accs:
+                row["victims"][v] = _mean_std(accs) + (len(accs),)
+        for key, vs in (("mean_all", tuple(VICTIMS)), ("mean_demo", DEMO_VICTIMS)):
+            if all(v in row["victims"] for v in vs):
+                per_seed = [np.mean([s[q][v][0] for v in vs]) for q in seeds.values()]
+                row[key] = _mean_std(per_seed) + (len(per_seed),)
+        rows.append(row)
+    rows.sort(key=lambda r: ([label for label, _ in SURROGATES].index(r["surrogate"]), r["method"], int(r["budget"])))
+    return rows
+
+
+def _fmt_n(r):
+    if r is None:
+        return "–"
+    mean, std, n = r
+    return _fmt(mean, std) + (f" (n={n})" if n > 1 else "")
+
+
+def _frontier_lines(data: dict) -> list[str]:
+    rows = frontier_rows(data)
+    if not rows:
+        return []
+    victims = list(VICTIMS)
+    out = ["", "Cost-effectiveness frontier (MI-UE and EM; victim accuracy %, lower = better; ± = sample std over "
+           "crafting seeds where n > 1, each crafting seed's cell averaged over its victim seeds). Crafting seconds are "
+           "those of the run that made the poison (1 torch thread beside a second 1-thread process unless noted): "
+           "compare rows by ratio, and see bench_craft for 2-core timings.", "",
+           "| method | surrogate | steps | crafting seeds | craft s | " + " | ".join(victims)
+           + " | mean (4 victims) | mean (cnn-sgd, cnn-adam) |",
+           "|---|---|---:|---|---:|" + "---:|" * (len(victims) + 2)]
+    for r in rows:
+        out.append(f"| {r['method']} | {r['surrogate']} | {r['budget']} | {','.join(map(str, r['craft_seeds']))} | "
+                   f"{r['craft_seconds']:,.0f} | " + " | ".join(_fmt_n(r["victims"].get(v)) for v in victims)
+                   + f" | {_fmt_n(r.get('mean_all'))} | {_fmt_n(r.get('mean_demo'))} |")
+    # MI-UE vs EM at each (surrogate, budget): the difference and the crafting-seed spread
+    pairs = {}
+    for r in rows:
+        pairs.setdefault((r["surrogate"], r["budget"]), {})[r["method"]] = r
+    verdicts = []
+    for (sur, b), pr in pairs.items():
+        if "miue" not in pr or "em" not in pr:
+            continue
+        for key, what in (("mean_demo", "cnn-sgd + cnn-adam"), ("mean_all", "4 victims")):
+            m, e = pr["miue"].get(key), pr["em"].get(key)
+            if m is None or e is None:
+                continue
+            diff = e[0] - m[0]
+            spread = max(m[1], e[1])
+            n = min(m[2], e[2])
+            if n < 2:
+                word = "one crafting seed: no spread measured"
+            elif diff > spread:
+                word = "MI-UE below EM beyond the crafting-seed spread"
+            elif diff < -spread:
+                word = "EM below MI-UE beyond the crafting-seed spread"
+            else:
+                word = "a tie within the crafting-seed spread"
+            verdicts.append(f"- {sur}, {b} steps, mean over {what}: MI-UE {100 * m[0]:.1f}, EM {100 * e[0]:.1f} "
+                            f"(EM − MI-UE = {100 * diff:+.1f}, larger std {100 * spread:.1f}, n = {n}): {word}")
+    if verdicts:
+        out += ["", "MI-UE against EM, same surrogate and budget:", ""] + verdicts
+    return out
 
 
 def _points(s: dict, budgets, victim: str, pid_at) -> list:
@@ -681,6 +775,45 @@ def plots(data: dict, out: str) -> list[str]:
                    ncol=min(len(handles), 7), fontsize=7, frameon=False)
         fig.tight_layout(rect=(0, 0.1, 1, 1))
         path = os.path.join(out, "budget_curve.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    rows = frontier_rows(data)
+    if rows:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        markers = {"small CNN, fp32": "o", "ResNet-8, fp32": "s", "ResNet-8, bf16": "*"}
+        for ax, key, title in ((axes[0], "mean_all", "mean over the 4 victims"),
+                               (axes[1], "mean_demo", "mean over cnn-sgd and cnn-adam (the demo's victims)")):
+            for (label, _v) in SURROGATES:
+                for m in FRONTIER_METHODS:
+                    pts = sorted((r["craft_seconds"], r[key], r["budget"]) for r in rows
+                                 if r["surrogate"] == label and r["method"] == m and r.get(key))
+                    if not pts:
+                        continue
+                    ax.errorbar([p[0] for p in pts], [100 * p[1][0] for p in pts], yerr=[100 * p[1][1] for p in pts],
+                                marker=markers[label], markersize=9 if markers[label] == "*" else 6, capsize=3,
+                                color=colors[m], ls="-" if label.startswith("ResNet-8, bf16") else ":",
+                                label=f"{m}, {label}")
+                    for x, (y, _sd, _n), b in pts:
+                        ax.annotate(b, (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            if "clean" in s:
+                vs = list(VICTIMS) if key == "mean_all" else list(DEMO_VICTIMS)
+                if all(v in s["clean"] for v in vs):
+                    ax.axhline(100 * np.mean([s["clean"][v][0] for v in vs]), ls="--", lw=1, color="k", label="clean")
+            ax.set_xscale("log")
+            ax.set_xlabel("crafting seconds (point labels: PGD steps per image)")
+            ax.set_title(title, fontsize=9)
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("victim clean test accuracy (%)")
+        handles, labels = axes[1].get_legend_handles_labels()
+        h0, l0 = axes[0].get_legend_handles_labels()
+        both = dict(zip(l0 + labels, h0 + handles))
+        fig.legend(list(both.values()), list(both), loc="lower center", ncol=4, fontsize=7, frameon=False)
+        fig.suptitle(f"Cost-effectiveness frontier, {data['setup']['train_images']:,} Fashion-MNIST images "
+                     "(error bars: std over crafting seeds)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+        path = os.path.join(out, "frontier.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

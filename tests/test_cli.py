@@ -256,7 +256,7 @@ def test_bad_arguments_exit_2(argv, capsys, tmp_path, monkeypatch):
                    "--png-dir", "--device", "--backend", "--seed", "--quiet"]),
         ("evaluate", ["--dataset", "--preset", "--arch", "--epochs", "--defense", "--at-eps", "--poison-ratio", "--json",
                       "--device", "--seed", "--quiet"]),
-        ("demo", ["--out-dir", "--methods", "--quick", "--device", "--seed", "--quiet"]),
+        ("demo", ["--out-dir", "--methods", "--quick", "--preset", "--train-per-class", "--device", "--seed", "--quiet"]),
     ],
 )
 def test_help(command, options, capsys):
@@ -330,10 +330,28 @@ def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys):
     assert build_parser().parse_args(["demo", "--preset", "cpu"]).preset == "cpu"
     assert list(report["victims"]) == ["clean", "OPS", "EM", "LSP"]  # order kept, duplicate dropped
     assert list(report["craft"]) == ["OPS", "EM", "LSP"] and set(report["lens"]) == {"OPS", "EM", "LSP"}
-    assert set(report["checks"]) == {"clean_at_least_0.88"}  # no MI-UE: no MI-UE checks
+    assert set(report["checks"]) == {"clean_at_least_0.88_cnn-sgd", "clean_at_least_0.88_cnn-adam"}  # no MI-UE checks
+    assert list(report["test_acc"]["EM"]) == ["cnn-sgd", "cnn-adam"]  # both victim recipes judge every poison
+    assert report["craft"]["EM"]["config"]["subset"] == {"train_per_class": 5, "seed": 0, "test_per_class": 5}
     for f in ("report.json", "figure.png", "ops.npz", "em.npz", "lsp.npz"):
         assert (out / f).is_file(), f
     assert not (out / "miue.npz").exists()
     table = capsys.readouterr().out
     assert "OPS" in table and "LSP" in table and "MI-UE" not in table.split("targets:")[-1]
 
+
+
+def test_demo_victims_are_the_effectiveness_studys():
+    """The demo's two victim recipes are the study's cnn-sgd and cnn-adam cells, so the study's
+    crafting-seed spread (docs/effectiveness.md) is the spread of the demo's own numbers."""
+    import importlib.util
+    import pathlib
+
+    from miue import demo
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "effectiveness.py"
+    spec = importlib.util.spec_from_file_location("effectiveness_for_demo", path)
+    eff = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eff)
+    assert demo.VICTIMS == {v: eff.VICTIMS[v] for v in ("cnn-sgd", "cnn-adam")}
+    assert demo.LENS_VICTIM in demo.VICTIMS and demo.TRAIN_PER_CLASS == 1000
