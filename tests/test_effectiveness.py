@@ -318,3 +318,78 @@ def test_targets_cover_every_measured_budget_and_runs_merge_their_budgets(tmp_pa
     res.save()
     with open(tmp_path / "results.json") as fh:
         assert set(json.load(fh)["setup"]["budgets"]) == {"25", "1000"}
+
+
+# ----------------------------------------------------------------------------- issue 25: crafting seeds, frontier
+
+
+def test_craft_seed_ids_round_trip():
+    v = eff.FRONTIER_VARIANT
+    assert eff.poison_id("miue", "50", v, 0) == f"miue@50+{v}"  # seed 0 keeps the old ids (cached cells stay valid)
+    assert eff.poison_id("em", "50", v, 2) == f"em@50+{v}+cs2"
+    assert eff.poison_id("random", "50", None, 2) == "random"
+    for pid in ("miue@50", f"miue@50+{v}", f"em@200+{v}+cs1", "miue@25+tau=0.5+cs12"):
+        base, cs = eff.split_craft_seed(pid)
+        method, budget = base.split("@")[0], base.split("@")[1].split("+")[0]
+        variant = base.split("+", 1)[1] if "+" in base else None
+        assert eff.poison_id(method, budget, variant, cs) == pid
+
+
+def _frontier_data(miue_accs, em_accs, victims=("cnn-sgd", "cnn-adam")):
+    """Poisons of both methods at budget 50 on the bf16 ResNet-8, one per crafting seed, with
+    the given accuracies on each victim (seed 0)."""
+    v = eff.FRONTIER_VARIANT
+    data = {"setup": {"train_images": 100, "test_images": 50, "budgets": {"50": {}}}, "poisons": {}, "cells": {}}
+    for method, accs in (("miue", miue_accs), ("em", em_accs)):
+        for cs, acc in enumerate(accs):
+            pid = eff.poison_id(method, "50", v, cs)
+            data["poisons"][pid] = {"method": method, "budget": "50", "pgd_steps_per_image": 50, "craft_seed": cs,
+                                    "history": [{"round": 1, "seconds": 100.0 + cs, "objective_loss": 1.0}]}
+            for victim in victims:
+                cid, c = _cell(pid, victim, 0, acc, method=method, budget="50")
+                data["cells"][cid] = c
+    return data
+
+
+def test_frontier_rows_average_over_crafting_seeds():
+    data = _frontier_data([0.20, 0.24, 0.22], [0.40, 0.30, 0.35])
+    rows = {r["method"]: r for r in eff.frontier_rows(data)}
+    m = rows["miue"]
+    assert m["craft_seeds"] == [0, 1, 2] and m["surrogate"] == "ResNet-8, bf16" and m["craft_seconds"] == 101.0
+    mean, std, n = m["mean_demo"]
+    assert n == 3 and mean == pytest.approx(0.22) and std == pytest.approx(0.02)
+    assert "mean_all" not in m  # resnet-sgd and mlp-adam not measured
+    assert m["victims"]["cnn-sgd"][:2] == pytest.approx((0.22, 0.02))
+
+
+@pytest.mark.parametrize("miue,em,verdict", [
+    ([0.20, 0.24, 0.22], [0.40, 0.30, 0.35], "MI-UE below EM beyond the crafting-seed spread"),  # 13 points vs std 5
+    ([0.20, 0.30, 0.25], [0.28, 0.20, 0.30], "a tie within the crafting-seed spread"),  # 1 point vs std 5
+    ([0.40, 0.42, 0.41], [0.20, 0.22, 0.21], "EM below MI-UE beyond the crafting-seed spread"),
+    ([0.20], [0.40], "one crafting seed: no spread measured"),
+])
+def test_frontier_verdict_needs_the_difference_to_exceed_the_crafting_seed_spread(miue, em, verdict):
+    lines = eff._frontier_lines(_frontier_data(miue, em))
+    said = [ln for ln in lines if ln.startswith("- ResNet-8, bf16, 50 steps, mean over cnn-sgd + cnn-adam")]
+    assert len(said) == 1 and said[0].endswith(verdict), said
+
+
+def test_frontier_stage_crafts_each_seed_with_the_bf16_resnet8(monkeypatch):
+    """--stages frontier: clean first, then for each crafting seed every budget × method ×
+    victim, with the variant's overrides and the seed in the poison id."""
+    study = eff.Study.__new__(eff.Study)
+    study.args = type("A", (), {"methods": ["miue", "em", "random"], "craft_seeds": [0, 2], "budget_variant": None})()
+    study.budgets = {"50": eff.BUDGETS["50"], "1000": eff.BUDGETS["1000"]}
+    study.victims = ["cnn-sgd"]
+    study.seed_filter = None
+    study.quick = False
+    study.craft_seed = 0
+    seen = []
+    study.run_cell = lambda pid, method, budget, victim, seed, **kw: seen.append((pid, budget, study.craft_seed,
+                                                                                 kw.get("overrides")))
+    study.stage_frontier()
+    v = eff.FRONTIER_VARIANT
+    assert [s[:3] for s in seen] == [("clean", None, 0), (f"miue@50+{v}", "50", 0), (f"em@50+{v}", "50", 0),
+                                     (f"miue@50+{v}+cs2", "50", 2), (f"em@50+{v}+cs2", "50", 2)]
+    assert all(s[3] == {"arch": "resnet-small", "amp": True} for s in seen[1:])
+    assert study.craft_seed == 0
