@@ -6,7 +6,8 @@ Variants
              B×B×D cosine broadcast, eager PGD ops, empty_cache after each step)
   paper      craft_fast(preset="paper"): same settings, miue's engine and fused ops
   fast       craft_fast(preset="fast"): + bf16 autocast, channels_last, torch.compile, CUDA graphs
-  demo       craft_fast(preset="demo") (CPU runs: the CPU preset)
+  cnn        (CPU runs) craft_fast(preset="cnn"), the small-CNN schedule, beside the baseline
+             written for the same preset
   cpu fp32 / cpu bf16   (CPU runs) the ``cpu`` preset's round (ResNet-8 surrogate, 10 PGD steps per
              image) in fp32 and with bf16 autocast, side by side, each with its CPU limit ratio:
              the PGD pass's image·steps/s against the bare surrogate's forward + backward to the
@@ -19,7 +20,7 @@ achieved fraction of the card's measured bf16 matmul throughput; on GPU also a P
 sweep, a flat-memory check with ImageNet-like 3×224×224 images streamed from host memory,
 and a profile (top kernels; share of miue ops vs the network).
 
-    python benchmarks/bench_craft.py            # GPU: everything; CPU: Fashion-MNIST, demo model
+    python benchmarks/bench_craft.py            # GPU: everything; CPU: Fashion-MNIST, cnn and cpu presets
     python benchmarks/bench_craft.py --quick    # CI-sized CPU run (a 6,000-image subset)
     python benchmarks/bench_craft.py --n 20000  # CPU: a 20,000-image subset
 """
@@ -269,7 +270,7 @@ def main(argv=None):
                  (f"fashion-mnist {(nf or 60_000) // 1000}k", fashion_mnist(nf), ("paper", "fast"), None)]
     else:
         n = 6000 if args.quick else args.n
-        cases = [(f"fashion-mnist {(n or 60_000) // 1000}k", fashion_mnist(n), ("demo",), None)]
+        cases = [(f"fashion-mnist {(n or 60_000) // 1000}k", fashion_mnist(n), ("cnn",), None)]
     if not gpu:  # the cpu preset's round in fp32 and in bf16 autocast, with the CPU limit ratio of each
         from miue._amp import cpu_bf16_reason
 

@@ -102,6 +102,8 @@ def _cmd_craft(args) -> int:
             opts["arch"] = args.arch
         if args.train_steps is not None:
             opts["train_steps"] = args.train_steps
+        if args.amp is not None:
+            opts["amp"] = args.amp == "on"
         result = miue.craft_fast(
             data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, rounds=args.rounds,
             pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=device, backend=args.backend,
@@ -191,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-steps", type=int,
                    help="surrogate SGD steps per round (0: one epoch of the data per round; default: the preset's)")
     s.add_argument("--arch", choices=ARCHS, help="surrogate architecture (default: the preset's)")
+    s.add_argument("--amp", choices=("on", "off"),
+                   help="bf16 autocast of the surrogate (default: the preset's: on for demo, cpu and fast); runs "
+                        "where native (CUDA, or a CPU with AMX / avx512_bf16), else fp32 with a warning")
     s.add_argument("--classwise", action="store_true", help="one perturbation per class")
     s.add_argument("--per-class", type=int, help="use a class-balanced subset with this many images per class")
     s.add_argument("--delta-dtype", choices=("float32", "float16", "int8"))

@@ -97,6 +97,16 @@ def test_craft_options_and_png_export(tmp_path, capsys):
     assert len(files) == 100
 
 
+def test_craft_amp_flag_reaches_the_config(tmp_path, monkeypatch):
+    """--amp on/off overrides the preset's bf16 autocast (the effective value is recorded: on
+    only where native bf16 exists, here forced by MIUE_CPU_BF16)."""
+    monkeypatch.setenv("MIUE_CPU_BF16", "1")
+    for flag, want in (("on", True), ("off", False)):
+        out = tmp_path / f"{flag}.npz"
+        assert main(["craft", "digits", "--out", str(out), "--amp", flag, *CRAFT]) == 0
+        assert miue.CraftResult.load(str(out)).config["amp"] is want
+
+
 @pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("4 / 255", 4 / 255), ("0.0314", 0.0314), ("1", 1.0),
                                          ("1/1", 1.0)])
 def test_eps_as_fraction_or_float(text, value):
@@ -251,7 +261,7 @@ def test_bad_arguments_exit_2(argv, capsys, tmp_path, monkeypatch):
     [
         (None, ["info", "craft", "evaluate", "demo", "--verbose"]),
         ("info", ["--json"]),
-        ("craft", ["--out", "--preset", "--objective", "--eps", "--rounds", "--pgd-steps", "--batch-size", "--train-steps", "--arch",
+        ("craft", ["--out", "--preset", "--objective", "--eps", "--rounds", "--pgd-steps", "--batch-size", "--train-steps", "--arch", "--amp",
                    "--classwise", "--per-class", "--delta-dtype", "--release-rounding", "--checkpoint-dir", "--extend",
                    "--png-dir", "--device", "--backend", "--seed", "--quiet"]),
         ("evaluate", ["--dataset", "--preset", "--arch", "--epochs", "--defense", "--at-eps", "--poison-ratio", "--json",
