@@ -3,7 +3,7 @@ accuracy on a small Fashion-MNIST subset (issue 16), and random noise does not.
 
 Setup (small enough for CI, about 8 minutes on one CPU thread): a class-balanced subset of
 2,000 training and 1,000 test images, ε = 8/255; surrogate objectives crafted with the
-``demo`` preset as shipped (235 surrogate SGD steps per round) shortened to 4 rounds × 5 PGD
+``cnn`` preset (the demo preset before issue 25) as shipped (235 surrogate SGD steps per round) shortened to 4 rounds × 5 PGD
 steps (20 steps per image); victim ``cnn-small`` trained 12 epochs with batch 32 and seed 0,
 either with Adam and no augmentation (``adam``) or with SGD, crop and flip (``quick``).
 REM's surrogate trains one epoch per round instead (``train_steps=0``): its adversarial
