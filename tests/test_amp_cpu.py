@@ -151,3 +151,16 @@ def test_pgd_gradient_sign_agreement_bf16_vs_fp32():
     print(f"gradient sign agreement: {same.float().mean():.3f} overall, {same[big].float().mean():.3f} on the top half")
     assert same.float().mean() >= 0.80
     assert same[big].float().mean() >= 0.95
+
+
+@native
+def test_victim_training_in_bf16_on_the_cpu():
+    """evaluate(amp=True) trains and tests the victim under CPU bf16 autocast (recorded in its
+    config) and learns the same easy task as in fp32: both well above chance."""
+    from miue.evaluate import evaluate
+
+    x, y = _class_data(128, size=16)
+    runs = {amp: evaluate(x, y, x, y, preset="adam", arch="cnn-small", epochs=6, batch_size=32, seed=0, amp=amp,
+                          device="cpu", progress=False) for amp in (False, True)}
+    assert runs[True].config["amp"] is True and runs[False].config["amp"] is False
+    assert runs[True].test_acc > 0.6 and runs[False].test_acc > 0.6
