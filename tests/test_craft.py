@@ -715,6 +715,6 @@ def test_fashion_mnist_ci_run(capsys):
     assert [h["round"] for h in res.history] == [1, 2]
     assert all(math.isfinite(h["objective_loss"]) for h in res.history)
     with capsys.disabled():
-        print("\nFashion-MNIST 2000 images, demo preset: " + ", ".join(
+        print("\nFashion-MNIST 2000 images, cnn preset: " + ", ".join(
             f"round {h['round']}: {h['seconds']:.2f} s (train {h['train_images_per_s']:.0f} img/s, "
             f"PGD {h['pgd_images_per_s']:.0f} img·step/s)" for h in res.history))
