@@ -714,7 +714,34 @@ def _frontier_lines(data: dict) -> list[str]:
                             f"(EM − MI-UE = {100 * diff:+.1f}, larger std {100 * spread:.1f}, n = {n}): {word}")
     if verdicts:
         out += ["", "MI-UE against EM, same surrogate and budget:", ""] + verdicts
+    out += _precision_lines(rows)
     return out
+
+
+def _precision_lines(rows: list[dict]) -> list[str]:
+    """bf16 against fp32 crafting on the ResNet-8 surrogate (same budget, method, crafting seed
+    0 in fp32): each victim's accuracy in both, the difference, and the bf16 crafting-seed std
+    it is to be read against."""
+    by = {(r["method"], r["budget"], r["surrogate"]): r for r in rows}
+    lines = []
+    for (method, budget, sur), r16 in sorted(by.items()):
+        if sur != "ResNet-8, bf16" or (method, budget, "ResNet-8, fp32") not in by:
+            continue
+        r32 = by[(method, budget, "ResNet-8, fp32")]
+        for v in VICTIMS:
+            a32, a16 = r32["victims"].get(v), r16["victims"].get(v)
+            if a32 is None or a16 is None:
+                continue
+            spread = f"{100 * a16[1]:.1f} (n={a16[2]})" if a16[2] > 1 else "not measured"
+            lines.append(f"| {method} | {budget} | {v} | {100 * a32[0]:.1f} | {100 * a16[0]:.1f} | "
+                         f"{100 * (a16[0] - a32[0]):+.1f} | {spread} |")
+    if not lines:
+        return []
+    return ["", "Precision check: the ResNet-8 surrogate crafted in fp32 and in bf16 autocast, everything else the same "
+            "(fp32: crafting seed 0; bf16: mean over its crafting seeds). A difference within the bf16 crafting-seed "
+            "spread is what another seed would do.", "",
+            "| method | steps | victim | fp32 | bf16 | bf16 − fp32 | bf16 crafting-seed std |",
+            "|---|---:|---|---:|---:|---:|---:|"] + lines
 
 
 def _points(s: dict, budgets, victim: str, pid_at) -> list:

@@ -393,3 +393,14 @@ def test_frontier_stage_crafts_each_seed_with_the_bf16_resnet8(monkeypatch):
                                      (f"miue@50+{v}+cs2", "50", 2), (f"em@50+{v}+cs2", "50", 2)]
     assert all(s[3] == {"arch": "resnet-small", "amp": True} for s in seen[1:])
     assert study.craft_seed == 0
+
+
+def test_precision_lines_set_fp32_beside_bf16_and_its_seed_spread():
+    data = _frontier_data([0.20, 0.24, 0.22], [0.40, 0.30, 0.35])
+    pid = "miue@50+surrogate=resnet-small"
+    data["poisons"][pid] = {"method": "miue", "budget": "50", "pgd_steps_per_image": 50, "history": []}
+    cid, c = _cell(pid, "cnn-sgd", 0, 0.30, method="miue", budget="50")
+    data["cells"][cid] = c
+    lines = eff._precision_lines(eff.frontier_rows(data))
+    rows = [ln for ln in lines if ln.startswith("| miue | 50 |")]
+    assert rows == ["| miue | 50 | cnn-sgd | 30.0 | 22.0 | -8.0 | 2.0 (n=3) |"]  # no fp32 EM, no fp32 cnn-adam: no row
