@@ -67,8 +67,11 @@ def resolve_amp(amp: bool, device: torch.device, what: str = "amp") -> bool:
         return False
     device = torch.device(device)
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        why = "this CUDA device has no bf16"
+        try:  # native bf16 only (sm_80+): emulated bf16 is slower than fp32
+            ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation argument
+            ok = torch.cuda.is_bf16_supported()
+        why = "this CUDA device has no native bf16 (needs sm_80 or newer)"
     elif device.type == "cpu":
         ok, why = cpu_bf16_reason()
     else:
