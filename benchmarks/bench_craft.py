@@ -274,7 +274,7 @@ def main(argv=None):
     if not gpu:  # the cpu preset's round in fp32 and in bf16 autocast, with the CPU limit ratio of each
         from miue._amp import cpu_bf16_reason
 
-        meta["cpu_bf16"] = cpu_bf16_reason()[1]
+        native, meta["cpu_bf16"] = cpu_bf16_reason()
         name, (x, y) = cases[0][0], cases[0][1]
         arch = make_config("cpu").arch
         fp32 = None
@@ -283,7 +283,7 @@ def main(argv=None):
             bare = surrogate_limit(x, y, device, arch, amp)
             res["bare_surrogate_images_per_s"] = bare
             res["cpu_limit_ratio"] = res["pgd_images_per_s"] / bare
-            res["amp_effective"] = bool(amp and meta["cpu_bf16"].startswith("native"))
+            res["amp_effective"] = bool(amp and native)
             record(name, "cpu bf16" if amp else "cpu fp32", res, base=fp32)
             print(f"{'':28} {'':9} bare surrogate fwd+bwd {bare:9.0f} img/s: PGD pass at "
                   f"{res['cpu_limit_ratio']:.2f} of it", flush=True)
