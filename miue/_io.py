@@ -83,7 +83,12 @@ def atomic_save(obj, path: str) -> str:
 
 def load_checkpoint(path: str) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        try:  # memory-mapped: a large δ is read page by page, not copied into memory at once
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:
@@ -117,7 +122,9 @@ def _checksum(delta: np.ndarray, images: np.ndarray, labels: np.ndarray) -> str:
     for a in (delta, images, labels):
         a = np.ascontiguousarray(a)
         h.update(str(a.dtype).encode() + str(a.shape).encode())
-        h.update(a.tobytes())
+        flat = a.reshape(-1)
+        for s in range(0, flat.size, 1 << 24):  # in chunks: no copy of a large (memory-mapped) array
+            h.update(flat[s:s + (1 << 24)])
     return h.hexdigest()
 
 

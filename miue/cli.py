@@ -1,4 +1,4 @@
-"""Command line: ``miue info | craft | evaluate | demo`` (also ``python -m miue ...``).
+"""Command line: ``miue info | craft | protect | evaluate | demo`` (also ``python -m miue ...``).
 
 Exit status 0 on success; on failure a one-line reason on stderr and status 1 (2 for usage
 errors, 130 when interrupted).
@@ -59,10 +59,23 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _load(dataset: str, split: str, subset: int | None, seed: int):
+def _folder_opts(args) -> dict:
+    opts = {}
+    if getattr(args, "image_size", None) is not None:
+        opts["image_size"] = args.image_size
+    if getattr(args, "resize_only", False):
+        if "image_size" not in opts:
+            raise ValueError("--resize-only needs --image-size N")
+        opts["resize"] = "stretch"
+    if getattr(args, "skip_bad", False):
+        opts["skip_bad"] = True
+    return opts
+
+
+def _load(dataset: str, split: str, subset: int | None, seed: int, folder_opts: dict | None = None):
     from miue.data import class_balanced_subset, load_dataset
 
-    data = load_dataset(dataset, split)
+    data = load_dataset(dataset, split, **(folder_opts or {}))
     if subset:
         data = class_balanced_subset(data, subset, seed=seed)
     return data
@@ -96,7 +109,9 @@ def _cmd_craft(args) -> int:
 
     rank, device, started = _init_distributed(args.device)
     try:
-        data = _load(args.dataset, "train", args.per_class, args.seed)
+        data = _load(args.dataset, "train", args.per_class, args.seed, _folder_opts(args))
+        if args.native_size and not args.png_dir:
+            raise ValueError("--native-size applies to the released PNGs: pass --png-dir too")
         opts = {}
         if args.arch:
             opts["arch"] = args.arch
@@ -116,7 +131,15 @@ def _cmd_craft(args) -> int:
         result.config["dataset"] = args.dataset
         result.config["classes"] = data.classes
         path = result.save(args.out)
-        if args.png_dir:
+        if args.png_dir and data.source is not None:  # an image folder: mirror its names, with a manifest
+            from miue.release import write_release
+
+            m = write_release(args.png_dir, data.source, result.images, result.labels, data.classes, eps=args.eps,
+                              config=result.config, delta=result.delta, native_size=args.native_size,
+                              overwrite=args.overwrite, progress=not args.quiet)
+            print(f"wrote {m['n_files']} released images under {args.png_dir} (manifest.json"
+                  + (f"; {m['n_skipped']} source paths skipped, listed there" if m["n_skipped"] else "") + ")")
+        elif args.png_dir:
             result.export_png(args.png_dir, class_names=data.classes)
         last = result.history[-1] if result.history else {}
         print(f"wrote {path}: {len(result.labels)} images, eps {args.eps:.5f}, objective {args.objective}"
@@ -127,6 +150,32 @@ def _cmd_craft(args) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _cmd_protect(args) -> int:
+    from miue.protect import protect
+
+    opts = {k: getattr(args, k) for k in ("rounds", "pgd_steps", "batch_size", "train_steps", "arch", "backend")
+            if getattr(args, k) is not None}
+    if args.amp is not None:
+        opts["amp"] = args.amp == "on"
+    folder = _folder_opts(args)
+    summary = protect(args.src, args.dst, preset=args.preset, objective=args.objective, eps=args.eps,
+                      native_size=args.native_size, work_dir=args.work_dir, overwrite=args.overwrite,
+                      result_path=args.result, device=args.device, seed=args.seed, progress=not args.quiet,
+                      workers=args.workers, **folder, **opts)
+    sec = summary["seconds"]
+    c, h, w = summary["working_shape"]
+    print(f"protected {summary['n_files']} images of {len(summary['classes'])} classes from {args.src}")
+    print(f"  release:   {summary['released']}/ ({'original sizes' if args.native_size else f'{w}x{h}'}, PNG, "
+          f"mirrored names)")
+    print(f"  manifest:  {summary['manifest']}" + (f" ({summary['n_skipped']} source paths skipped, listed there)"
+                                                  if summary["n_skipped"] else ""))
+    print(f"  work dir:  {summary['work_dir']} (decoded clean images and checkpoints: private, delete when done)")
+    if summary["result"]:
+        print(f"  result:    {summary['result']} (for miue evaluate)")
+    print(f"  time:      decode {sec['decode']:.0f} s, craft {sec['craft']:.0f} s, release {sec['release']:.0f} s")
+    return 0
 
 
 def _cmd_evaluate(args) -> int:
@@ -165,6 +214,16 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_folder_args(s) -> None:
+    s.add_argument("--image-size", type=int, metavar="N",
+                   help="image folders: resize the shorter side to N and keep the central NxN (torchvision Resize(N) + "
+                        "CenterCrop(N), bilinear, antialiased); needed when the images differ in size")
+    s.add_argument("--resize-only", action="store_true",
+                   help="with --image-size: resize the whole image to NxN instead (aspect ratio not kept, no crop)")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="image folders: leave out files that cannot be decoded (listed in the manifest) instead of stopping")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from miue.defenses import DEFENSES
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
@@ -197,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast of the surrogate (default: the preset's: on for demo, cpu and fast); runs "
                         "where native (CUDA, or a CPU with AMX / avx512_bf16), else fp32 with a warning")
     s.add_argument("--classwise", action="store_true", help="one perturbation per class")
+    _add_folder_args(s)
     s.add_argument("--per-class", type=int, help="use a class-balanced subset with this many images per class")
     s.add_argument("--delta-dtype", choices=("float32", "float16", "int8"))
     s.add_argument("--release-rounding", choices=("round", "trunc"), default="round")
@@ -204,12 +264,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--extend", action="store_true",
                    help="with --checkpoint-dir holding a run with fewer rounds: continue it to --rounds "
                         "(the schedules change at the checkpoint's round) instead of refusing it")
-    s.add_argument("--png-dir", help="also export the released images as PNGs (one folder per class)")
+    s.add_argument("--png-dir", help="also export the released images as PNGs: for an image folder, a tree mirroring "
+                                     "its names with manifest.json; otherwise <class>/<index>.png")
+    s.add_argument("--native-size", action="store_true",
+                   help="with --png-dir and an image folder: release every image at its original size (δ upsampled)")
+    s.add_argument("--overwrite", action="store_true", help="with --png-dir: write over an existing release")
     s.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     s.add_argument("--backend", choices=("reference", "cpp", "triton"), help="force an ops backend")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_craft)
+
+    s = sub.add_parser("protect", help="protect an image folder: craft, then write a tree mirroring its names "
+                                       "with manifest.json", description=(
+        "Protect the class folders of SRC (SRC/<class>/[<sub>/]<image>, any size, JPEG/PNG/...) and release them "
+        "as DST/<class>/[<sub>/]<name>.png with DST/manifest.json (source and released paths, labels, sizes, "
+        "SHA-256 of both files, eps, the configuration and its hash, skipped files). The images are decoded once "
+        "into a memory-mapped cache in the work folder, and crafting checkpoints there: rerun the same command "
+        "to resume."))
+    s.add_argument("src", help="source folder: one sub-folder per class")
+    s.add_argument("dst", help="release folder (new or empty; never inside SRC)")
+    s.add_argument("--preset", choices=PRESETS, default="demo",
+                   help="crafting preset (default demo: ResNet-8 surrogate, 50 PGD steps per image)")
+    s.add_argument("--objective", choices=OBJECTIVES, default="miue")
+    s.add_argument("--eps", type=budget, default=8 / 255, help="L-inf budget, e.g. 8/255 (default)")
+    _add_folder_args(s)
+    s.add_argument("--native-size", action="store_true",
+                   help="release every image at its original size: δ, crafted at the working size, is upsampled "
+                        "bilinearly onto the original (each pixel stays within eps of it)")
+    s.add_argument("--work-dir", help="decoded cache and checkpoints (default: DST.miue-work beside DST)")
+    s.add_argument("--overwrite", action="store_true", help="write over an existing release in DST")
+    s.add_argument("--result", help="also save the result file (.npz/.pt, for miue evaluate)")
+    s.add_argument("--rounds", type=int, help="override the preset's number of rounds")
+    s.add_argument("--pgd-steps", type=int, help="override the preset's PGD steps per round")
+    s.add_argument("--train-steps", type=int, help="override the preset's surrogate SGD steps per round")
+    s.add_argument("--batch-size", type=int, help="PGD batch size")
+    s.add_argument("--arch", choices=ARCHS, help="surrogate architecture (default: the preset's)")
+    s.add_argument("--amp", choices=("on", "off"), help="bf16 autocast of the surrogate (default: the preset's)")
+    s.add_argument("--workers", type=int, help="image decoding processes (default: one per core, up to 8)")
+    s.add_argument("--device")
+    s.add_argument("--backend", choices=("reference", "cpp", "triton"), help="force an ops backend")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(fn=_cmd_protect)
 
     s = sub.add_parser("evaluate", help="train a victim on a poisons file and report its clean test accuracy")
     s.add_argument("poisons", help="a result file written by `miue craft` (.npz or .pt)")

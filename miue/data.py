@@ -17,12 +17,15 @@ so a malicious file cannot run code.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pickle
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger("miue.data")
 
 __all__ = [
     "DATASETS",
@@ -43,8 +46,6 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 class DatasetError(ValueError):
@@ -64,6 +65,7 @@ class ImageData:
     labels: np.ndarray
     classes: list[str]
     name: str
+    source: dict | None = None  # image folders: root, files, sizes, skipped, preprocess (miue.folder)
 
     def __post_init__(self):
         images, labels = np.asarray(self.images), np.asarray(self.labels)
@@ -443,67 +445,29 @@ def _class_dirs(directory: str) -> list[str]:
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
-def _image_files(directory: str) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [os.path.join(dirpath, f) for f in sorted(filenames)
-                if not f.startswith(".") and f.lower().endswith(_IMAGE_EXTS)]
-    return out
-
-
-def _load_image_folder(directory: str, split: str, name: str) -> ImageData:
-    """Class sub-folders of images; ``train/`` and ``test/`` sub-directories are the two splits."""
-    from PIL import Image
+def _load_image_folder(directory: str, split: str, name: str, image_size=None, resize="crop",
+                       skip_bad=False) -> ImageData:
+    """Class sub-folders of images (miue.folder); ``train/`` and ``test/`` sub-directories are the
+    two splits."""
+    from miue.folder import decode_folder, scan_folder
 
     if os.path.isdir(os.path.join(directory, "train")) and os.path.isdir(os.path.join(directory, "test")):
-        classes = _class_dirs(os.path.join(directory, split))
-        other = _class_dirs(os.path.join(directory, "test" if split == "train" else "train"))
-        if classes != other:
+        scan = scan_folder(os.path.join(directory, split))
+        other = scan_folder(os.path.join(directory, "test" if split == "train" else "train"))
+        if scan.classes != other.classes:
             raise DatasetError(f"{directory}: train/ and test/ must hold the same class folders "
-                               f"({classes} vs {other})")
-        directory = os.path.join(directory, split)
+                               f"({scan.classes} vs {other.classes})")
     elif split != "train":
         raise DatasetError(f"{directory}: an ImageFolder without train/ and test/ sub-directories has "
                            f"only a 'train' split (asked for {split!r})")
     else:
-        classes = _class_dirs(directory)
-    if not classes:
-        raise DatasetError(f"{directory}: no class sub-folders (expected <class>/<image>.png ...)")
-    files, labels = [], []
-    for i, c in enumerate(classes):
-        found = _image_files(os.path.join(directory, c))
-        if not found:
-            raise DatasetError(f"{os.path.join(directory, c)}: class folder holds no images "
-                               f"(extensions {', '.join(_IMAGE_EXTS)})")
-        files += found
-        labels += [i] * len(found)
+        scan = scan_folder(directory)
+    data = decode_folder(scan.root, image_size=image_size, resize=resize, skip_bad=skip_bad, name=name, scan=scan)
+    if data.source["skipped"]:
+        from miue.folder import skipped_summary
 
-    def open_image(path):
-        try:
-            return Image.open(path)
-        except Exception as e:  # UnidentifiedImageError, OSError, DecompressionBombError
-            raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
-
-    # First pass reads only headers: grayscale output ("L") only if every image is grayscale.
-    gray = True
-    for f in files:
-        with open_image(f) as im:
-            gray = gray and im.mode in _GRAY_MODES
-    arrays, size, first = [], None, None
-    for f in files:
-        with open_image(f) as im:
-            if size is None:
-                size, first = im.size, f
-            elif im.size != size:
-                raise DatasetError(f"{f}: image size {im.size[0]}x{im.size[1]} differs from "
-                                   f"{size[0]}x{size[1]} of {first} (all images must have the same size)")
-            try:
-                a = np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
-            except Exception as e:  # truncated or corrupt image data
-                raise DatasetError(f"{f}: cannot decode image ({type(e).__name__}: {e})") from None
-        arrays.append(a[None] if gray else a.transpose(2, 0, 1))
-    return ImageData(np.stack(arrays), np.asarray(labels, np.int64), classes, name)
+        log.warning("%s: %s", scan.root, skipped_summary(data.source["skipped"]))
+    return data
 
 
 # --------------------------------------------------------------------------- entry points
@@ -533,8 +497,10 @@ def _load_named(name: str, split: str, root: str | None) -> ImageData:
     return _load_cifar(_cifar_root(where, subdir), split, label, hundred=name == "cifar100")
 
 
-def _load_path(path: str, split: str) -> ImageData:
+def _load_path(path: str, split: str, folder_opts: dict) -> ImageData:
     label = f"{os.path.basename(os.path.normpath(path))}/{split}"
+    if folder_opts and not (os.path.isdir(path) and _class_dirs(path) and not _has_idx(path)):
+        raise ValueError(f"{', '.join(sorted(folder_opts))} only apply to image folders, and {path!r} is not one")
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
         if ext == ".npz":
@@ -553,13 +519,14 @@ def _load_path(path: str, split: str) -> ImageData:
     if has("meta") and (has("train") or has("test")):
         return _load_cifar(path, split, label, hundred=True)
     if _class_dirs(path):
-        return _load_image_folder(path, split, label)
+        return _load_image_folder(path, split, label, **folder_opts)
     raise DatasetError(f"{path}: cannot tell the dataset format (expected idx files such as "
                        "train-images-idx3-ubyte.gz, CIFAR batches (data_batch_1 / train + meta), "
                        "class sub-folders of images, a .npz or a .mat file)")
 
 
-def load_dataset(name_or_path: str, split: str = "train", *, root: str | None = None) -> ImageData:
+def load_dataset(name_or_path: str, split: str = "train", *, root: str | None = None, image_size: int | None = None,
+                 resize: str | None = None, skip_bad: bool = False) -> ImageData:
     """Load a dataset split as uint8 ``(N, C, H, W)`` images and int64 labels.
 
     ``name_or_path`` is one of :data:`DATASETS` (or an alias such as ``"fmnist"``), read from
@@ -568,6 +535,13 @@ def load_dataset(name_or_path: str, split: str = "train", *, root: str | None = 
     ``.npz`` archive or an SVHN ``.mat`` file. A name wins over a same-named path; ``root`` only
     applies to names. A single ``.npz``/``.mat`` file with one set of arrays is returned whatever
     the split, as it is the split the caller chose.
+
+    Image folders (class sub-folders of images of any size, at any depth; :mod:`miue.folder`):
+    ``image_size=N`` resizes the shorter side to N and keeps the central N×N (``resize="stretch"``:
+    the whole image resized to N×N); without it all images must have one size. ``skip_bad=True``
+    leaves out files that cannot be decoded instead of stopping. The result's ``source`` lists
+    every image's relative path and original size and the skipped paths. For sets too large for
+    memory use :func:`miue.folder.cached_folder` (a memory-mapped on-disk cache).
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -575,7 +549,16 @@ def load_dataset(name_or_path: str, split: str = "train", *, root: str | None = 
         raise TypeError(f"name_or_path must be a dataset name or a path, got {type(name_or_path).__name__}")
     key = str(name_or_path).strip().lower()
     key = _ALIASES.get(key, key)
+    folder_opts = {}
+    if image_size is not None:
+        folder_opts["image_size"] = image_size
+    if resize is not None:
+        folder_opts["resize"] = resize
+    if skip_bad:
+        folder_opts["skip_bad"] = True
     if key in DATASETS:
+        if folder_opts:
+            raise ValueError(f"{', '.join(sorted(folder_opts))} only apply to image folders, not to {key!r}")
         return _load_named(key, split, None if root is None else os.fspath(root))
     if root is not None:
         raise ValueError(f"root= only applies to dataset names {DATASETS}, not to a path ({name_or_path!r})")
@@ -584,7 +567,7 @@ def load_dataset(name_or_path: str, split: str = "train", *, root: str | None = 
         raise DatasetError(f"{path}: no such file or directory, and not a dataset name (expected one of "
                            f"{', '.join(DATASETS)}, or a path to idx files, CIFAR batches, an image "
                            "folder, a .npz or a .mat file)")
-    return _load_path(path, split)
+    return _load_path(path, split, folder_opts)
 
 
 def class_balanced_subset(data: ImageData, per_class: int, seed: int = 0) -> ImageData:
@@ -603,5 +586,9 @@ def class_balanced_subset(data: ImageData, per_class: int, seed: int = 0) -> Ima
                              f"which has {len(members)} examples in {data.name}")
         chosen.append(members[:per_class])
     idx = rng.permutation(np.concatenate(chosen))
+    source = None
+    if data.source is not None:
+        source = {**data.source, "files": [data.source["files"][i] for i in idx],
+                  "sizes": [data.source["sizes"][i] for i in idx]}
     return ImageData(data.images[idx], data.labels[idx], list(data.classes),
-                     f"{data.name}[{per_class}/class, seed {seed}]")
+                     f"{data.name}[{per_class}/class, seed {seed}]", source)

@@ -67,7 +67,8 @@ class CraftConfig:
     compile: bool = False
     cuda_graphs: bool = False
     delta_dtype: str = "float32"  # float32 | float16 | int8 (units of 1/255)
-    storage: str = "auto"  # auto | device | host: where images and δ live (host: streamed per batch)
+    storage: str = "auto"  # auto | device | host | disk: where images and δ live (host: streamed per batch;
+    #                        disk: δ memory-mapped in checkpoint_dir, the images as given, e.g. a memory-mapped cache)
     release_rounding: str = "round"  # round | trunc (the official code truncates)
     seed: int = 0
     backend: str | None = None

@@ -38,7 +38,10 @@ def fingerprint(clean: torch.Tensor, labels: torch.Tensor) -> str:
     h.update(labels.numpy().tobytes())
     flat = clean.reshape(clean.shape[0], -1)
     step = max(1, -(-clean.numel() * clean.element_size() // 2**29))
-    h.update(flat[::step].contiguous().numpy().tobytes())
+    rows = flat[::step]
+    chunk = max(1, 2**24 // max(1, rows.shape[1] * rows.element_size()))
+    for s in range(0, rows.shape[0], chunk):  # in chunks: the images may be a large memory-mapped cache
+        h.update(rows[s:s + chunk].contiguous().numpy())
     return h.hexdigest()[:16]
 
 

@@ -27,6 +27,7 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 
 import torch
@@ -70,7 +71,7 @@ class Engine:
     a per-rank batch of ceil(train_batch_size / W) (the global batch of one process)."""
 
     def __init__(self, cfg: CraftConfig, clean: torch.Tensor, labels: torch.Tensor, surrogate, device, progress: bool,
-                 rank: int = 0, world: int = 1, n_global: int | None = None):
+                 rank: int = 0, world: int = 1, n_global: int | None = None, delta_dir: str | None = None):
         self.cfg = cfg
         self.device = device
         self.labels = labels
@@ -100,12 +101,18 @@ class Engine:
         # sample-wise δ lives in the store beside the images; class-wise δ (C rows) on the device
         delta0 = torch.zeros((0 if cfg.classwise else self.N,) + shape)
         bytes_needed = clean.numel() * clean.element_size() + delta0.numel() * 4
-        if cfg.storage not in ("auto", "device", "host"):
-            raise ValueError(f"storage must be 'auto', 'device' or 'host', got {cfg.storage!r}")
+        if cfg.storage not in ("auto", "device", "host", "disk"):
+            raise ValueError(f"storage must be 'auto', 'device', 'host' or 'disk', got {cfg.storage!r}")
         resident = cfg.storage == "device" or (cfg.storage == "auto" and fits_on_device(bytes_needed, device))
-        if not resident:
+        if not resident and cfg.storage != "disk":
             log.info("dataset does not fit on %s: streaming batches from pinned host memory", device)
-        self.store = DeltaStore(clean, delta0, cfg.delta_dtype, device, resident, int8_limit=math.floor(cfg.eps * 255 + 1e-6))
+        delta_file = None
+        if cfg.storage == "disk" and not cfg.classwise:
+            if delta_dir is None:
+                raise ValueError("storage='disk' keeps δ in a file beside the checkpoints: pass checkpoint_dir")
+            delta_file = os.path.join(delta_dir, "delta.bin")
+        self.store = DeltaStore(clean, delta0, cfg.delta_dtype, device, resident, int8_limit=math.floor(cfg.eps * 255 + 1e-6),
+                                delta_file=delta_file)
         if cfg.classwise:
             self.class_delta_dev = torch.zeros((self.C,) + shape, device=device)
             self.zero_clean = torch.zeros_like(self.class_delta_dev)
@@ -369,8 +376,11 @@ class Engine:
         if cfg.classwise:
             self.class_delta_dev.copy_(noise.to(self.device))
         else:
-            ops.project_linf_(noise, self.store.clean.cpu(), cfg.eps)
-            self.store.write_delta(torch.arange(self.N), noise.to(self.device))
+            for s in range(0, self.N, 4096):  # in chunks: the clean images may be a memory-mapped cache
+                idx = torch.arange(s, min(s + 4096, self.N))
+                part = noise[s:s + 4096]
+                ops.project_linf_(part, self.store.clean[s:s + 4096].cpu(), cfg.eps)
+                self.store.write_delta(idx, part.to(self.device))
 
     # ---------------------------------------------------------------- state
     def state(self, round_done: int, history: list) -> dict:

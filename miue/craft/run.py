@@ -157,7 +157,13 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
     inputs = fingerprint(clean, y) + (f"-rank{rank}of{world}" if world > 1 else "")
     ckpt = Checkpoint(checkpoint_dir, rank, world) if checkpoint_dir is not None else None
     local_clean, local_y = (clean[owned], y[owned]) if world > 1 else (clean, y)
-    eng = Engine(cfg, local_clean, local_y, surrogate, device, progress and rank == 0, rank, world, n_global)
+    if cfg.storage == "disk":
+        if checkpoint_dir is None:
+            raise ValueError("storage='disk' keeps δ in a memory-mapped file beside the checkpoints: pass checkpoint_dir")
+        if world > 1:
+            raise ValueError("storage='disk' is for one process; under torch.distributed use 'host' or 'auto'")
+    eng = Engine(cfg, local_clean, local_y, surrogate, device, progress and rank == 0, rank, world, n_global,
+                 delta_dir=ckpt.directory if ckpt is not None else None)
     if ckpt is not None:  # each checkpoint holds δ and the surrogate with its optimiser state
         params = sum(p.numel() * p.element_size() for p in eng.model.parameters()) if eng.model is not None else 0
         delta = eng.class_delta_dev if cfg.classwise else eng.store.delta
@@ -190,7 +196,9 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
     else:
         _rounds(eng, cfg, start_round, history, save, ckpt, progress and rank == 0)
 
-    if cfg.classwise:
+    if cfg.storage == "disk" and not cfg.classwise:
+        delta, images_out = _finish_on_disk(eng.store, clean, cfg, ckpt.directory)
+    elif cfg.classwise:
         delta = eng.class_delta_dev.cpu()[y].clamp_(-cfg.eps, cfg.eps)
     else:
         delta = eng.store.delta_full()
@@ -200,13 +208,35 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
         # around the image as given (the released images are the same either way), then
         # clamped exactly to ±ε ((c + δ) - c may round a few ulps past ε)
         ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
-    images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
+    if not (cfg.storage == "disk" and not cfg.classwise):
+        images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
     config = cfg.to_dict()
     if world > 1:
         config["world_size"] = world
     if changes:
         config["schedule_changes"] = changes
     return CraftResult(delta=delta, images=images_out, labels=y, history=history, config=config)
+
+
+def _finish_on_disk(store, clean: torch.Tensor, cfg: CraftConfig, directory: str, rows: int = 2048):
+    """The final projection and release of a ``storage="disk"`` run in chunks of ``rows`` images,
+    into memory-mapped files ``result-delta.f32`` and ``result-images.u8`` of ``directory``: host
+    memory stays flat in N."""
+    import os
+
+    from miue.craft.store import file_tensor
+
+    n, shape = clean.shape[0], tuple(clean.shape[1:])
+    delta = file_tensor(os.path.join(directory, "result-delta.f32"), (n,) + shape, torch.float32, fresh=True)
+    images = file_tensor(os.path.join(directory, "result-images.u8"), (n,) + shape, torch.uint8, fresh=True)
+    for s in range(0, n, rows):
+        idx = torch.arange(s, min(s + rows, n))
+        d = store.delta_batch(idx).cpu().float()
+        c = clean[s:s + rows]
+        ops.project_linf_(d, c, cfg.eps).clamp_(-cfg.eps, cfg.eps)
+        delta[s:s + rows] = d
+        images[s:s + rows] = release(c, d, cfg.eps, cfg.release_rounding)
+    return delta, images
 
 
 def _rounds(eng: Engine, cfg: CraftConfig, start_round: int, history: list, save, ckpt: Checkpoint | None,

@@ -1,8 +1,27 @@
-"""The δ store: clean images and sample-wise δ, resident on the device or in pinned host memory."""
+"""The δ store: clean images and sample-wise δ, resident on the device, in pinned host memory,
+or (``storage="disk"``) in a memory-mapped file beside the checkpoints."""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+
+
+def file_tensor(path: str, shape: tuple, dtype: torch.dtype, fresh: bool) -> torch.Tensor:
+    """A tensor backed by a shared memory map of ``path`` (created zero-filled, sparse, when
+    ``fresh`` or missing): its pages live in the page cache, not in the process's anonymous memory."""
+    numel = int(np.prod(shape))
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if fresh or not os.path.exists(path) or os.path.getsize(path) != nbytes:
+        with open(path, "wb") as fh:
+            fh.truncate(nbytes)
+    if numel == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_file(path, shared=True, size=numel, dtype=dtype).view(shape)
 
 
 class DeltaStore:
@@ -13,11 +32,16 @@ class DeltaStore:
     """
 
     def __init__(self, clean: torch.Tensor, delta: torch.Tensor, delta_dtype: str, device: torch.device, resident: bool,
-                 int8_limit: int = 127):
+                 int8_limit: int = 127, delta_file: str | None = None):
         self.device = device
-        self.resident = resident
+        self.resident = resident and delta_file is None
         self.delta_dtype = delta_dtype
         self.int8_limit = int8_limit  # floor(eps·255): int8 δ never leaves the ε ball
+        self.delta_file = delta_file
+        if delta_file is not None:  # disk: δ memory-mapped, clean images as given (e.g. a memory-mapped cache)
+            self.clean = clean.cpu()
+            self.delta = file_tensor(delta_file, tuple(delta.shape), _DTYPES[delta_dtype], fresh=True)
+            return
         home = device if resident else torch.device("cpu")
         pin = (not resident) and device.type == "cuda"
         self.clean = clean.to(home)

@@ -1,0 +1,88 @@
+"""The data owner's job in one call: :func:`protect` (``miue protect SRC DST``).
+
+1. scan ``SRC`` (class sub-folders of images at any depth, :func:`miue.folder.scan_folder`);
+2. decode it once into a memory-mapped uint8 cache in the work folder (reused on a rerun);
+3. craft with a preset, δ memory-mapped beside the checkpoints (``storage="disk"``), so host
+   memory stays flat in the number of images and a killed run resumes from its last round;
+4. write ``DST`` as a mirror of ``SRC`` (``<class>/<sub>/<name>.png``) with ``manifest.json``
+   (:func:`miue.release.write_release`).
+
+The work folder (default ``DST`` + ``.miue-work`` beside ``DST``) holds the decoded clean images
+and the checkpoints: it is private, keep it out of the release; delete it when done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from miue.release import MANIFEST, MARKER
+
+log = logging.getLogger("miue.protect")
+
+__all__ = ["default_work_dir", "protect"]
+
+
+def default_work_dir(dst: str) -> str:
+    return os.path.normpath(os.path.abspath(dst)) + ".miue-work"
+
+
+def _early_checks(src: str, dst: str, work: str, overwrite: bool) -> None:
+    """Refuse now, not after hours of crafting, what write_release would refuse."""
+    from miue.release import _inside
+
+    for what, path in (("the release", dst), ("the work folder", work)):
+        if _inside(path, src) or _inside(src, path):
+            raise ValueError(f"refusing to put {what} {path!r} inside the source tree {src!r} (or around it)")
+    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
+        unfinished = os.path.exists(os.path.join(dst, MARKER)) and not os.path.exists(os.path.join(dst, MANIFEST))
+        if not unfinished:
+            what = "a release (manifest.json)" if os.path.exists(os.path.join(dst, MANIFEST)) else "files"
+            raise FileExistsError(f"{dst!r} already holds {what}; pass --overwrite (overwrite=True) to write over "
+                                  "it, or choose an empty or new folder")
+    elif os.path.exists(dst) and not os.path.isdir(dst):
+        raise FileExistsError(f"{dst!r} exists and is not a folder")
+
+
+def protect(src: str, dst: str, *, preset: str = "demo", objective: str = "miue", eps: float = 8 / 255,
+            image_size: int | None = None, resize: str = "crop", native_size: bool = False, skip_bad: bool = False,
+            work_dir: str | None = None, overwrite: bool = False, result_path: str | None = None, device=None,
+            seed: int = 0, progress: bool = True, workers: int | None = None, **craft_options) -> dict:
+    """Protect the image folder ``src`` into the mirrored release ``dst``; returns a summary
+    (counts, paths, seconds). Keyword options not named here go to :func:`miue.craft_fast`
+    (rounds, pgd_steps, arch, train_steps, amp, batch_size, ...)."""
+    from miue.craft import craft_fast
+    from miue.folder import cached_folder, scan_folder
+    from miue.release import write_release
+
+    t0 = time.perf_counter()
+    src = os.path.expanduser(os.fspath(src))
+    dst = os.path.expanduser(os.fspath(dst))
+    work = os.path.expanduser(work_dir) if work_dir else default_work_dir(dst)
+    scan = scan_folder(src)
+    _early_checks(src, dst, work, overwrite)
+    data = cached_folder(src, os.path.join(work, "cache"), image_size=image_size, resize=resize, skip_bad=skip_bad,
+                         workers=workers, progress=progress, scan=scan)
+    if data.source["skipped"]:
+        from miue.folder import skipped_summary
+
+        log.warning("%s: %s (they will be listed in %s)", src, skipped_summary(data.source["skipped"]),
+                    os.path.join(dst, MANIFEST))
+    t1 = time.perf_counter()
+    result = craft_fast(data.images, data.labels, eps=eps, preset=preset, objective=objective, device=device,
+                        seed=seed, checkpoint_dir=os.path.join(work, "checkpoint"), storage="disk",
+                        progress=progress, num_classes=data.num_classes, **craft_options)
+    t2 = time.perf_counter()
+    config = {**result.config, "dataset": os.path.abspath(src), "classes": data.classes,
+              "preprocess": data.source["preprocess"]}
+    result.config = config
+    manifest = write_release(dst, data.source, result.images, result.labels, data.classes, eps=eps, config=config,
+                             delta=result.delta, native_size=native_size, overwrite=overwrite, progress=progress)
+    t3 = time.perf_counter()
+    saved = result.save(result_path) if result_path else None
+    return {"released": os.path.abspath(dst), "manifest": os.path.join(os.path.abspath(dst), MANIFEST),
+            "work_dir": os.path.abspath(work), "result": saved, "n_files": manifest["n_files"],
+            "n_skipped": manifest["n_skipped"], "classes": data.classes, "working_shape": list(data.shape),
+            "native_size": native_size, "cache_reused": data.cache["reused"],
+            "seconds": {"decode": t1 - t0, "craft": t2 - t1, "release": t3 - t2, "total": time.perf_counter() - t0}}
