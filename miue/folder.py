@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from miue.data import DatasetError, ImageData
+from miue._imagedata import DatasetError, ImageData
 
 log = logging.getLogger("miue.data")
 
