@@ -11,7 +11,7 @@ steps, 1 PGD step per image: the data path is measured, not the poison). Modes:
 * ``memory``: the in-memory path for comparison: ``load_dataset(image_size=64)`` (one process),
   ``craft_fast`` with everything in RAM, the same release writer.
 
-The parent samples the child's process tree (the child and its decoding workers) every 50 ms from
+The parent samples the child's process tree (the child and its decoding workers) every 100 ms from
 /proc/PID/smaps_rollup, as proportional set sizes (PSS, so pages shared after the workers' fork
 count once): anonymous memory (Pss_Anon: heaps and tensors, what must stay flat in N),
 file-backed and shared pages (Pss_File + Pss_Shmem: the shared libraries and the memory maps, i.e.
@@ -135,16 +135,19 @@ def _status_kb(pid: int) -> dict:
 
 
 class Sampler(threading.Thread):
-    def __init__(self, pid: int, period: float = 0.05):
+    def __init__(self, pid: int, period: float = 0.1):
         super().__init__(daemon=True)
         self.pid, self.period, self.stop = pid, period, threading.Event()
         self.peak = {"anon_tree": 0, "anon_main": 0, "file_shmem_tree": 0, "rss_tree": 0}
 
     def run(self):
+        tree, last = [self.pid], 0.0
         while not self.stop.is_set():
+            if time.perf_counter() - last > 1.0:  # the process list changes rarely (workers start/stop)
+                tree, last = _tree(self.pid), time.perf_counter()
             anon = files = rss = 0
             main_anon = 0
-            for p in _tree(self.pid):
+            for p in tree:
                 s = _status_kb(p)
                 anon += s.get("Pss_Anon", 0)
                 files += s.get("Pss_File", 0) + s.get("Pss_Shmem", 0)
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
         with open(os.path.join(args.out, "results.md"), "w") as fh:
             fh.write(f"# bench_folder ({meta['date']}, {meta['cores']} cores, torch {meta['torch']})\n\n"
                      f"Folders of N generated 256-px-wide JPEGs, protected at {args.image_size}x{args.image_size}; "
-                     "peaks sampled every 50 ms over the child's process tree.\n\n" + table + "\n")
+                     "peaks sampled every 100 ms over the child's process tree.\n\n" + table + "\n")
     return 0
 
 

@@ -99,7 +99,9 @@ class Engine:
         self.labels_dev = labels.to(device)
         shape = tuple(clean.shape[1:])
         # sample-wise δ lives in the store beside the images; class-wise δ (C rows) on the device
-        delta0 = torch.zeros((0 if cfg.classwise else self.N,) + shape)
+        # (storage="disk": only the shape; the store makes δ a zero-filled memory-mapped file)
+        disk = cfg.storage == "disk" and not cfg.classwise
+        delta0 = torch.empty((self.N,) + shape, device="meta") if disk else torch.zeros((0 if cfg.classwise else self.N,) + shape)
         bytes_needed = clean.numel() * clean.element_size() + delta0.numel() * 4
         if cfg.storage not in ("auto", "device", "host", "disk"):
             raise ValueError(f"storage must be 'auto', 'device', 'host' or 'disk', got {cfg.storage!r}")
@@ -107,7 +109,7 @@ class Engine:
         if not resident and cfg.storage != "disk":
             log.info("dataset does not fit on %s: streaming batches from pinned host memory", device)
         delta_file = None
-        if cfg.storage == "disk" and not cfg.classwise:
+        if disk:
             if delta_dir is None:
                 raise ValueError("storage='disk' keeps δ in a file beside the checkpoints: pass checkpoint_dir")
             delta_file = os.path.join(delta_dir, "delta.bin")
