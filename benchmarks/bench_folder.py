@@ -222,7 +222,9 @@ def main(argv=None) -> int:
         os.makedirs(args.out, exist_ok=True)
         import torch
 
-        meta = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                   platform.processor())
+        meta = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
                 "cores": os.cpu_count(), "image_size": args.image_size, "workers": args.workers, "threads": args.threads,
                 "date": time.strftime("%Y-%m-%d")}
         with open(os.path.join(args.out, "results.json"), "w") as fh:
