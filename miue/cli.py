@@ -81,6 +81,10 @@ def _load(dataset: str, split: str, subset: int | None, seed: int, folder_opts: 
     return data
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _init_distributed(device):
     """Under torchrun (WORLD_SIZE > 1): start the default process group (NCCL on GPUs, gloo
     on the CPU) and pick this rank's device. Returns (rank, device, started_here)."""
@@ -109,7 +113,23 @@ def _cmd_craft(args) -> int:
 
     rank, device, started = _init_distributed(args.device)
     try:
-        data = _load(args.dataset, "train", args.per_class, args.seed, _folder_opts(args))
+        disk = {}
+        from miue.data import image_folder_split, is_image_folder
+
+        if args.checkpoint_dir and is_image_folder(args.dataset) and not args.per_class and world_size() == 1:
+            # an image folder with a checkpoint directory: decoded once into a memory-mapped cache there,
+            # δ memory-mapped beside the checkpoints (host memory flat in N; reused on resume)
+            from miue.folder import cached_folder
+
+            data = cached_folder(image_folder_split(args.dataset, "train"), os.path.join(args.checkpoint_dir, "cache"),
+                                 progress=not args.quiet, **_folder_opts(args))
+            disk = {"storage": "disk", "num_classes": data.num_classes}
+            if data.source["skipped"]:
+                from miue.folder import skipped_summary
+
+                logging.getLogger("miue.data").warning("%s: %s", args.dataset, skipped_summary(data.source["skipped"]))
+        else:
+            data = _load(args.dataset, "train", args.per_class, args.seed, _folder_opts(args))
         if args.native_size and not args.png_dir:
             raise ValueError("--native-size applies to the released PNGs: pass --png-dir too")
         opts = {}
@@ -124,7 +144,7 @@ def _cmd_craft(args) -> int:
             pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=device, backend=args.backend,
             classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir, extend=args.extend,
             progress=not args.quiet and rank == 0, release_rounding=args.release_rounding, delta_dtype=args.delta_dtype,
-            **opts,
+            **opts, **disk,
         )
         if rank != 0:  # every rank holds the gathered result; rank 0 writes it
             return 0
@@ -260,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-class", type=int, help="use a class-balanced subset with this many images per class")
     s.add_argument("--delta-dtype", choices=("float32", "float16", "int8"))
     s.add_argument("--release-rounding", choices=("round", "trunc"), default="round")
-    s.add_argument("--checkpoint-dir", help="checkpoint here every round; rerun with the same directory to resume")
+    s.add_argument("--checkpoint-dir", help="checkpoint here every round; rerun with the same directory to resume (an image "
+                                            "folder is then decoded once into a memory-mapped cache there, and δ kept "
+                                            "memory-mapped beside the checkpoints)")
     s.add_argument("--extend", action="store_true",
                    help="with --checkpoint-dir holding a run with fewer rounds: continue it to --rounds "
                         "(the schedules change at the checkpoint's round) instead of refusing it")

@@ -442,9 +442,34 @@ def _load_named(name: str, split: str, root: str | None) -> ImageData:
     return _load_cifar(_cifar_root(where, subdir), split, label, hundred=name == "cifar100")
 
 
+def is_image_folder(path: str) -> bool:
+    """Whether :func:`load_dataset` reads ``path`` as an image folder (class sub-folders of
+    images, optionally under ``train/`` and ``test/``) rather than idx files or CIFAR batches."""
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isdir(path) or _has_idx(path):
+        return False
+    if any(os.path.isdir(os.path.join(path, sub)) for sub in ("cifar-10-batches-py", "cifar-100-python")):
+        return False
+    has = lambda f: os.path.isfile(os.path.join(path, f))  # noqa: E731
+    if has("data_batch_1") or (has("test_batch") and has("batches.meta")) or (has("meta") and (has("train") or has("test"))):
+        return False
+    return bool(_class_dirs(path))
+
+
+def image_folder_split(path: str, split: str = "train") -> str:
+    """The folder whose class sub-folders hold ``split`` of the image folder ``path``."""
+    path = os.path.expanduser(os.fspath(path))
+    if os.path.isdir(os.path.join(path, "train")) and os.path.isdir(os.path.join(path, "test")):
+        return os.path.join(path, split)
+    if split != "train":
+        raise DatasetError(f"{path}: an ImageFolder without train/ and test/ sub-directories has "
+                           f"only a 'train' split (asked for {split!r})")
+    return path
+
+
 def _load_path(path: str, split: str, folder_opts: dict) -> ImageData:
     label = f"{os.path.basename(os.path.normpath(path))}/{split}"
-    if folder_opts and not (os.path.isdir(path) and _class_dirs(path) and not _has_idx(path)):
+    if folder_opts and not is_image_folder(path):
         raise ValueError(f"{', '.join(sorted(folder_opts))} only apply to image folders, and {path!r} is not one")
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()

@@ -430,3 +430,18 @@ def test_craft_png_dir_mirrors_folder(tmp_path, capsys):
     assert main(["craft", str(src), "--out", str(tmp_path / "p.npz"), "--native-size", "--image-size", "16",
                  "--preset", "cnn", "--rounds", "1", "--quiet"]) == 1
     assert "--png-dir" in capsys.readouterr().err
+
+
+def test_craft_folder_with_checkpoint_dir_uses_the_disk_cache(tmp_path):
+    from miue.cli import main
+    from miue.craft import CraftResult
+
+    src = tmp_path / "photos"
+    _photos(src)
+    ck = tmp_path / "ck"
+    args = ["craft", str(src), "--image-size", "16", "--preset", "cnn", "--rounds", "1", "--pgd-steps", "1", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "a.npz"), "--checkpoint-dir", str(ck)]) == 0
+    assert [f for f in os.listdir(ck / "cache") if f.endswith(".u8")] and (ck / "delta.bin").exists()
+    assert main(args + ["--out", str(tmp_path / "b.npz")]) == 0  # in memory: the same result
+    a, b = CraftResult.load(str(tmp_path / "a.npz")), CraftResult.load(str(tmp_path / "b.npz"))
+    assert torch.equal(a.images, b.images) and torch.equal(a.delta, b.delta)
