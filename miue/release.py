@@ -204,7 +204,7 @@ def write_release(dst: str, source: dict, images, labels, classes: list[str], *,
         if resuming and os.path.exists(out_path):
             kept += 1
         elif native_size:
-            orig = np.asarray(load_image(src_path, gray), dtype=np.uint8)
+            orig = np.array(load_image(src_path, gray), dtype=np.uint8)  # a writable copy
             orig = orig[None] if orig.ndim == 2 else orig.transpose(2, 0, 1)
             base = torch.from_numpy(np.ascontiguousarray(orig)).float()
             d = native_delta(torch.as_tensor(np.asarray(delta[i])), w0, h0, pre)
