@@ -121,6 +121,13 @@ def test_example_runs(page, line, lang, code, kind, text, tmp_path):
         pytest.skip(f"marked skip: {text.strip(' :')}")
     where = f"{page}:{line}"
     code, setups = _apply(code, text, where)
+    if "fashion-mnist" in code:
+        from miue.data import DatasetError, fashion_mnist_dir
+
+        try:
+            fashion_mnist_dir()
+        except DatasetError:
+            pytest.skip("needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
     for s in setups:
         assert s == "photos", f"{where}: unknown setup {s!r}"
         _photos(str(tmp_path / "photos"))
