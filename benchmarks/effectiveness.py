@@ -733,15 +733,18 @@ def _precision_lines(rows: list[dict]) -> list[str]:
             if a32 is None or a16 is None:
                 continue
             spread = f"{100 * a16[1]:.1f} (n={a16[2]})" if a16[2] > 1 else "not measured"
+            seeds = (f"{','.join(map(str, r32.get('craft_seeds', [0])))} / "
+                     f"{','.join(map(str, r16.get('craft_seeds', [0])))}")
             lines.append(f"| {method} | {budget} | {v} | {100 * a32[0]:.1f} | {100 * a16[0]:.1f} | "
-                         f"{100 * (a16[0] - a32[0]):+.1f} | {spread} |")
+                         f"{100 * (a16[0] - a32[0]):+.1f} | {spread} | {seeds} |")
     if not lines:
         return []
     return ["", "Precision check: the ResNet-8 surrogate crafted in fp32 and in bf16 autocast, everything else the same "
-            "(fp32: crafting seed 0; bf16: mean over its crafting seeds). A difference within the bf16 crafting-seed "
-            "spread is what another seed would do.", "",
-            "| method | steps | victim | fp32 | bf16 | bf16 − fp32 | bf16 crafting-seed std |",
-            "|---|---:|---|---:|---:|---:|---:|"] + lines
+            "(each side: the mean over its crafting seeds, listed in the last column). A difference within the bf16 "
+            "crafting-seed spread is what another seed would do; where the two sides have different crafting seeds the "
+            "difference also holds the seed's effect.", "",
+            "| method | steps | victim | fp32 | bf16 | bf16 − fp32 | bf16 crafting-seed std | crafting seeds fp32 / bf16 |",
+            "|---|---:|---|---:|---:|---:|---:|---|"] + lines
 
 
 def _points(s: dict, budgets, victim: str, pid_at) -> list:

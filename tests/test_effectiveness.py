@@ -403,4 +403,4 @@ def test_precision_lines_set_fp32_beside_bf16_and_its_seed_spread():
     data["cells"][cid] = c
     lines = eff._precision_lines(eff.frontier_rows(data))
     rows = [ln for ln in lines if ln.startswith("| miue | 50 |")]
-    assert rows == ["| miue | 50 | cnn-sgd | 30.0 | 22.0 | -8.0 | 2.0 (n=3) |"]  # no fp32 EM, no fp32 cnn-adam: no row
+    assert rows == ["| miue | 50 | cnn-sgd | 30.0 | 22.0 | -8.0 | 2.0 (n=3) | 0 / 0,1,2 |"]  # no fp32 EM, no fp32 cnn-adam: no row
