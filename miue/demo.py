@@ -53,11 +53,12 @@ STUDY_NOTES = {
     "demo": "The study behind this preset (50 PGD steps per image, ResNet-8, bf16; mean over cnn-sgd and "
             "cnn-adam): MI-UE and EM tie within the crafting-seed spread: 33.0 +- 4.1% vs 29.6 +- 1.9% on 10,000 "
             "images over 3 crafting seeds (one seed on 20,000: 31.6% vs 24.2%). MI-UE is ahead at 200 steps "
-            "(--preset cpu): 26.0% vs 30.8% on 10,000 images, 20.4% vs 31.5% on 20,000 (fp32), one crafting "
-            "seed each. See docs/effectiveness.md.",
+            "(--preset cpu): 27.2 +- 1.8% (2 MI-UE crafting seeds) vs 30.8% (1 EM seed) on 10,000 images, 20.4% "
+            "vs 31.5% on 20,000 (fp32, one seed each). See docs/effectiveness.md.",
     "cpu": "The study behind this preset (200 PGD steps per image, ResNet-8): MI-UE ahead of EM on the mean of "
-           "cnn-sgd and cnn-adam, 26.0% vs 30.8% on 10,000 images (bf16) and 20.4% vs 31.5% on 20,000 (fp32), one "
-           "crafting seed each; the crafting seed alone moves such a mean by 2-4 points at 50 steps. See "
+           "cnn-sgd and cnn-adam, 27.2 +- 1.8% over 2 MI-UE crafting seeds vs 30.8% for EM's one seed on 10,000 "
+           "images, and 20.4% vs 31.5% on 20,000 (fp32, one seed each); EM's crafting-seed spread at 200 steps is "
+           "not measured yet (1.9 points at 50 steps), so the lead is likely, not established. See "
            "docs/effectiveness.md.",
     "cnn": "With this small-CNN surrogate EM beats MI-UE at every budget the study measured (25, 200 and 1,000 "
            "PGD steps per image). See docs/effectiveness.md.",
