@@ -396,17 +396,12 @@ def _load_image_folder(directory: str, split: str, name: str, image_size=None, r
     two splits."""
     from miue.folder import decode_folder, scan_folder
 
-    if os.path.isdir(os.path.join(directory, "train")) and os.path.isdir(os.path.join(directory, "test")):
-        scan = scan_folder(os.path.join(directory, split))
-        other = scan_folder(os.path.join(directory, "test" if split == "train" else "train"))
+    scan = scan_folder(image_folder_split(directory, split))
+    if scan.root != directory:  # train/ and test/: both splits must have the same classes
+        other = scan_folder(image_folder_split(directory, "test" if split == "train" else "train"))
         if scan.classes != other.classes:
             raise DatasetError(f"{directory}: train/ and test/ must hold the same class folders "
                                f"({scan.classes} vs {other.classes})")
-    elif split != "train":
-        raise DatasetError(f"{directory}: an ImageFolder without train/ and test/ sub-directories has "
-                           f"only a 'train' split (asked for {split!r})")
-    else:
-        scan = scan_folder(directory)
     data = decode_folder(scan.root, image_size=image_size, resize=resize, skip_bad=skip_bad, name=name, scan=scan)
     if data.source["skipped"]:
         from miue.folder import skipped_summary

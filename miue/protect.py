@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from miue.release import MANIFEST, MARKER
+from miue.release import MANIFEST
 
 log = logging.getLogger("miue.protect")
 
@@ -30,19 +30,11 @@ def default_work_dir(dst: str) -> str:
 
 def _early_checks(src: str, dst: str, work: str, overwrite: bool) -> None:
     """Refuse now, not after hours of crafting, what write_release would refuse."""
-    from miue.release import _inside
+    from miue.release import _inside, check_destination
 
-    for what, path in (("the release", dst), ("the work folder", work)):
-        if _inside(path, src) or _inside(src, path):
-            raise ValueError(f"refusing to put {what} {path!r} inside the source tree {src!r} (or around it)")
-    if os.path.isdir(dst) and os.listdir(dst) and not overwrite:
-        unfinished = os.path.exists(os.path.join(dst, MARKER)) and not os.path.exists(os.path.join(dst, MANIFEST))
-        if not unfinished:
-            what = "a release (manifest.json)" if os.path.exists(os.path.join(dst, MANIFEST)) else "files"
-            raise FileExistsError(f"{dst!r} already holds {what}; pass --overwrite (overwrite=True) to write over "
-                                  "it, or choose an empty or new folder")
-    elif os.path.exists(dst) and not os.path.isdir(dst):
-        raise FileExistsError(f"{dst!r} exists and is not a folder")
+    if _inside(work, src) or _inside(src, work):
+        raise ValueError(f"refusing to put the work folder {work!r} inside the source tree {src!r} (or around it)")
+    check_destination(dst, src, overwrite)
 
 
 def protect(src: str, dst: str, *, preset: str = "demo", objective: str = "miue", eps: float = 8 / 255,

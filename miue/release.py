@@ -42,7 +42,7 @@ MANIFEST = "manifest.json"
 MARKER = ".miue-release.json"  # present while a release is being written
 FORMAT = "miue-release"
 
-__all__ = ["MANIFEST", "config_hash", "native_delta", "release_paths", "write_release"]
+__all__ = ["MANIFEST", "check_destination", "config_hash", "native_delta", "release_paths", "write_release"]
 
 
 def config_hash(config: dict) -> str:
@@ -113,44 +113,60 @@ def _inside(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
-def _prepare(dst: str, root: str, digest: str, overwrite: bool) -> bool:
-    """Check and create ``dst``; True when continuing a killed release of the same run."""
+def check_destination(dst: str, root: str, overwrite: bool, digest: str | None = None) -> str:
+    """What writing a release to ``dst`` would do, without touching it: ``"new"`` (absent or empty),
+    ``"resume"`` (an unfinished release of this run: ``digest`` equal to its marker's, or any
+    unfinished release when ``digest`` is None) or ``"overwrite"``; raises where it is refused
+    (inside or around the source tree ``root``, not a folder, another release or other files
+    without ``overwrite``)."""
     if _inside(dst, root) or _inside(root, dst):
         raise ValueError(f"refusing to write the release {dst!r} into the source tree {root!r} (or around it): "
                          "choose a folder outside it")
     if not os.path.exists(dst):
-        os.makedirs(dst)
-        return False
+        return "new"
     if not os.path.isdir(dst):
         raise FileExistsError(f"{dst!r} exists and is not a folder")
     marker = os.path.join(dst, MARKER)
     if os.path.exists(marker) and not os.path.exists(os.path.join(dst, MANIFEST)):
+        if digest is None:
+            return "resume"
         try:
             with open(marker) as fh:
                 same = json.load(fh).get("config_hash") == digest
         except (OSError, ValueError):
             same = False
         if same:
-            return True
+            return "resume"
         if not overwrite:
             raise FileExistsError(f"{dst!r} holds an unfinished release of another run; pass overwrite=True "
                                   "(--overwrite) to replace it, or choose another folder")
-    elif os.listdir(dst):
-        if not overwrite:
-            what = "a release (manifest.json)" if os.path.exists(os.path.join(dst, MANIFEST)) else "files"
-            raise FileExistsError(f"{dst!r} already holds {what}; pass overwrite=True (--overwrite) to write over "
-                                  "it, or choose an empty or new folder")
-        old = os.path.join(dst, MANIFEST)
-        if os.path.exists(old):  # replace the previous release: its files go, the manifest last
-            try:
-                with open(old) as fh:
-                    for rec in json.load(fh).get("files", []):
-                        p = os.path.join(dst, rec["released"])
-                        if os.path.isfile(p):
-                            os.unlink(p)
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            os.unlink(old)
+        return "overwrite"
+    if not os.listdir(dst):
+        return "new"
+    if not overwrite:
+        what = "a release (manifest.json)" if os.path.exists(os.path.join(dst, MANIFEST)) else "files"
+        raise FileExistsError(f"{dst!r} already holds {what}; pass overwrite=True (--overwrite) to write over "
+                              "it, or choose an empty or new folder")
+    return "overwrite"
+
+
+def _prepare(dst: str, root: str, digest: str, overwrite: bool) -> bool:
+    """Check and create ``dst``; True when continuing a killed release of the same run."""
+    action = check_destination(dst, root, overwrite, digest)
+    if action == "resume":
+        return True
+    os.makedirs(dst, exist_ok=True)
+    old = os.path.join(dst, MANIFEST)
+    if action == "overwrite" and os.path.exists(old):  # replace the previous release: its files go, the manifest last
+        try:
+            with open(old) as fh:
+                for rec in json.load(fh).get("files", []):
+                    p = os.path.join(dst, rec["released"])
+                    if os.path.isfile(p):
+                        os.unlink(p)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        os.unlink(old)
     return False
 
 

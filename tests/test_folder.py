@@ -230,6 +230,14 @@ def _craft_folder(data, tmp_path, **kw):
     return miue.craft_fast(data.images, data.labels, num_classes=data.num_classes, **kw)
 
 
+def _crafted_photos(tmp_path, n_per_class=4):
+    """The mixed photo folder, loaded at 16 px, and a tiny MI-UE craft of it."""
+    src = tmp_path / "photos"
+    _photos(src, n_per_class=n_per_class)
+    data = load_dataset(str(src), image_size=16)
+    return src, data, _craft_folder(data, tmp_path)
+
+
 def _check_manifest(dst, src, n):
     m = json.load(open(os.path.join(dst, MANIFEST)))
     assert m["n_files"] == n == len(m["files"])
@@ -245,10 +253,7 @@ def _check_manifest(dst, src, n):
 
 
 def test_release_mirrors_names_with_manifest(tmp_path):
-    src = tmp_path / "photos"
-    _photos(src)
-    data = load_dataset(str(src), image_size=16)
-    res = _craft_folder(data, tmp_path)
+    src, data, res = _crafted_photos(tmp_path)
     dst = str(tmp_path / "released")
     write_release(dst, data.source, res.images, res.labels, data.classes, eps=8 / 255, config=res.config)
     m = _check_manifest(dst, str(src), 12)
@@ -278,10 +283,7 @@ def test_release_name_collisions():
 
 
 def test_release_interrupted_then_rerun(tmp_path):
-    src = tmp_path / "photos"
-    _photos(src)
-    data = load_dataset(str(src), image_size=16)
-    res = _craft_folder(data, tmp_path)
+    src, data, res = _crafted_photos(tmp_path)
     dst = str(tmp_path / "rel")
 
     def stop(i):
@@ -306,10 +308,7 @@ def test_release_killed_by_sigkill_then_rerun(tmp_path):
     import signal
     import time
 
-    src = tmp_path / "photos"
-    _photos(src, n_per_class=10)
-    data = load_dataset(str(src), image_size=16)
-    res = _craft_folder(data, tmp_path)
+    src, data, res = _crafted_photos(tmp_path, n_per_class=10)
     res.save(str(tmp_path / "r.npz"))
     dst = str(tmp_path / "rel")
     script = f"""
