@@ -810,10 +810,15 @@ def plots(data: dict, out: str) -> list[str]:
         written.append(path)
     rows = frontier_rows(data)
     if rows:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
         markers = {"small CNN, fp32": "o", "ResNet-8, fp32": "s", "ResNet-8, bf16": "*"}
-        for ax, key, title in ((axes[0], "mean_all", "mean over the 4 victims"),
-                               (axes[1], "mean_demo", "mean over cnn-sgd and cnn-adam (the demo's victims)")):
+        panels = [(key, title) for key, title in (("mean_all", "mean over the 4 victims"),
+                                                  ("mean_demo", "mean over cnn-sgd and cnn-adam (the demo's victims)"))
+                  if any(r.get(key) for r in rows)]  # a panel only where some cell has its victims
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), sharey=True, squeeze=False)
+        axes = list(axes[0])
+        for ax, (key, title) in zip(axes, panels):
             for (label, _v) in SURROGATES:
                 for m in FRONTIER_METHODS:
                     pts = sorted((r["craft_seconds"], r[key], r["budget"]) for r in rows
@@ -831,17 +836,21 @@ def plots(data: dict, out: str) -> list[str]:
                 if all(v in s["clean"] for v in vs):
                     ax.axhline(100 * np.mean([s["clean"][v][0] for v in vs]), ls="--", lw=1, color="k", label="clean")
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.0f}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())  # the log axis's minor labels overlap
             ax.set_xlabel("crafting seconds (point labels: PGD steps per image)")
             ax.set_title(title, fontsize=9)
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("victim clean test accuracy (%)")
-        handles, labels = axes[1].get_legend_handles_labels()
-        h0, l0 = axes[0].get_legend_handles_labels()
-        both = dict(zip(l0 + labels, h0 + handles))
+        both = {}
+        for ax in axes:
+            h, lab = ax.get_legend_handles_labels()
+            both.update(zip(lab, h))
         fig.legend(list(both.values()), list(both), loc="lower center", ncol=4, fontsize=7, frameon=False)
-        fig.suptitle(f"Cost-effectiveness frontier, {data['setup']['train_images']:,} Fashion-MNIST images "
-                     "(error bars: std over crafting seeds)", fontsize=10)
+        fig.suptitle(f"Cost-effectiveness frontier, {data['setup']['train_images']:,} Fashion-MNIST images"
+                     + ("\n" if len(panels) == 1 else " ") + "(error bars: std over crafting seeds)", fontsize=10)
         fig.tight_layout(rect=(0, 0.12, 1, 0.95))
         path = os.path.join(out, "frontier.png")
         fig.savefig(path, dpi=100)
