@@ -809,7 +809,7 @@ def plots(data: dict, out: str) -> list[str]:
         plt.close(fig)
         written.append(path)
     rows = frontier_rows(data)
-    if rows:
+    if any(r.get(key) for r in rows for key in ("mean_all", "mean_demo")):
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         markers = {"small CNN, fp32": "o", "ResNet-8, fp32": "s", "ResNet-8, bf16": "*"}

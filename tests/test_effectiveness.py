@@ -362,6 +362,21 @@ def test_frontier_rows_average_over_crafting_seeds():
     assert m["victims"]["cnn-sgd"][:2] == pytest.approx((0.22, 0.02))
 
 
+def test_frontier_plot_draws_only_the_panels_whose_victims_were_measured(tmp_path):
+    """The demo victims alone: one panel (the 4-victim panel would be empty); one victim only:
+    no frontier plot, and no error."""
+    import matplotlib.image as mpimg
+
+    written = eff.plots(_frontier_data([0.20, 0.24, 0.22], [0.40, 0.30, 0.35]), str(tmp_path))
+    assert str(tmp_path / "frontier.png") in written
+    height, width = mpimg.imread(tmp_path / "frontier.png").shape[:2]
+    assert width < 1.5 * height  # one panel (two panels are about 2.6 times as wide as high)
+    one = tmp_path / "one"
+    one.mkdir()
+    written = eff.plots(_frontier_data([0.20, 0.24], [0.40, 0.30], victims=("cnn-sgd",)), str(one))
+    assert not any(w.endswith("frontier.png") for w in written)
+
+
 @pytest.mark.parametrize("miue,em,verdict", [
     ([0.20, 0.24, 0.22], [0.40, 0.30, 0.35], "MI-UE below EM beyond the crafting-seed spread"),  # 13 points vs std 5
     ([0.20, 0.30, 0.25], [0.28, 0.20, 0.30], "a tie within the crafting-seed spread"),  # 1 point vs std 5
