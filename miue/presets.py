@@ -18,8 +18,8 @@
            point of the study's cost-effectiveness frontier that was measured against EM
            (docs/effectiveness.md); about 2.5 min for 10,000 Fashion-MNIST images on 2 cores.
 ``cpu``    the same surrogate at 200 PGD steps per image (20 rounds, α from 0.5/255 to
-           1/255), bf16 where native: the strongest configuration the CPU study measured (MI-UE
-           beat EM crafted the same way against all four victims in fp32, 20,000 images);
+           1/255), bf16 where native: the strongest MI-UE the CPU study measured, though EM
+           crafted the same way ties it within the crafting-seed spread (docs/effectiveness.md);
            about 45-50 min per method for all 60,000 Fashion-MNIST images on 2 cores in bf16.
 """
 

@@ -6,7 +6,7 @@
 # (Debian's dataset-fashion-mnist, a .venv with torch 2.14.1 and this package).
 #
 #   bash scripts/demo.sh             # the full demo (about 15 minutes on 2 CPU cores: 856 s measured)
-#   bash scripts/demo.sh --preset cpu  # 200 PGD steps per image, where MI-UE was ahead of EM (about 4x the crafting)
+#   bash scripts/demo.sh --preset cpu  # 200 PGD steps per image: the strongest MI-UE measured, still a tie with EM (about 4x the crafting)
 #   bash scripts/demo.sh --quick     # a shortened configuration (3,000 images), flagged as such
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -49,7 +49,7 @@ miue demo --quick
 schedule and surrogate and trains the same two victims on each (default `miue em random`, which
 keeps the full demo within 15 minutes on 2 cores; `rem` alone costs about 8× EM).
 `--preset cpu` crafts every method with the `cpu` preset instead (the ResNet-8 surrogate at
-200 PGD steps per image, where MI-UE was ahead of EM): about 4× the crafting time
+200 PGD steps per image, the strongest MI-UE measured; it ties EM over crafting seeds): about 4× the crafting time
 (`bash scripts/demo.sh --preset cpu`); `--preset cnn` with the small-CNN schedule (cheapest;
 EM wins there). `--train-per-class 6000` crafts on all 60,000 images. With `--quick` the rounds
 are cut to 2.
