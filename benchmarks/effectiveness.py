@@ -809,13 +809,13 @@ def plots(data: dict, out: str) -> list[str]:
         plt.close(fig)
         written.append(path)
     rows = frontier_rows(data)
-    if any(r.get(key) for r in rows for key in ("mean_all", "mean_demo")):
+    panels = [(key, title) for key, title in (("mean_all", "mean over the 4 victims"),
+                                              ("mean_demo", "mean over cnn-sgd and cnn-adam (the demo's victims)"))
+              if any(r.get(key) for r in rows)]  # a panel only where some cell has its victims
+    if panels:
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         markers = {"small CNN, fp32": "o", "ResNet-8, fp32": "s", "ResNet-8, bf16": "*"}
-        panels = [(key, title) for key, title in (("mean_all", "mean over the 4 victims"),
-                                                  ("mean_demo", "mean over cnn-sgd and cnn-adam (the demo's victims)"))
-                  if any(r.get(key) for r in rows)]  # a panel only where some cell has its victims
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), sharey=True, squeeze=False)
         axes = list(axes[0])
         for ax, (key, title) in zip(axes, panels):
