@@ -95,9 +95,12 @@ ABLATIONS = {
     "surrogate=resnet-small": dict(arch="resnet-small"),
     # the same ResNet-8 surrogate with bf16 autocast on the CPU (AMX / avx512_bf16): about 1.8x faster crafting
     "surrogate=resnet-small+bf16": dict(arch="resnet-small", amp=True),
+    # the ResNet-8 at half width (8 / 16 / 32): the same depth, residuals and BN at about a third of the cost
+    "surrogate=resnet-narrow": dict(arch="resnet-narrow"),
 }
 # also measured for EM: its own recipe, and the surrogate depth (does a deeper surrogate help MI-UE more than EM?)
-ABLATION_EM = ("em-recipe", "train_steps=10", "surrogate=resnet-small", "surrogate=resnet-small+bf16")
+ABLATION_EM = ("em-recipe", "train_steps=10", "surrogate=resnet-small", "surrogate=resnet-small+bf16",
+               "surrogate=resnet-narrow")
 
 # the cost-effectiveness frontier (issue 25): MI-UE and EM on the ResNet-8 surrogate in bf16 at
 # these budgets, every victim, one victim seed; the small-CNN and fp32 ResNet-8 cells of the
@@ -107,7 +110,8 @@ FRONTIER_VARIANT = "surrogate=resnet-small+bf16"
 FRONTIER_METHODS = ("miue", "em")
 # the lines of the frontier plot and table: (label, variant of the poison ids)
 SURROGATES = (("small CNN, fp32", None), ("ResNet-8, fp32", "surrogate=resnet-small"),
-              ("ResNet-8, bf16", "surrogate=resnet-small+bf16"))
+              ("ResNet-8, bf16", "surrogate=resnet-small+bf16"),
+              ("ResNet-8 half width, fp32", "surrogate=resnet-narrow"))
 ABLATION_VICTIMS = ("cnn-sgd", "cnn-adam", "mlp-adam")
 
 DEFENSE_BUDGET = "200"

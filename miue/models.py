@@ -8,7 +8,8 @@ normalisation inside the model (the MI-UE surrogate does this; the paper's victi
 Built from torchvision where it has the architecture (ResNet-18/50, VGG-19-BN,
 DenseNet-121, ViT), adapted to small images with the usual CIFAR stems; written here where
 it does not (WRN-34-10; for CPU runs the small CNNs ``cnn-small`` / ``cnn`` / ``cnn-wide`` (width
-16 / 32 / 64), a ResNet-8 ``resnet-small`` from torchvision blocks, and an ``mlp``).
+16 / 32 / 64), a ResNet-8 ``resnet-small`` from torchvision blocks and the same ResNet-8 at half width
+``resnet-narrow`` (widths 8 / 16 / 32, about 3× cheaper), and an ``mlp``).
 
 :func:`build_model` makes one by name; :class:`FeatureModel` adapts a user's module.
 """
@@ -196,7 +197,7 @@ def _mlp(channels: int, num_classes: int, image_size: int, hidden=(512, 256)):
 
 
 ARCHS = ("resnet18", "resnet50", "vgg19", "densenet121", "wrn34-10", "vit", "cnn", "cnn-small", "cnn-wide",
-         "resnet-small", "mlp")
+         "resnet-small", "resnet-narrow", "mlp")
 
 
 def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int = 32, normalize: bool = False) -> _Net:
@@ -224,6 +225,8 @@ def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int 
         body, head = _small_cnn(channels, num_classes, 64)
     elif arch == "resnet-small":
         body, head = _resnet_small(channels, num_classes)
+    elif arch == "resnet-narrow":
+        body, head = _resnet_small(channels, num_classes, (8, 16, 32))
     elif arch == "mlp":
         body, head = _mlp(channels, num_classes, image_size)
     else:

@@ -20,8 +20,8 @@ def _one_thread(one_thread):
 
 def test_arch_list():
     assert set(ARCHS) == {"resnet18", "resnet50", "vgg19", "densenet121", "wrn34-10", "vit", "cnn", "cnn-small",
-                          "cnn-wide", "resnet-small", "mlp"}
-    assert set(LIGHT) == {"resnet18", "vit", "cnn", "cnn-small", "cnn-wide", "resnet-small", "mlp"}
+                          "cnn-wide", "resnet-small", "resnet-narrow", "mlp"}
+    assert set(LIGHT) == {"resnet18", "vit", "cnn", "cnn-small", "cnn-wide", "resnet-small", "resnet-narrow", "mlp"}
 
 
 def _check_forward(model, channels, size, num_classes, n=2):
