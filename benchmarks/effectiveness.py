@@ -819,7 +819,7 @@ def plots(data: dict, out: str) -> list[str]:
     if panels:
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-        markers = {"small CNN, fp32": "o", "ResNet-8, fp32": "s", "ResNet-8, bf16": "*"}
+        markers = dict(zip((label for label, _v in SURROGATES), "os*^Dv"))  # one per line of SURROGATES
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), sharey=True, squeeze=False)
         axes = list(axes[0])
         for ax, (key, title) in zip(axes, panels):

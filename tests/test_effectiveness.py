@@ -335,10 +335,10 @@ def test_craft_seed_ids_round_trip():
         assert eff.poison_id(method, budget, variant, cs) == pid
 
 
-def _frontier_data(miue_accs, em_accs, victims=("cnn-sgd", "cnn-adam")):
-    """Poisons of both methods at budget 50 on the bf16 ResNet-8, one per crafting seed, with
-    the given accuracies on each victim (seed 0)."""
-    v = eff.FRONTIER_VARIANT
+def _frontier_data(miue_accs, em_accs, victims=("cnn-sgd", "cnn-adam"), variant=None):
+    """Poisons of both methods at budget 50 on the bf16 ResNet-8 (or ``variant``), one per
+    crafting seed, with the given accuracies on each victim (seed 0)."""
+    v = variant or eff.FRONTIER_VARIANT
     data = {"setup": {"train_images": 100, "test_images": 50, "budgets": {"50": {}}}, "poisons": {}, "cells": {}}
     for method, accs in (("miue", miue_accs), ("em", em_accs)):
         for cs, acc in enumerate(accs):
@@ -375,6 +375,14 @@ def test_frontier_plot_draws_only_the_panels_whose_victims_were_measured(tmp_pat
     one.mkdir()
     written = eff.plots(_frontier_data([0.20, 0.24], [0.40, 0.30], victims=("cnn-sgd",)), str(one))
     assert not any(w.endswith("frontier.png") for w in written)
+
+
+@pytest.mark.parametrize("label,variant", [(label, v) for label, v in eff.SURROGATES if v])
+def test_frontier_plot_draws_every_surrogate_line(tmp_path, label, variant):
+    """Every line of SURROGATES (the half-width ResNet-8 was added later) gets a row, a marker and a plot."""
+    data = _frontier_data([0.20, 0.24], [0.40, 0.30], variant=variant)
+    assert {r["surrogate"] for r in eff.frontier_rows(data)} == {label}
+    assert str(tmp_path / "frontier.png") in eff.plots(data, str(tmp_path))
 
 
 @pytest.mark.parametrize("miue,em,verdict", [
