@@ -727,15 +727,16 @@ def _frontier_lines(data: dict) -> list[str]:
 
 
 def _precision_lines(rows: list[dict]) -> list[str]:
-    """bf16 against fp32 crafting on the ResNet-8 surrogate (same budget, method, crafting seed
-    0 in fp32): each victim's accuracy in both, the difference, and the bf16 crafting-seed std
-    it is to be read against."""
+    """bf16 against fp32 crafting on the same surrogate (every SURROGATES line ``X, bf16`` that has
+    an ``X, fp32`` twin: the ResNet-8 and its half width), same budget and method: each victim's
+    accuracy in both, the difference, and the bf16 crafting-seed std it is to be read against."""
     by = {(r["method"], r["budget"], r["surrogate"]): r for r in rows}
     lines = []
-    for (method, budget, sur), r16 in sorted(by.items()):
-        if sur != "ResNet-8, bf16" or (method, budget, "ResNet-8, fp32") not in by:
+    for (method, budget, sur), r16 in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][0], int(kv[0][1]))):
+        twin = sur[: -len(", bf16")] + ", fp32" if sur.endswith(", bf16") else None
+        if twin is None or (method, budget, twin) not in by:
             continue
-        r32 = by[(method, budget, "ResNet-8, fp32")]
+        r32 = by[(method, budget, twin)]
         for v in VICTIMS:
             a32, a16 = r32["victims"].get(v), r16["victims"].get(v)
             if a32 is None or a16 is None:
@@ -743,16 +744,17 @@ def _precision_lines(rows: list[dict]) -> list[str]:
             spread = f"{100 * a16[1]:.1f} (n={a16[2]})" if a16[2] > 1 else "not measured"
             seeds = (f"{','.join(map(str, r32.get('craft_seeds', [0])))} / "
                      f"{','.join(map(str, r16.get('craft_seeds', [0])))}")
-            lines.append(f"| {method} | {budget} | {v} | {100 * a32[0]:.1f} | {100 * a16[0]:.1f} | "
-                         f"{100 * (a16[0] - a32[0]):+.1f} | {spread} | {seeds} |")
+            lines.append(f"| {sur[: -len(', bf16')]} | {method} | {budget} | {v} | {100 * a32[0]:.1f} | "
+                         f"{100 * a16[0]:.1f} | {100 * (a16[0] - a32[0]):+.1f} | {spread} | {seeds} |")
     if not lines:
         return []
-    return ["", "Precision check: the ResNet-8 surrogate crafted in fp32 and in bf16 autocast, everything else the same "
+    return ["", "Precision check: each surrogate crafted in fp32 and in bf16 autocast, everything else the same "
             "(each side: the mean over its crafting seeds, listed in the last column). A difference within the bf16 "
             "crafting-seed spread is what another seed would do; where the two sides have different crafting seeds the "
             "difference also holds the seed's effect.", "",
-            "| method | steps | victim | fp32 | bf16 | bf16 − fp32 | bf16 crafting-seed std | crafting seeds fp32 / bf16 |",
-            "|---|---:|---|---:|---:|---:|---:|---|"] + lines
+            "| surrogate | method | steps | victim | fp32 | bf16 | bf16 − fp32 | bf16 crafting-seed std | "
+            "crafting seeds fp32 / bf16 |",
+            "|---|---|---:|---|---:|---:|---:|---:|---|"] + lines
 
 
 def _points(s: dict, budgets, victim: str, pid_at) -> list:

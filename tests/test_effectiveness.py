@@ -425,5 +425,20 @@ def test_precision_lines_set_fp32_beside_bf16_and_its_seed_spread():
     cid, c = _cell(pid, "cnn-sgd", 0, 0.30, method="miue", budget="50")
     data["cells"][cid] = c
     lines = eff._precision_lines(eff.frontier_rows(data))
-    rows = [ln for ln in lines if ln.startswith("| miue | 50 |")]
-    assert rows == ["| miue | 50 | cnn-sgd | 30.0 | 22.0 | -8.0 | 2.0 (n=3) | 0 / 0,1,2 |"]  # no fp32 EM, no fp32 cnn-adam: no row
+    rows = [ln for ln in lines if ln.startswith("| ResNet-8 | miue | 50 |")]
+    # no fp32 EM, no fp32 cnn-adam: no row
+    assert rows == ["| ResNet-8 | miue | 50 | cnn-sgd | 30.0 | 22.0 | -8.0 | 2.0 (n=3) | 0 / 0,1,2 |"]
+    assert len([ln for ln in lines if ln.startswith("| ")]) == 2  # the header and that row
+
+
+def test_precision_lines_pair_the_half_width_resnet_too():
+    """Every bf16 surrogate line with an fp32 twin gets rows, not only the ResNet-8."""
+    rows = [{"method": "em", "budget": "50", "surrogate": "ResNet-8 half width, fp32",
+             "victims": {"cnn-sgd": (0.30, 0.05, 3)}, "craft_seeds": [0, 1, 2]},
+            {"method": "em", "budget": "50", "surrogate": "ResNet-8 half width, bf16",
+             "victims": {"cnn-sgd": (0.25, 0.04, 3)}, "craft_seeds": [0, 1, 2]},
+            {"method": "em", "budget": "200", "surrogate": "ResNet-8 half width, bf16",  # no fp32 twin at 200
+             "victims": {"cnn-sgd": (0.20, 0.04, 3)}, "craft_seeds": [0, 1, 2]}]
+    lines = eff._precision_lines(rows)
+    assert [ln for ln in lines if ln.startswith("| ResNet-8 half width |")] == [
+        "| ResNet-8 half width | em | 50 | cnn-sgd | 30.0 | 25.0 | -5.0 | 4.0 (n=3) | 0,1,2 / 0,1,2 |"]
