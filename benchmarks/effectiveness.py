@@ -858,10 +858,15 @@ def plots(data: dict, out: str) -> list[str]:
         for ax in axes:
             h, lab = ax.get_legend_handles_labels()
             both.update(zip(lab, h))
-        fig.legend(list(both.values()), list(both), loc="lower center", ncol=4, fontsize=7, frameon=False)
+        # two legend columns per panel (at most 4), and room below the axes for every legend row:
+        # four columns on a one-panel figure ran off both edges once there were ten lines
+        ncol = min(4, 2 * len(panels))
+        rows = -(-len(both) // ncol)
+        fig.set_figheight(4.2 + 0.17 * rows)
+        fig.legend(list(both.values()), list(both), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
         fig.suptitle(f"Cost-effectiveness frontier, {data['setup']['train_images']:,} Fashion-MNIST images"
                      + ("\n" if len(panels) == 1 else " ") + "(error bars: std over crafting seeds)", fontsize=10)
-        fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+        fig.tight_layout(rect=(0, min(0.45, 0.03 + 0.04 * rows), 1, 0.95))
         path = os.path.join(out, "frontier.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
