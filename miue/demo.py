@@ -55,13 +55,13 @@ STUDY_NOTES = {
             "images over 3 crafting seeds each, so one run like this one can put either ahead by several points. "
             "At 200 steps (--preset cpu, about 4x the crafting) they tie too on 10,000 images (28.0 +- 1.9% vs "
             "26.4 +- 3.9%, 3 seeds each); on 20,000 (--train-per-class 2000, about an hour on 2 cores) MI-UE is "
-            "4.5 points ahead (22.3 +- 2.0% vs 26.8 +- 4.0%, 4 crafts each), at the edge of the spread "
-            "(p ~ 0.10). No configuration measured on 2 CPU cores puts MI-UE below EM beyond the crafting-seed "
+            "3.6 points ahead (22.9 +- 2.2% vs 26.5 +- 3.5%, 5 crafts each), at the edge of the spread "
+            "(p ~ 0.09). No configuration measured on 2 CPU cores puts MI-UE below EM beyond the crafting-seed "
             "spread. See docs/effectiveness.md.",
     "cpu": "The study behind this preset (200 PGD steps per image, ResNet-8; mean over cnn-sgd and cnn-adam): "
            "the strongest MI-UE measured, but EM crafted the same way ties it on 10,000 images (MI-UE 28.0 +- "
-           "1.9% vs EM 26.4 +- 3.9%, 3 crafting seeds each); on 20,000 images MI-UE is 4.5 points ahead "
-           "(22.3 +- 2.0% vs 26.8 +- 4.0%, 4 crafts each), at the edge of the crafting-seed spread (p ~ 0.10). "
+           "1.9% vs EM 26.4 +- 3.9%, 3 crafting seeds each); on 20,000 images MI-UE is 3.6 points ahead "
+           "(22.9 +- 2.2% vs 26.5 +- 3.5%, 5 crafts each), at the edge of the crafting-seed spread (p ~ 0.09). "
            "See docs/effectiveness.md.",
     "cnn": "With this small-CNN surrogate EM beats MI-UE at every budget the study measured (25, 200 and 1,000 "
            "PGD steps per image). See docs/effectiveness.md.",

@@ -351,6 +351,15 @@ def _frontier_data(miue_accs, em_accs, victims=("cnn-sgd", "cnn-adam"), variant=
     return data
 
 
+def test_frontier_cost_is_the_median_over_crafting_seeds():
+    """One craft that ran beside other jobs (three times as long) must not move the line's cost."""
+    data = _frontier_data([0.20, 0.24, 0.22], [0.40, 0.30, 0.35])
+    data["poisons"][eff.poison_id("miue", "50", eff.FRONTIER_VARIANT, 2)]["history"][0]["seconds"] = 300.0
+    rows = {r["method"]: r for r in eff.frontier_rows(data)}
+    assert rows["miue"]["craft_seconds"] == 101.0  # the mean would be 167
+    assert rows["em"]["craft_seconds"] == 101.0
+
+
 def test_frontier_rows_average_over_crafting_seeds():
     data = _frontier_data([0.20, 0.24, 0.22], [0.40, 0.30, 0.35])
     rows = {r["method"]: r for r in eff.frontier_rows(data)}
