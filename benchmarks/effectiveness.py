@@ -660,24 +660,48 @@ def frontier_rows(data: dict) -> list[dict]:
                "craft_seconds": float(np.median([craft_seconds(data["poisons"][q]) for q in seeds.values()])),
                "threads": sorted({data["poisons"][q].get("threads") for q in seeds.values()} - {None}),
                "victims": {}}
+        def measured(q, vs):
+            return all(s.get(q, {}).get(v, (None,))[0] is not None for v in vs)
+
+        # a victim (or a mean over victims) is reported over the crafting seeds that have it: the
+        # expensive victims may be measured on some crafting seeds only, and n (and which seeds)
+        # says so wherever it is fewer than the row's
+        row["victim_seeds"] = {}
         for v in VICTIMS:
-            accs = [s.get(q, {}).get(v, (None,))[0] for q in seeds.values()]
-            if None not in accs:
-                row["victims"][v] = _mean_std(accs) + (len(accs),)
+            have = [(cs, q) for cs, q in sorted(seeds.items()) if measured(q, (v,))]
+            if have:
+                row["victims"][v] = _mean_std([s[q][v][0] for _cs, q in have]) + (len(have),)
+                row["victim_seeds"][v] = [cs for cs, _q in have]
         for key, vs in (("mean_all", tuple(VICTIMS)), ("mean_demo", DEMO_VICTIMS)):
-            if all(v in row["victims"] for v in vs):
-                per_seed = [np.mean([s[q][v][0] for v in vs]) for q in seeds.values()]
+            have = [(cs, q) for cs, q in sorted(seeds.items()) if measured(q, vs)]
+            if have:
+                per_seed = [float(np.mean([s[q][v][0] for v in vs])) for _cs, q in have]
                 row[key] = _mean_std(per_seed) + (len(per_seed),)
+                row[key + "_seeds"] = [cs for cs, _q in have]
+                row[key + "_per_seed"] = per_seed
         rows.append(row)
     rows.sort(key=lambda r: ([label for label, _ in SURROGATES].index(r["surrogate"]), r["method"], int(r["budget"])))
     return rows
 
 
-def _fmt_n(r):
+def _fmt_n(r, seeds=None, all_seeds=None):
+    """mean ± std (n=k); where the k crafting seeds are fewer than the row's, also which ones."""
     if r is None:
         return "–"
     mean, std, n = r
+    if seeds is not None and all_seeds is not None and len(seeds) < len(all_seeds):
+        return _fmt(mean, std) + f" (n={n}: seed{'s' if n > 1 else ''} {','.join(map(str, seeds))})"
     return _fmt(mean, std) + (f" (n={n})" if n > 1 else "")
+
+
+def welch_p(a, b):
+    """Two-sided p of Welch's t-test between two samples (crafting seeds), None where it is undefined
+    (fewer than two values on a side, or no spread on either)."""
+    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
+        return None
+    from scipy import stats
+
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def _frontier_lines(data: dict) -> list[str]:
@@ -686,7 +710,8 @@ def _frontier_lines(data: dict) -> list[str]:
         return []
     victims = list(VICTIMS)
     out = ["", "Cost-effectiveness frontier (MI-UE and EM; victim accuracy %, lower = better; ± = sample std over "
-           "crafting seeds where n > 1, each crafting seed's cell averaged over its victim seeds). Crafting seconds are "
+           "crafting seeds where n > 1, each crafting seed's cell averaged over its victim seeds; a victim measured on "
+           "fewer crafting seeds than its row says which). Crafting seconds are "
            "those of the run that made the poison (1 torch thread beside a second 1-thread process unless noted; the "
            "median over crafting seeds): compare rows by ratio, and see bench_craft for 2-core timings.", "",
            "| method | surrogate | steps | crafting seeds | craft s | " + " | ".join(victims)
@@ -694,8 +719,10 @@ def _frontier_lines(data: dict) -> list[str]:
            "|---|---|---:|---|---:|" + "---:|" * (len(victims) + 2)]
     for r in rows:
         out.append(f"| {r['method']} | {r['surrogate']} | {r['budget']} | {','.join(map(str, r['craft_seeds']))} | "
-                   f"{r['craft_seconds']:,.0f} | " + " | ".join(_fmt_n(r["victims"].get(v)) for v in victims)
-                   + f" | {_fmt_n(r.get('mean_all'))} | {_fmt_n(r.get('mean_demo'))} |")
+                   f"{r['craft_seconds']:,.0f} | "
+                   + " | ".join(_fmt_n(r["victims"].get(v), r["victim_seeds"].get(v), r["craft_seeds"]) for v in victims)
+                   + f" | {_fmt_n(r.get('mean_all'), r.get('mean_all_seeds'), r['craft_seeds'])}"
+                   + f" | {_fmt_n(r.get('mean_demo'), r.get('mean_demo_seeds'), r['craft_seeds'])} |")
     # MI-UE vs EM at each (surrogate, budget): the difference and the crafting-seed spread
     pairs = {}
     for r in rows:
@@ -719,8 +746,15 @@ def _frontier_lines(data: dict) -> list[str]:
                 word = "EM below MI-UE beyond the crafting-seed spread"
             else:
                 word = "a tie within the crafting-seed spread"
+            p = welch_p(pr["miue"][key + "_per_seed"], pr["em"][key + "_per_seed"])
+            ns = f"n = {n}" if m[2] == e[2] else f"n = {m[2]} / {e[2]}"
+            if (pr["miue"][key + "_seeds"] != pr["miue"]["craft_seeds"]
+                    or pr["em"][key + "_seeds"] != pr["em"]["craft_seeds"]):
+                ns += (f", crafting seeds {','.join(map(str, pr['miue'][key + '_seeds']))} / "
+                       f"{','.join(map(str, pr['em'][key + '_seeds']))}")
+            ps = f", Welch p = {p:.2f}" if p is not None else ""
             verdicts.append(f"- {sur}, {b} steps, mean over {what}: MI-UE {100 * m[0]:.1f}, EM {100 * e[0]:.1f} "
-                            f"(EM − MI-UE = {100 * diff:+.1f}, larger std {100 * spread:.1f}, n = {n}): {word}")
+                            f"(EM − MI-UE = {100 * diff:+.1f}, larger std {100 * spread:.1f}, {ns}{ps}): {word}")
     if verdicts:
         out += ["", "MI-UE against EM, same surrogate and budget:", ""] + verdicts
     out += _precision_lines(rows)
@@ -743,8 +777,8 @@ def _precision_lines(rows: list[dict]) -> list[str]:
             if a32 is None or a16 is None:
                 continue
             spread = f"{100 * a16[1]:.1f} (n={a16[2]})" if a16[2] > 1 else "not measured"
-            seeds = (f"{','.join(map(str, r32.get('craft_seeds', [0])))} / "
-                     f"{','.join(map(str, r16.get('craft_seeds', [0])))}")
+            seeds = " / ".join(",".join(map(str, r.get("victim_seeds", {}).get(v, r.get("craft_seeds", [0]))))
+                               for r in (r32, r16))
             lines.append(f"| {sur[: -len(', bf16')]} | {method} | {budget} | {v} | {100 * a32[0]:.1f} | "
                          f"{100 * a16[0]:.1f} | {100 * (a16[0] - a32[0]):+.1f} | {spread} | {seeds} |")
     if not lines:
@@ -840,8 +874,9 @@ def plots(data: dict, out: str) -> list[str]:
                                 marker=markers[label], markersize=9 if markers[label] == "*" else 6, capsize=3,
                                 color=colors[m], ls="-" if label.startswith("ResNet-8, bf16") else ":",
                                 label=f"{m}, {label}")
-                    for x, (y, _sd, _n), b in pts:
-                        ax.annotate(b, (x, 100 * y), textcoords="offset points", xytext=(4, 4), fontsize=6)
+                    for x, (y, _sd, n), b in pts:
+                        ax.annotate(b if n < 2 else f"{b} (n={n})", (x, 100 * y), textcoords="offset points",
+                                    xytext=(4, 4), fontsize=6)
             if "clean" in s:
                 vs = list(VICTIMS) if key == "mean_all" else list(DEMO_VICTIMS)
                 if all(v in s["clean"] for v in vs):

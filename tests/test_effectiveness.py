@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 _PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "effectiveness.py")
@@ -369,6 +370,48 @@ def test_frontier_rows_average_over_crafting_seeds():
     assert n == 3 and mean == pytest.approx(0.22) and std == pytest.approx(0.02)
     assert "mean_all" not in m  # resnet-sgd and mlp-adam not measured
     assert m["victims"]["cnn-sgd"][:2] == pytest.approx((0.22, 0.02))
+
+
+def test_frontier_reports_a_victim_measured_on_some_crafting_seeds_only():
+    """The expensive victims were measured on some crafting seeds only: the row shows them over
+    those seeds, says which, and the 4-victim mean and its verdict use those seeds alone."""
+    data = _frontier_data([0.20, 0.24, 0.22], [0.40, 0.30, 0.35])
+    for method, accs in (("miue", {1: 0.30, 2: 0.34}), ("em", {1: 0.50, 2: 0.54})):
+        for cs, acc in accs.items():
+            pid = eff.poison_id(method, "50", eff.FRONTIER_VARIANT, cs)
+            for victim in ("resnet-sgd", "mlp-adam"):
+                cid, c = _cell(pid, victim, 0, acc, method=method, budget="50")
+                data["cells"][cid] = c
+    rows = {r["method"]: r for r in eff.frontier_rows(data)}
+    m = rows["miue"]
+    assert m["victims"]["resnet-sgd"][2] == 2 and m["victim_seeds"]["resnet-sgd"] == [1, 2]
+    assert m["victims"]["cnn-sgd"][2] == 3 and m["mean_demo_seeds"] == [0, 1, 2]
+    mean, std, n = m["mean_all"]
+    assert n == 2 and m["mean_all_seeds"] == [1, 2]
+    assert mean == pytest.approx(np.mean([(0.24 + 0.24 + 0.30 + 0.30) / 4, (0.22 + 0.22 + 0.34 + 0.34) / 4]))
+    lines = eff._frontier_lines(data)
+    row = next(ln for ln in lines if ln.startswith("| miue |"))
+    assert "(n=2: seeds 1,2)" in row and "22.0 ± 2.0 (n=3) |" in row
+    said = [ln for ln in lines if ln.startswith("- ResNet-8, bf16, 50 steps, mean over 4 victims")]
+    assert len(said) == 1 and "crafting seeds 1,2 / 1,2" in said[0], said
+
+
+def test_welch_p_matches_the_textbook_value():
+    """Welch's t-test (unequal variances, Welch-Satterthwaite degrees of freedom), two-sided;
+    Student's pooled test would give another p (0.014 here)."""
+    from scipy import stats
+
+    a, b = [0.20, 0.24, 0.22], [0.40, 0.30, 0.35]
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t_stat = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    assert t_stat == pytest.approx(-4.181, abs=1e-3) and dof == pytest.approx(2.624, abs=1e-3)
+    p = eff.welch_p(a, b)
+    assert p == pytest.approx(2 * stats.t.sf(abs(t_stat), dof), rel=1e-9)
+    assert p == pytest.approx(0.0323, abs=1e-4)
+    assert eff.welch_p([0.2], b) is None and eff.welch_p([0.2, 0.2], [0.3, 0.3]) is None
+    line = next(ln for ln in eff._frontier_lines(_frontier_data(a, b)) if "mean over cnn-sgd + cnn-adam" in ln)
+    assert "Welch p = 0.03)" in line, line
 
 
 def test_frontier_plot_draws_only_the_panels_whose_victims_were_measured(tmp_path):
