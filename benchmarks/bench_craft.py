@@ -231,7 +231,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    # every variant, the official-style baseline included, under the allocator setting miue's
+    # engine uses on the CPU (the engine would set it on its first run, after the baseline's)
+    from miue._malloc import tune_cpu_allocator
+
+    malloc_tuned = tune_cpu_allocator() if not gpu else None
+    meta = {"malloc_tuned": malloc_tuned, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine()),
             "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
             "miue": miue.__version__, "backends": miue.available_backends(), "quick": args.quick,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from miue import defenses as Dfn
 from miue._amp import resolve_amp
+from miue._malloc import tune_cpu_allocator
 from miue.craft import as_nchw_uint8_or_float
 from miue.models import ARCHS, build_model
 
@@ -168,6 +169,8 @@ def evaluate(
         raise ValueError(f"lr must be a positive number, got {cfg['lr']!r}")
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = resolve_amp(bool(amp), device, "victim amp")  # CUDA, or a CPU with native bf16
+    if device.type == "cpu":
+        tune_cpu_allocator()  # no mmap/munmap of every step's activations (miue/_malloc.py)
     channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
 
     x_train = _to_uint8(as_nchw_uint8_or_float(train_images, "train_images"))
