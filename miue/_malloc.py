@@ -4,9 +4,10 @@ A PGD or training step on the CPU allocates activation and gradient tensors of s
 frees them at the end of the step. glibc serves blocks above its mmap threshold (128 KiB,
 rising to at most 32 MiB as big blocks are freed) with fresh ``mmap`` calls and unmaps them on
 free, so the next step page-faults every page in again and the kernel zeroes it: on this
-project's 2-core machine, the ResNet-8 surrogate's bf16 PGD pass took about 17,000-26,000 minor
-page faults per 512-image batch, 15-20% of its CPU time in the kernel, and ran 10-25% slower
-than with the memory kept (``benchmarks/bench_malloc.py`` measures it side by side).
+project's 2-core machine, the ResNet-8 surrogate's PGD pass took about 23,000 (bf16) to 43,000
+(fp32) minor page faults per 512-image batch, 16-17% of its CPU time in the kernel, and ran
+roughly 10-30% slower than with the memory kept (``benchmarks/bench_malloc.py`` measures it
+side by side; docs/performance.md has the table).
 
 ``tune_cpu_allocator()`` raises glibc's mmap threshold to 1 GiB and its trim threshold to 2 GiB
 (``mallopt``), so freed blocks stay in the process's heap and are reused. Its cost: the process
