@@ -861,7 +861,10 @@ def plots(data: dict, out: str) -> list[str]:
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         markers = dict(zip((label for label, _v in SURROGATES), "os*^Dv"))  # one per line of SURROGATES
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), sharey=True, squeeze=False)
+        # one x range for both panels: a panel with few points (e.g. only the 1,000-step cells have all
+        # four victims) otherwise spans a few seconds on its own and reads as a linear axis
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 0.5, 4.2), sharex=True, sharey=True,
+                                 squeeze=False)
         axes = list(axes[0])
         for ax, (key, title) in zip(axes, panels):
             for (label, _v) in SURROGATES:
