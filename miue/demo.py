@@ -55,15 +55,15 @@ STUDY_NOTES = {
             "images over 3 crafting seeds each, so one run like this one can put either ahead by several points. "
             "At 200 steps (--preset cpu, about 4x the crafting) they tie too on 10,000 images (28.0 +- 1.9% vs "
             "26.4 +- 3.9%, 3 seeds each); on 20,000 (--train-per-class 2000, 42 minutes on 2 cores) they "
-            "tie as well (23.6 +- 2.6% vs 25.0 +- 4.8%, 6 crafts each). At the paper's 1,000 steps (one "
-            "crafting seed on 10,000 images, about 80 minutes per craft) EM is ahead, 20.8% vs 26.3%. "
+            "tie as well (23.6 +- 2.6% vs 25.0 +- 4.8%, 6 crafts each). At the paper's 1,000 steps (two "
+            "crafting seeds on 10,000 images, about 75 minutes per craft) EM is ahead on both, 21.5% vs 26.3%. "
             "No configuration measured on 2 CPU cores puts MI-UE below EM beyond the crafting-seed spread. "
             "See docs/effectiveness.md.",
     "cpu": "The study behind this preset (200 PGD steps per image, ResNet-8; mean over cnn-sgd and cnn-adam): "
            "the strongest MI-UE measured, but EM crafted the same way ties it on 10,000 images (MI-UE 28.0 +- "
            "1.9% vs EM 26.4 +- 3.9%, 3 crafting seeds each); on 20,000 images they tie as well "
            "(23.6 +- 2.6% vs 25.0 +- 4.8%, 6 crafts each). Five times the budget (the paper's 1,000 steps, "
-           "one crafting seed on 10,000 images) puts EM ahead, 20.8% vs 26.3%. "
+           "two crafting seeds on 10,000 images) puts EM ahead on both, 21.5% vs 26.3%. "
            "See docs/effectiveness.md.",
     "cnn": "With this small-CNN surrogate EM beats MI-UE at every budget the study measured (25, 200 and 1,000 "
            "PGD steps per image). See docs/effectiveness.md.",
