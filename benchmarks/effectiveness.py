@@ -122,6 +122,32 @@ DEFENSE_BUDGET = "200"
 DEFENSES = ("jpeg", "at", "cutout", "mixup", "ueraser", "blur")
 DEFENSE_METHODS = ("miue", "em", "clean")
 
+# the seeded comparison (issue 38): MI-UE against the baselines as their authors published them,
+# every row crafted with ``craft_fast`` as a user calls it. row -> (preset, objective, recipe, options);
+# the baselines run their published recipe on the CPU presets' ResNet-8 surrogate (only the
+# architecture and precision come from the preset). ``em-matched`` is EM's loss on MI-UE's demo
+# schedule (the demo's EM row before recipes existed).
+COMPARE = {
+    "miue-demo": ("demo", "miue", "published", {}),
+    "miue-cpu": ("cpu", "miue", "published", {}),
+    "em-published": ("demo", "em", "published", {}),
+    "em-matched": ("demo", "em", "matched", {}),
+    "pil": ("demo", "pil", "published", {}),
+    # the authors' TAP with one restart instead of 8 (their README's cheaper setting): 8 restarts of
+    # 250 steps are 2,000 steps per image, about 3 h per craft of 10,000 images on 2 cores
+    "tap-published-r1": ("demo", "tap", "published", {"restarts": 1}),
+    "rem-published": ("demo", "rem", "published", {}),
+    "random": ("demo", "random", "published", {}),
+}
+COMPARE_REFERENCE = ("miue-demo", "miue-cpu")  # Welch's p of every other row against these
+COMPARE_VICTIMS = ("cnn-sgd", "cnn-adam", "resnet-sgd", "mlp-adam")
+COMPARE_DEFENSES = ("jpeg", "jpeg75", "resize", "coin")  # on COMPARE_DEFENDED victims
+COMPARE_DEFENDED = ("cnn-sgd", "cnn-adam")
+
+QUICK_COMPARE_ROWS = ("miue-demo", "em-published", "em-matched", "pil", "tap-published-r1", "random")
+QUICK_COMPARE = {"*": dict(rounds=2, pgd_steps=2), "tap": dict(train_epochs=1, pgd_steps=2),
+                 "pil": dict(train_epochs=1, pgd_steps=2)}
+
 QUICK = dict(train_per_class=60, test_per_class=30, budgets={"25": dict(rounds=2, pgd_steps=2, alpha_start=2 / 255,
                                                                         alpha_end=2 / 255)},
              epochs=1, ablations=("train_steps=10", "bn=train"), defenses=("jpeg", "cutout"))
@@ -190,6 +216,11 @@ def poison_id(method: str, budget: str | None, ablation: str | None = None, craf
     return f"{method}@{budget}" + (f"+{ablation}" if ablation else "") + (f"+cs{craft_seed}" if craft_seed else "")
 
 
+def compare_id(row: str, craft_seed: int) -> str:
+    """``cmp-ROW[+csN]``: a poison of the compare stage."""
+    return f"cmp-{row}" + (f"+cs{craft_seed}" if craft_seed else "")
+
+
 def split_craft_seed(pid: str) -> tuple[str, int]:
     """``miue@50+x+cs2`` -> (``miue@50+x``, 2); ids without a crafting seed have seed 0."""
     head, sep, tail = pid.rpartition("+cs")
@@ -247,8 +278,15 @@ class Study:
             images = CraftResult.load(path).images.numpy()
         else:
             t0 = time.perf_counter()
-            objective, classwise = METHODS[method]
-            if objective is None:  # ref-cw: a fixed random ±eps sign pattern per class
+            objective, classwise = METHODS[method] if method in METHODS else (None, False)
+            if method in COMPARE:  # as a user calls it: the preset, the objective and its recipe
+                preset, objective, recipe, opts = COMPARE[method]
+                if self.quick:
+                    opts = {**opts, **QUICK_COMPARE.get(objective, QUICK_COMPARE["*"])}
+                result = craft_fast(self.train.images, self.train.labels, preset=preset, objective=objective,
+                                    recipe=recipe, eps=EPS, seed=self.craft_seed, progress=self.args.progress,
+                                    checkpoint_dir=os.path.join(self.cache, "ckpt", pid), **opts)
+            elif objective is None:  # ref-cw: a fixed random ±eps sign pattern per class
                 g = torch.Generator().manual_seed(0)
                 C = int(self.train.labels.max()) + 1
                 pattern = (torch.randint(0, 2, (C,) + self.train.images.shape[1:], generator=g).float() * 2 - 1) * EPS
@@ -264,6 +302,8 @@ class Study:
                 if objective == "tap" and budget:  # all of TAP's steps come after its training
                     opts["pgd_steps"] = opts["rounds"] * opts["pgd_steps"]
                 opts.update(overrides)
+                # the budgets, ablations and frontier stages measured the objectives on MI-UE's schedule
+                opts.setdefault("recipe", "matched")
                 result = craft_fast(self.train.images, self.train.labels, preset="cnn", objective=objective,
                                     classwise=classwise, eps=EPS, seed=self.craft_seed, progress=self.args.progress,
                                     checkpoint_dir=None if method in BUDGET_FREE else os.path.join(self.cache, "ckpt", pid),
@@ -274,6 +314,7 @@ class Study:
             images = result.images.numpy()
             self.res.data["poisons"][pid] = {
                 "method": method, "budget": budget, "overrides": overrides, "craft_seconds": seconds,
+                "recipe": result.config.get("recipe"), "precision": result.config.get("precision"),
                 "craft_seed": self.craft_seed, "threads": torch.get_num_threads(),
                 "config": result.config, "history": result.history,
                 "pgd_steps_per_image": _pgd_steps(result), "linf_uint8": int(np.abs(
@@ -300,7 +341,8 @@ class Study:
         v = evaluate(images, self.train.labels, self.test.images, self.test.labels, preset=preset, arch=arch, epochs=E,
                      seed=seed, defense=defense, progress=self.args.progress)
         rec = {"poison": pid, "method": method, "budget": budget, "victim": victim, "seed": seed, "defense": defense,
-               "epochs": E, "test_acc": v.test_acc, "test_acc_history": v.test_acc_history,
+               "epochs": E, "test_acc": v.test_acc, "peak_test_acc": v.peak_test_acc,
+               "test_acc_history": v.test_acc_history,
                "train_acc_final": v.train_acc_history[-1], "seconds": v.seconds}
         if method != "clean" and defense is None:
             rec.update(_lens(v.model, self.train, images, n=2000 if self.quick else 5000))
@@ -399,6 +441,34 @@ class Study:
                 else:
                     self.run_cell(poison_id(m, budget, variant), m, budget, "cnn-sgd", 0, defense=defense,
                                   overrides=ABLATIONS[variant] if variant else None)
+
+    def stage_compare(self):
+        """The seeded comparison: every COMPARE row (``--compare-rows``) for every crafting seed,
+        judged by the victims (``--victims``, default COMPARE_VICTIMS) without a defense and by
+        COMPARE_DEFENDED under each of ``--defenses`` (default COMPARE_DEFENSES); victim seed 0.
+        Crafting seed by crafting seed, so that a cut run has whole seeds."""
+        rows = getattr(self.args, "compare_rows", None) or list(COMPARE)
+        victims = self.victims if self.victims_given else list(COMPARE_VICTIMS)
+        defenses = QUICK["defenses"] if self.quick else (getattr(self.args, "defenses", None) or list(COMPARE_DEFENSES))
+        if self.quick:
+            rows = [r for r in rows if r in QUICK_COMPARE_ROWS]
+        print(f"== compare: {' '.join(rows)}; crafting seeds {self._craft_seeds()}; victims {' '.join(victims)}; "
+              f"defenses {' '.join(defenses)} on {' '.join(v for v in COMPARE_DEFENDED if v in victims)}", flush=True)
+        for victim in victims:
+            self.run_cell("clean", "clean", None, victim, 0)
+        for d in defenses:
+            for victim in [v for v in COMPARE_DEFENDED if v in victims]:
+                self.run_cell("clean", "clean", None, victim, 0, defense=d)
+        for cs in self._craft_seeds():
+            self.craft_seed = cs
+            for row in rows:
+                pid = compare_id(row, cs)
+                for victim in victims:
+                    self.run_cell(pid, row, None, victim, 0)
+                for d in defenses:
+                    for victim in [v for v in COMPARE_DEFENDED if v in victims]:
+                        self.run_cell(pid, row, None, victim, 0, defense=d)
+        self.craft_seed = 0
 
     def _seeds(self, victim):
         seeds = (0,) if self.quick else SEEDS.get(victim, (0,))
@@ -930,20 +1000,133 @@ def plots(data: dict, out: str) -> list[str]:
     return written
 
 
+def compare_rows(data: dict) -> dict:
+    """row -> column -> {seed: accuracy} for the compare stage's poisons (and clean); a column is a
+    victim (no defense) or ``victim+defense``; also ``peak:`` columns (the best epoch's accuracy)."""
+    out = {}
+    for cid, c in data["cells"].items():
+        pid = c["poison"]
+        if c["seed"] != 0 or cid.count("|") > 3:  # (the plateau check's 2E cells carry a tag)
+            continue
+        if pid == "clean":
+            row, cs = "clean", 0
+        elif pid.startswith("cmp-"):
+            row, cs = split_craft_seed(pid[4:])
+        else:
+            continue
+        col = c["victim"] + (f"+{c['defense']}" if c["defense"] else "")
+        out.setdefault(row, {}).setdefault(col, {})[cs] = c["test_acc"]
+        if "peak_test_acc" in c:
+            out[row].setdefault("peak:" + col, {})[cs] = c["peak_test_acc"]
+    return out
+
+
+def compare_lines(data: dict) -> list[str]:
+    table = compare_rows(data)
+    if len(table) < 2:
+        return []
+    cols = [v for v in COMPARE_VICTIMS] + [f"{v}+{d}" for d in COMPARE_DEFENSES for v in COMPARE_DEFENDED]
+    extra = sorted({c for r in table.values() for c in r if not c.startswith("peak:")} - set(cols))
+    cols = [c for c in cols + extra if any(c in r for r in table.values())]
+    order = ["clean"] + [r for r in COMPARE if r in table]
+    secs = {}
+    for pid, p in data["poisons"].items():
+        if pid.startswith("cmp-"):
+            secs.setdefault(split_craft_seed(pid[4:])[0], []).append(craft_seconds(p))
+    lines = ["", "## The seeded comparison (compare stage)", "",
+             "Victim clean test accuracy (%, lower = more unlearnable): mean ± sample std over crafting seeds "
+             "(n = crafting seeds; victim seed 0). Columns: victim, or victim + the defense applied to its training "
+             "set. Crafting seconds: the median over crafting seeds, summed over rounds.", "",
+             "| poison | crafting seeds | craft s | " + " | ".join(cols) + " |",
+             "|---|---|---:|" + "---:|" * len(cols)]
+    for row in order:
+        r = table[row]
+        seeds = sorted({cs for col in r.values() for cs in col})
+        cells = []
+        for col in cols:
+            vals = list(r.get(col, {}).values())
+            m, sd = _mean_std(vals)
+            cells.append(_fmt(m, sd) + (f" (n={len(vals)})" if len(vals) > 1 and len(vals) != len(seeds) else "")
+                         if vals else "–")
+        sec = f"{np.median(secs[row]):,.0f}" if row in secs else "–"
+        lines.append(f"| {row} | {','.join(map(str, seeds))} | {sec} | " + " | ".join(cells) + " |")
+    for ref in [r for r in COMPARE_REFERENCE if r in table]:
+        lines += ["", f"Welch's p of {ref} against each row, per column (two-sided, crafting seeds as samples; "
+                      "'<' MI-UE lower, i.e. better; '>' MI-UE higher; p is uncorrected for the many columns):", "",
+                  "| row | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for row in [r for r in order if r not in ("clean", ref)]:
+            cells = []
+            for col in cols:
+                a, b = list(table[ref].get(col, {}).values()), list(table[row].get(col, {}).values())
+                p = welch_p(a, b)
+                cells.append("–" if p is None else f"{'<' if np.mean(a) < np.mean(b) else '>'} {p:.2f}")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    peaks = [c for c in cols if any("peak:" + c in r for r in table.values())]
+    if peaks:
+        lines += ["", "Peak accuracy over the victim's epochs (what an early-stopping defense reports), mean over "
+                      "crafting seeds:", "", "| poison | " + " | ".join(peaks) + " |", "|---|" + "---:|" * len(peaks)]
+        for row in order:
+            lines.append(f"| {row} | " + " | ".join(_fmt(_mean_std(list(table[row].get('peak:' + c, {}).values()))[0])
+                                                     for c in peaks) + " |")
+    return lines
+
+
+def compare_plot(data: dict, out: str) -> str | None:
+    table = compare_rows(data)
+    if len(table) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in list(COMPARE_VICTIMS) + [f"{v}+{d}" for d in COMPARE_DEFENSES for v in COMPARE_DEFENDED]
+            if any(c in r for r in table.values())]
+    rows = ["clean"] + [r for r in COMPARE if r in table]
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cols) * len(rows) / 4), 4.5))
+    w = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        xs, ms, sds = [], [], []
+        for j, col in enumerate(cols):
+            vals = list(table[row].get(col, {}).values())
+            if vals:
+                m, sd = _mean_std(vals)
+                xs.append(j + (i - (len(rows) - 1) / 2) * w)
+                ms.append(100 * m)
+                sds.append(100 * sd)
+        ax.bar(xs, ms, width=w, yerr=sds, capsize=2, label=row, color=plt.cm.tab10(i % 10))
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([c.replace("+", "\n") for c in cols], fontsize=7)
+    ax.set_ylabel("victim clean test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(5, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    ax.set_title(f"MI-UE against the published baselines, {data['setup']['train_images']:,} Fashion-MNIST images "
+                 "(error bars: std over crafting seeds)", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, "compare.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def report(out: str) -> None:
     with open(os.path.join(out, "results.json")) as fh:
         data = json.load(fh)
-    md = markdown(data)
+    md = markdown(data) + "\n".join(compare_lines(data)) + "\n"
     with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write(md)
     written = plots(data, out)
+    cp = compare_plot(data, out)
+    if cp:
+        written.append(cp)
     print(md)
     print("wrote", ", ".join([os.path.join(out, "results.md"), *written]))
 
 
 # ----------------------------------------------------------------------------- main
 
-STAGES = ("plateau", "budgets", "ablations", "defenses", "frontier")
+STAGES = ("plateau", "budgets", "ablations", "defenses", "frontier", "compare")
 
 
 def main(argv=None) -> int:
@@ -967,7 +1150,9 @@ def main(argv=None) -> int:
     p.add_argument("--ablations", nargs="+", choices=list(ABLATIONS),
                    help="knobs of the ablations stage, in this order (default: all); with --seeds, their "
                         "cells on cnn-sgd get those seeds too")
-    p.add_argument("--defenses", nargs="+", choices=list(DEFENSES),
+    p.add_argument("--compare-rows", nargs="+", choices=list(COMPARE),
+                   help="rows of the compare stage, in this order (default: all)")
+    p.add_argument("--defenses", nargs="+", choices=list(dict.fromkeys(DEFENSES + COMPARE_DEFENSES)),
                    help="defenses of the defenses stage, in this order (default: all; 'at' trains with PGD-10, "
                         "about 11x the cost of the others)")
     p.add_argument("--budget-variant", choices=list(ABLATION_EM),

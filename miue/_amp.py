@@ -60,6 +60,18 @@ def cpu_bf16_supported() -> bool:
 _warned: set = set()
 
 
+def precision(amp: bool, device: torch.device) -> dict:
+    """What a run with ``amp`` asked for actually runs on ``device``, for its records:
+    {"precision": "bf16" | "fp32"} plus "precision_reason" where bf16 was asked for and not run."""
+    if not amp:
+        return {"precision": "fp32"}
+    if resolve_amp(True, device):
+        return {"precision": "bf16"}
+    device = torch.device(device)
+    why = cpu_bf16_reason()[1] if device.type == "cpu" else f"no native bf16 on this {device.type} device"
+    return {"precision": "fp32", "precision_reason": "amp asked for; " + why}
+
+
 def resolve_amp(amp: bool, device: torch.device, what: str = "amp") -> bool:
     """The effective ``amp`` on ``device``: bf16 autocast where it is native, else False with one
     log line (per reason) saying why."""

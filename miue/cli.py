@@ -140,7 +140,8 @@ def _cmd_craft(args) -> int:
         if args.amp is not None:
             opts["amp"] = args.amp == "on"
         result = miue.craft_fast(
-            data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, rounds=args.rounds,
+            data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, recipe=args.recipe,
+            rounds=args.rounds,
             pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=device, backend=args.backend,
             classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir, extend=args.extend,
             progress=not args.quiet and rank == 0, release_rounding=args.release_rounding, delta_dtype=args.delta_dtype,
@@ -180,7 +181,7 @@ def _cmd_protect(args) -> int:
     if args.amp is not None:
         opts["amp"] = args.amp == "on"
     folder = _folder_opts(args)
-    summary = protect(args.src, args.dst, preset=args.preset, objective=args.objective, eps=args.eps,
+    summary = protect(args.src, args.dst, preset=args.preset, objective=args.objective, recipe=args.recipe, eps=args.eps,
                       native_size=args.native_size, work_dir=args.work_dir, overwrite=args.overwrite,
                       result_path=args.result, device=args.device, seed=args.seed, progress=not args.quiet,
                       workers=args.workers, **folder, **opts)
@@ -244,11 +245,17 @@ def _add_folder_args(s) -> None:
                    help="image folders: leave out files that cannot be decoded (listed in the manifest) instead of stopping")
 
 
+def _objective_help() -> str:
+    from miue.objectives import OBJECTIVES
+
+    return "what δ optimises (default miue): " + "; ".join(f"{o.name}: {o.summary}" for o in OBJECTIVES.values())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from miue.defenses import DEFENSES
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
     from miue.models import ARCHS
-    from miue.presets import OBJECTIVES, PRESETS
+    from miue.presets import OBJECTIVES, PRESETS, RECIPES
 
     p = argparse.ArgumentParser(prog="miue", description="Fast MI-UE unlearnable examples (crafting and evaluation).")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -263,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(idx directory, CIFAR directory, ImageFolder tree, .npz, .mat)")
     s.add_argument("--out", required=True, help="result file (.npz or .pt; without a suffix .npz is added)")
     s.add_argument("--preset", choices=PRESETS, default="paper")
-    s.add_argument("--objective", choices=OBJECTIVES, default="miue")
+    s.add_argument("--objective", choices=OBJECTIVES, default="miue", help=_objective_help())
+    s.add_argument("--recipe", choices=RECIPES, default="published",
+                   help="published (default): em, tap, rem and pil run their authors' recipe on the preset's "
+                        "surrogate; matched: the objective's loss on the preset's (MI-UE's) schedule")
     s.add_argument("--eps", type=budget, default=8 / 255,
                    help="L-inf budget in [0,1] units, a float or a fraction such as 8/255 (default 8/255)")
     s.add_argument("--rounds", type=int, help="override the preset's number of rounds")
@@ -308,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst", help="release folder (new or empty; never inside SRC)")
     s.add_argument("--preset", choices=PRESETS, default="demo",
                    help="crafting preset (default demo: ResNet-8 surrogate, 50 PGD steps per image)")
-    s.add_argument("--objective", choices=OBJECTIVES, default="miue")
+    s.add_argument("--objective", choices=OBJECTIVES, default="miue", help=_objective_help())
+    s.add_argument("--recipe", choices=RECIPES, default="published",
+                   help="published (default) or matched (the objective's loss on the preset's schedule)")
     s.add_argument("--eps", type=budget, default=8 / 255, help="L-inf budget, e.g. 8/255 (default)")
     _add_folder_args(s)
     s.add_argument("--native-size", action="store_true",

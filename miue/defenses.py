@@ -3,14 +3,23 @@
 Three kinds:
 
 * preprocessing, applied once to the whole (uint8) training set before training:
-  ``jpeg``       JPEG compression at quality 10 (ISS), through Pillow;
-  ``grayscale``  ITU-R 601 luma replicated over the channels (ISS);
+  ``jpeg``       JPEG compression at quality 10 (ISS: Liu et al. 2023, liuzrcc/ImageShortcutSqueezing,
+                 augmentations.py: PIL JPEG at ``--jpeg 10`` on each training image), through Pillow;
+  ``jpeg75``, ``jpeg90``  the re-encoding a platform applies to an upload: JPEG at quality 75 / 90;
+  ``resize``     a 2× downscale (antialiased bilinear) and upscale back (bilinear), as a platform's
+                 thumbnailing does;
+  ``grayscale``  ITU-R 601 luma replicated over the channels (ISS's ``Grayscale(3)``; for colour data);
   ``bitdepth``   bit-depth reduction to 2 bits per channel (values k·85);
   ``blur``       Gaussian blur, kernel 3, sigma 1 (torchvision).
 * batch augmentations, applied on the device to every training batch (float in [0, 1]):
   ``cutout``     one 16×16 square (clipped at the border) set to 0 per image;
-  ``cutmix``     a box from another image of the batch, labels mixed by area (β(1, 1));
-  ``mixup``      convex combination with another image of the batch, λ ~ β(1, 1);
+  ``cutmix``     one box per batch (λ ~ β(1, 1), one λ per batch as in Yun et al. 2019 and torchvision's
+                 CutMix) pasted from a permutation of the batch, labels mixed by the box's area;
+  ``mixup``      convex combination with a permutation of the batch, one λ ~ β(1, 1) per batch (Zhang
+                 et al. 2018, torchvision's MixUp);
+  ``coin``       COIN (Wang et al., AAAI 2025, wxldragon/COIN train.py): every pixel resampled at a random
+                 displacement U(−2, 2) px in x and y (shared over channels), bilinear with wrap-around,
+                 a fresh draw per image and epoch, after crop + flip; no weights, no training;
   ``noise``      additive Gaussian noise, std 8/255, clamped to [0, 1];
   ``ueraser``    strong random augmentation in the spirit of UEraser: per image a random
                  channel shuffle, a random brightness/contrast change, a random posterize
@@ -27,8 +36,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-PREPROCESS = ("jpeg", "grayscale", "bitdepth", "blur")
-AUGMENT = ("cutout", "cutmix", "mixup", "noise", "ueraser")
+PREPROCESS = ("jpeg", "jpeg75", "jpeg90", "resize", "grayscale", "bitdepth", "blur")
+AUGMENT = ("cutout", "cutmix", "mixup", "noise", "ueraser", "coin")
 DEFENSES = PREPROCESS + AUGMENT + ("at",)
 
 
@@ -82,18 +91,24 @@ def blur(images: torch.Tensor, kernel: int = 3, sigma: float = 1.0) -> torch.Ten
     return torch.round(x).clamp_(0, 255).to(torch.uint8)
 
 
+def resize(images: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Downscale by ``factor`` (antialiased bilinear) and upscale back to the original size (bilinear)."""
+    H, W = images.shape[-2:]
+    small = torchvision.transforms.functional.resize(images.float(), [max(1, H // factor), max(1, W // factor)],
+                                                     antialias=True)
+    back = torchvision.transforms.functional.resize(small, [H, W], antialias=False)
+    return torch.round(back).clamp_(0, 255).to(torch.uint8)
+
+
 def preprocess(name: str, images: torch.Tensor) -> torch.Tensor:
-    fns = {"jpeg": jpeg, "grayscale": grayscale, "bitdepth": bitdepth, "blur": blur}
+    fns = {"jpeg": jpeg, "jpeg75": lambda x: jpeg(x, 75), "jpeg90": lambda x: jpeg(x, 90), "resize": resize,
+           "grayscale": grayscale, "bitdepth": bitdepth, "blur": blur}
     if name not in fns:
         raise ValueError(f"unknown preprocessing defense {name!r}; expected one of {PREPROCESS}")
     return fns[name](images)
 
 
 # --------------------------------------------------------------------------- batch augmentations (float [0,1], on device)
-
-
-def _rand(n, gen, device):
-    return torch.rand(n, generator=gen).to(device)
 
 
 def cutout(x: torch.Tensor, gen: torch.Generator, size: int = 16) -> torch.Tensor:
@@ -115,32 +130,50 @@ def _beta(n, gen):
 
 
 def mixup(x, y_onehot, gen):
+    """One λ ~ β(1, 1) for the whole batch, mixed with a permutation of it."""
     N = x.shape[0]
-    lam = _beta(N, gen).to(x.device)
+    lam = float(_beta(1, gen))
     perm = torch.randperm(N, generator=gen).to(x.device)
-    xm = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm]
-    ym = lam.view(-1, 1) * y_onehot + (1 - lam.view(-1, 1)) * y_onehot[perm]
-    return xm, ym
+    return lam * x + (1 - lam) * x[perm], lam * y_onehot + (1 - lam) * y_onehot[perm]
 
 
 def cutmix(x, y_onehot, gen):
+    """One λ ~ β(1, 1) and one box (area about 1 − λ, clipped at the border) for the whole batch,
+    pasted from a permutation of it; labels mixed by the pasted area."""
     N, _, H, W = x.shape
-    lam = _beta(N, gen)
+    lam = float(_beta(1, gen))
     perm = torch.randperm(N, generator=gen).to(x.device)
-    rh = (H * torch.sqrt(1 - lam)).long()
-    rw = (W * torch.sqrt(1 - lam)).long()
-    cy = (torch.rand(N, generator=gen) * H).long()
-    cx = (torch.rand(N, generator=gen) * W).long()
-    y0, y1 = (cy - rh // 2).clamp(0, H), (cy + rh // 2).clamp(0, H)
-    x0, x1 = (cx - rw // 2).clamp(0, W), (cx + rw // 2).clamp(0, W)
-    ys = torch.arange(H).view(1, H, 1)
-    xs = torch.arange(W).view(1, 1, W)
-    box = (ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1)) & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1))
-    area = box.float().mean((1, 2)).to(x.device)
-    box = box.unsqueeze(1).to(x.device)
-    xm = torch.where(box, x[perm], x)
-    ym = (1 - area).view(-1, 1) * y_onehot + area.view(-1, 1) * y_onehot[perm]
-    return xm, ym
+    rh, rw = int(H * (1 - lam) ** 0.5), int(W * (1 - lam) ** 0.5)
+    cy, cx = int(torch.randint(0, H, (1,), generator=gen)), int(torch.randint(0, W, (1,), generator=gen))
+    y0, y1 = max(cy - rh // 2, 0), min(cy + rh // 2, H)
+    x0, x1 = max(cx - rw // 2, 0), min(cx + rw // 2, W)
+    xm = x.clone()
+    xm[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
+    area = (y1 - y0) * (x1 - x0) / (H * W)
+    return xm, (1 - area) * y_onehot + area * y_onehot[perm]
+
+
+def coin(x: torch.Tensor, gen: torch.Generator, alpha: float = 2.0) -> torch.Tensor:
+    """COIN: each pixel (i, j) takes the bilinear value at (i + dy, j + dx), dx, dy ~ U(−alpha, alpha)
+    per pixel and image (shared over channels), indices wrapping around the border."""
+    N, C, H, W = x.shape
+    dev = x.device
+    dy = ((torch.rand(N, H, W, generator=gen) * 2 - 1) * alpha).to(dev)
+    dx = ((torch.rand(N, H, W, generator=gen) * 2 - 1) * alpha).to(dev)
+    yy = torch.arange(H, device=dev).view(1, H, 1) + dy
+    xx = torch.arange(W, device=dev).view(1, 1, W) + dx
+    y0, x0 = torch.floor(yy), torch.floor(xx)
+    wy, wx = (yy - y0).unsqueeze(1), (xx - x0).unsqueeze(1)
+    y0, x0 = y0.long(), x0.long()
+    flat = x.reshape(N, C, H * W)
+
+    def at(yi, xi):
+        idx = ((yi % H) * W + (xi % W)).view(N, 1, H * W).expand(N, C, H * W)
+        return flat.gather(2, idx).view(N, C, H, W)
+
+    top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
+    bottom = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
+    return (top * (1 - wy) + bottom * wy).clamp_(0, 1)
 
 
 def gaussian_noise(x, gen, std: float = 8 / 255):
@@ -186,6 +219,8 @@ def augment(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: 
         return gaussian_noise(x, gen), None
     if name == "ueraser":
         return ueraser(x, gen), None
+    if name == "coin":
+        return coin(x, gen), None
     onehot = F.one_hot(y, num_classes).float()
     if name == "mixup":
         return mixup(x, onehot, gen)

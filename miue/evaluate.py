@@ -49,6 +49,7 @@ AT_PAPER = dict(epochs=100, lr=0.1, weight_decay=5e-4, schedule="step40-80")
 class EvalResult:
     test_acc: float  # final clean test accuracy
     test_acc_history: list = field(default_factory=list)  # per evaluated epoch
+    peak_test_acc: float = 0.0  # the best evaluated epoch's (what an early-stopping defense reports)
     train_acc_history: list = field(default_factory=list)
     train_loss_history: list = field(default_factory=list)
     epochs: list = field(default_factory=list)
@@ -277,6 +278,7 @@ def evaluate(
             result.epochs.append(epoch)
             bar.set_postfix(train_acc=f"{result.train_acc_history[-1]:.3f}", test_acc=f"{acc:.3f}")
     result.test_acc = result.test_acc_history[-1]
+    result.peak_test_acc = max(result.test_acc_history)
     result.seconds = time.perf_counter() - t_start
     result.model = model  # not part of to_dict(); for feature extraction
     return result

@@ -27,15 +27,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class Normalize(nn.Module):
-    """Per-channel (x - mean) / std; ImageNet statistics for 3 channels, their average otherwise."""
+# input normalisations by name: (mean, std) for 3 channels; other channel counts use their averages
+NORMS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),  # the MI-UE surrogate
+    "cifar": ((0.4915, 0.4823, 0.4468), (0.2470, 0.2435, 0.2616)),  # TAP's surrogate (its consts.py)
+    "half": ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0)),  # REM's surrogate: (x - 0.5), inputs in [-0.5, 0.5]
+}
 
-    def __init__(self, channels: int, mean=None, std=None):
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std; ImageNet statistics (or ``kind``'s) for 3 channels, their average otherwise."""
+
+    def __init__(self, channels: int, mean=None, std=None, kind: str = "imagenet"):
         super().__init__()
+        kmean, kstd = NORMS[kind]
         if mean is None:
-            mean = IMAGENET_MEAN if channels == 3 else (sum(IMAGENET_MEAN) / 3,) * channels
+            mean = kmean if channels == 3 else (sum(kmean) / 3,) * channels
         if std is None:
-            std = IMAGENET_STD if channels == 3 else (sum(IMAGENET_STD) / 3,) * channels
+            std = kstd if channels == 3 else (sum(kstd) / 3,) * channels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -46,9 +55,10 @@ class Normalize(nn.Module):
 class _Net(nn.Module):
     """body: images -> pooled feature vector; head: the final nn.Linear."""
 
-    def __init__(self, body: nn.Module, head: nn.Linear, channels: int, normalize: bool):
+    def __init__(self, body: nn.Module, head: nn.Linear, channels: int, normalize):
         super().__init__()
-        self.norm = Normalize(channels) if normalize else nn.Identity()
+        kind = "imagenet" if normalize is True else normalize
+        self.norm = Normalize(channels, kind=kind) if kind and kind != "none" else nn.Identity()
         self.body = body
         self.head = head
 
@@ -187,6 +197,12 @@ def _resnet_small(channels: int, num_classes: int, widths=(16, 32, 64)):
     return nn.Sequential(*layers), nn.Linear(cin, num_classes)
 
 
+def _pil_linear(channels: int, num_classes: int, image_size: int):
+    """PIL's surrogate: flatten, then two bias-free linear layers (D → C → C), linear overall."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(channels * image_size * image_size, num_classes, bias=False)), \
+        nn.Linear(num_classes, num_classes, bias=False)
+
+
 def _mlp(channels: int, num_classes: int, image_size: int, hidden=(512, 256)):
     """A two-hidden-layer MLP on the flattened image (square image_size² inputs)."""
     layers, cin = [nn.Flatten()], channels * image_size * image_size
@@ -196,19 +212,29 @@ def _mlp(channels: int, num_classes: int, image_size: int, hidden=(512, 256)):
     return nn.Sequential(*layers), nn.Linear(cin, num_classes)
 
 
-ARCHS = ("resnet18", "resnet50", "vgg19", "densenet121", "wrn34-10", "vit", "cnn", "cnn-small", "cnn-wide",
-         "resnet-small", "resnet-narrow", "mlp")
+ARCHS = ("resnet18", "resnet50", "resnet18-imagenet", "resnet50-imagenet", "vgg19", "densenet121", "wrn34-10", "vit",
+         "cnn", "cnn-small", "cnn-wide", "resnet-small", "resnet-narrow", "mlp", "pil-linear")
 
 
-def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int = 32, normalize: bool = False) -> _Net:
-    """A model by name (one of ``ARCHS``) for ``channels``×``image_size``² inputs in [0, 1]."""
+def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int = 32, normalize=False) -> _Net:
+    """A model by name (one of ``ARCHS``) for ``channels``×``image_size``² inputs in [0, 1].
+
+    ``resnet18``/``resnet50`` have the CIFAR stem (3×3 conv, stride 1, no max-pool) at every image
+    size, as the official MI-UE code uses for its 32, 84 and 224 px sets; ``resnet18-imagenet`` /
+    ``resnet50-imagenet`` have torchvision's ImageNet stem (7×7 stride 2 and a max-pool).
+    ``normalize``: False/"none", True/"imagenet", "cifar" or "half" (the input normalisation
+    inside the model, :data:`NORMS`)."""
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels must be a positive int, got {channels!r}")
     small = image_size <= 64
+    if normalize not in (True, False) and normalize not in ("none",) + tuple(NORMS):
+        raise ValueError(f"normalize must be a bool or one of {('none',) + tuple(NORMS)}, got {normalize!r}")
     if arch in ("resnet18", "resnet50"):
-        body, head = _resnet(arch, channels, num_classes, small)
+        body, head = _resnet(arch, channels, num_classes, True)
+    elif arch in ("resnet18-imagenet", "resnet50-imagenet"):
+        body, head = _resnet(arch.split("-")[0], channels, num_classes, False)
     elif arch == "vgg19":
         body, head = _vgg19(channels, num_classes, image_size)
     elif arch == "densenet121":
@@ -229,6 +255,8 @@ def build_model(arch: str, num_classes: int, channels: int = 3, image_size: int 
         body, head = _resnet_small(channels, num_classes, (8, 16, 32))
     elif arch == "mlp":
         body, head = _mlp(channels, num_classes, image_size)
+    elif arch == "pil-linear":
+        body, head = _pil_linear(channels, num_classes, image_size)
     else:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     return _Net(body, head, channels, normalize)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-OBJECTIVES = ("miue", "miue-linear", "em", "tap", "rem", "random", "ar", "lsp", "ops")
-TRAINING_FREE = ("ar", "lsp", "ops")  # class-structured generators from miue.shortcuts: no surrogate, no rounds
+from miue.objectives import NAMES as OBJECTIVES  # noqa: F401  (the registry: miue/objectives.py)
+from miue.objectives import RECIPES, TRAINING_FREE, recipe_values  # noqa: F401
+
 PRESETS = ("paper", "fast", "demo", "cpu", "cnn")
 
 
@@ -39,6 +40,8 @@ class CraftConfig:
 
     preset: str = "paper"
     objective: str = "miue"
+    recipe: str = "published"  # "published": the objective's authors' recipe on the preset's surrogate
+    #                            (miue/objectives.py); "matched": the objective's loss on the preset's schedule
     eps: float = 8 / 255
     rounds: int = 100
     pgd_steps: int = 10
@@ -52,13 +55,36 @@ class CraftConfig:
     #                       running statistics left unchanged)
     rem_eps: float = 0.0  # REM's adversarial radius ρ_a (0: eps / 2, the REM paper's choice)
     rem_steps: int = 7  # REM's inner PGD steps for ρ (the REM code: 7 steps of ρ_a / 4, random start)
+    rem_step_size: float = 0.0  # REM's ρ step (0: rem_eps / 4)
+    # the published recipes' schedule knobs (defaults: MI-UE's schedule, as every preset runs it)
+    schedule: str = "rounds"  # "rounds": train, then a PGD pass over every δ; "per-batch": REM's published
+    #                           loop (each step crafts one batch's δ, then one adversarial training step)
+    train_order: str = "shuffle"  # "shuffle": a fresh permutation per round; "sequential": one fixed seeded
+    #                               order, a cursor that carries over between rounds (an unshuffled loader)
+    train_augment: str = "flip"  # "flip": as ``flip`` says (post-augmentation); "none", "crop-flip" (pad 4),
+    #                              "shift-flip" (random shift up to H/4, bilinear): on the poisoned input
+    attack_augment: str = "none"  # "shift-flip": differentiable shift + flip of x + δ in every PGD step (TAP)
+    lr_schedule: str = "cosine"  # "cosine" (to lr_min over the rounds' epochs), "constant", "multistep"
+    #                              (×lr_gamma at lr_milestones epochs) or "step" (×lr_gamma every lr_step_every steps)
+    lr_milestones: tuple = ()
+    lr_gamma: float = 0.1
+    lr_step_every: int = 0
+    nesterov: bool = False
+    grad_clip: float = 0.0  # clip the surrogate's gradient norm (0: off)
+    stop_eval_acc: float = 0.0  # EM's published stop: after each PGD pass the eval-mode surrogate classifies
+    #                             the whole poisoned set; crafting ends once its accuracy exceeds this (0: off)
+    input_norm: str = "imagenet"  # the surrogate's input normalisation: "imagenet", "cifar", "half" ((x-0.5)) or "none"
+    delta_init: str = "zero"  # "zero", "uniform" (in ±ε) or "normal" (N(0, ε²) clipped to ±ε)
+    restarts: int = 1  # attacks after training (TAP): keep the best of this many random starts per PGD batch
+    eot_samples: int = 1  # REM's published loop: augmented samples per δ step
+    pil_lambda: float = 0.9  # PIL: weight of CE(f(−δ), y) against KL(U ‖ f(x + δ))
     arch: str = "resnet18"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_min: float = 1e-6
     alpha_start: float = 0.2 / 255  # α_0, used in round 1
-    alpha_end: float = 0.4 / 255  # α_end, approached in round E
+    alpha_end: float = 0.4 / 255  # α_end, approached in round E (the paper presets: 4/(255·pgd_steps))
     temperature: float = 0.1
     flip: bool = True
     classwise: bool = False
@@ -87,7 +113,7 @@ class CraftConfig:
 
 _PAPER = dict(
     arch="resnet18", rounds=100, pgd_steps=10, pgd_batch_size=512, train_batch_size=128, lr=0.1, momentum=0.9,
-    weight_decay=1e-4, lr_min=1e-6, alpha_start=0.2 / 255, alpha_end=0.4 / 255, temperature=0.1, flip=True,
+    weight_decay=1e-4, lr_min=1e-6, alpha_start=0.2 / 255, alpha_end=None, temperature=0.1, flip=True,
     amp=False, channels_last=False, compile=False, cuda_graphs=False,
 )
 
@@ -121,15 +147,29 @@ PRESET_VALUES["demo"] = {**PRESET_VALUES["cpu"], "rounds": 5, "pgd_steps": 10,
                          "alpha_start": 1.0 / 255, "alpha_end": 2.0 / 255}
 
 
+# what a published recipe leaves to the preset: how fast it runs (and the surrogate's architecture,
+# which no recipe sets unless it defines the method, as PIL's linear model does)
+PRESET_ONLY = ("amp", "channels_last", "compile", "cuda_graphs", "delta_dtype", "storage", "backend")
+
+
 def make_config(preset: str, **overrides) -> CraftConfig:
-    """The preset's values, then the non-None overrides."""
+    """The preset's values, then the objective's published recipe (unless ``recipe="matched"``;
+    it keeps the preset's surrogate and speed options), then the non-None overrides. The
+    ``paper``/``fast`` α_end is 4/(255·pgd_steps), as in the official code."""
     if preset not in PRESET_VALUES:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     values = {**PRESET_VALUES[preset], "preset": preset}
     known = {f.name for f in dataclasses.fields(CraftConfig)}
-    for key, value in overrides.items():
+    for key in overrides:
         if key not in known:
             raise TypeError(f"unknown crafting option {key!r}")
-        if value is not None:
-            values[key] = value
+    given = {k: v for k, v in overrides.items() if v is not None}
+    objective = given.get("objective", CraftConfig.objective)
+    recipe = given.get("recipe", CraftConfig.recipe)
+    eps = given.get("eps", CraftConfig.eps)
+    recipe_set = recipe_values(objective, recipe, eps)  # validates objective and recipe
+    values.update({k: v for k, v in recipe_set.items() if k not in PRESET_ONLY})
+    values.update(given)
+    if values.get("alpha_end") is None:  # the official code: α_end = 4/255 / K
+        values["alpha_end"] = 4 / (255 * values.get("pgd_steps", CraftConfig.pgd_steps))
     return CraftConfig(**values)

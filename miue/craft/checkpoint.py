@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from miue import objectives
 from miue._io import atomic_save, atomic_write, check_writable, load_checkpoint
 from miue.craft.distributed import agree_min
 from miue.presets import CraftConfig
@@ -28,7 +29,10 @@ METRICS_NAME = "metrics.jsonl"
 
 CHECKED_KEYS = ("objective", "eps", "rounds", "pgd_steps", "pgd_batch_size", "train_batch_size", "arch", "seed",
                 "classwise", "temperature", "alpha_start", "alpha_end", "lr", "delta_dtype", "num_classes", "flip",
-                "train_steps", "train_epochs", "stop_train_acc", "pgd_bn", "rem_eps", "rem_steps")
+                "train_steps", "train_epochs", "stop_train_acc", "pgd_bn", "rem_eps", "rem_steps", "recipe",
+                "rem_step_size", "schedule", "train_order", "train_augment", "attack_augment", "lr_schedule",
+                "lr_milestones", "lr_gamma", "lr_step_every", "nesterov", "grad_clip", "stop_eval_acc", "input_norm",
+                "delta_init", "restarts", "eot_samples", "pil_lambda", "weight_decay", "momentum", "lr_min")
 
 
 def fingerprint(clean: torch.Tensor, labels: torch.Tensor) -> str:
@@ -51,8 +55,12 @@ def check_resumable(state: dict, cfg: CraftConfig, inputs: str, path: str, exten
     ``inputs`` is the fingerprint of this run's inputs. With ``extend``, a checkpoint of a run
     with fewer rounds is accepted: a change {"round": r, "rounds_before": E0, "rounds_after": E}
     is appended to the ones the checkpoint carries (r: the checkpoint's round)."""
-    saved = {**CraftConfig().to_dict(), **json.loads(state["config"])}  # keys added since: their defaults
-    now = cfg.to_dict()
+    # keys added since: their defaults; a checkpoint from before recipes ran the preset's schedule
+    saved = {**CraftConfig().to_dict(), "recipe": "matched", **json.loads(state["config"])}
+    saved = json.loads(json.dumps(saved))
+    now = json.loads(json.dumps(cfg.to_dict()))  # (tuples as JSON lists, as the checkpoint holds them)
+    if objectives.get(cfg.objective).published is None:  # both recipes are the preset's schedule
+        saved["recipe"] = now["recipe"]
     keys = [k for k in CHECKED_KEYS if not (extend and k == "rounds")]
     diffs = [k for k in keys if saved.get(k) != now.get(k)]
     if diffs or state.get("fingerprint") != inputs:

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from miue import ops
+from miue import objectives, ops
 from miue._amp import resolve_amp
 from miue._malloc import tune_cpu_allocator
 from miue.craft.distributed import all_reduce_sum
@@ -54,15 +54,39 @@ def _as_float01(c: torch.Tensor) -> torch.Tensor:
     return c.float().div_(255.0) if c.dtype == torch.uint8 else c
 
 
-def tap_target(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """TAP's target class: the next class, (y + 1) mod C (Fowl et al. 2021 use a fixed permutation)."""
-    return torch.remainder(y + 1, num_classes)
+tap_target = objectives.tap_target
 
 
 def tap_step_size(cfg: CraftConfig) -> float:
-    """TAP's constant PGD step: 2.5·ε / K for its K steps (the usual choice for a K-step L∞ attack
-    that may reach the ball's surface from anywhere inside it)."""
+    """TAP's constant PGD step under ``recipe="matched"``: 2.5·ε / K for its K steps (the usual
+    choice for a K-step L∞ attack; the published recipe's is 0.05·ε)."""
     return 2.5 * cfg.eps / cfg.pgd_steps
+
+
+def shift_flip(x: torch.Tensor, gen: torch.Generator, shift: float = 0.25) -> torch.Tensor:
+    """Differentiable augmentation (TAP's): per image a random translation of up to ``shift`` in
+    normalised coordinates (±H/8 pixels at 0.25), bilinear with zero padding, and a horizontal
+    flip with probability 1/2."""
+    n = x.shape[0]
+    t = (torch.rand(n, 2, generator=gen) * 2 - 1) * shift
+    flip = torch.rand(n, generator=gen) < 0.5
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
+    theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = t
+    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop of the zero-padded image (pad 4) and a horizontal flip with probability 1/2."""
+    from miue.evaluate import random_crop
+
+    x = random_crop(x, pad, gen)
+    return _flip(x, (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device))
+
+
+AUGMENTS = {"shift-flip": shift_flip, "crop-flip": crop_flip}
 
 
 class Engine:
@@ -94,6 +118,9 @@ class Engine:
         if cfg.train_steps < 0 or not (0 <= cfg.stop_train_acc <= 1):
             raise ValueError(f"train_steps must be >= 0 and stop_train_acc in [0, 1], got {cfg.train_steps!r}, "
                              f"{cfg.stop_train_acc!r}")
+        self.obj = objectives.get(cfg.objective)
+        _check_schedule(cfg)
+        self.cursor = 0  # train_order="sequential": the next position in the fixed order
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919 * rank)
         self.amp = resolve_amp(cfg.amp, device)  # bf16 autocast on CUDA, and on CPUs with native bf16
         if torch.device(device).type == "cpu" and cfg.storage != "disk":
@@ -125,14 +152,18 @@ class Engine:
             self.zero_clean = torch.zeros_like(self.class_delta_dev)
         self.model = None
         self._graph, self._graph_failed = None, False
-        if cfg.objective != "random":
+        if self.obj.surrogate != "none":
             self._build_surrogate(surrogate, clean)
+        if cfg.delta_init != "zero" and not cfg.classwise:
+            self._init_delta()
 
     # ---------------------------------------------------------------- one round
     def run_round(self, e: int) -> dict:
         """Round ``e``: train the surrogate on the poisoned data, then PGD on every δ. Returns
         the round's record (EM's stopping rule ends the run with ``"stopped": True``)."""
         cfg = self.cfg
+        if cfg.schedule == "per-batch":
+            return self._run_per_batch(e)
         t0 = time.perf_counter()
         lr = self.opt.param_groups[0]["lr"]
         for _ in range(self.train_passes):  # 1. cross-entropy on clamp(flip(x) + δ), SGD steps
@@ -141,23 +172,147 @@ class Engine:
         t1 = time.perf_counter()
         rec = {"round": e, "train_loss": train_loss, "train_acc": train_acc}
         if cfg.stop_train_acc > 0 and train_acc >= cfg.stop_train_acc:
-            # EM's rule: the surrogate already fits the poisoned data, so δ stops changing
+            # an ablation's rule: the surrogate's running train accuracy already fits the poisoned data
             log.info("round %d: surrogate accuracy %.4f >= stop_train_acc %.4f: crafting ends", e, train_acc,
                      cfg.stop_train_acc)
-            return {**rec, "stopped": True, "lr": lr, "seconds": t1 - t0}
-        if cfg.objective == "tap" and e < cfg.rounds:  # TAP: train on clean data first, attack once at the end
+            return {**rec, "stopped": True, "stop": "stop_train_acc", "lr": lr, "seconds": t1 - t0}
+        if self.obj.attack == "after_training" and e < cfg.rounds:  # TAP, PIL: train first, attack at the end
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"round {e}: the surrogate produced NaN/Inf (train loss {train_loss})")
             return {**rec, "lr": lr, "seconds": t1 - t0, "train_images_per_s": self.train_images_per_round / (t1 - t0)}
-        alpha = tap_step_size(cfg) if cfg.objective == "tap" else cfg.alpha(e)
+        alpha = tap_step_size(cfg) if cfg.objective == "tap" and cfg.recipe == "matched" else cfg.alpha(e)
         objective = float(self.pgd_pass(alpha))  # 2. K signed-gradient steps on every δ, frozen surrogate
         t2 = time.perf_counter()
         if not (math.isfinite(objective) and math.isfinite(train_loss)):
             raise FloatingPointError(f"round {e}: the surrogate produced NaN/Inf (objective {objective}, "
                                      f"train loss {train_loss})")
-        return {**rec, "objective_loss": objective, "alpha": alpha, "lr": lr, "seconds": t2 - t0,
-                "train_images_per_s": self.train_images_per_round / (t1 - t0),
-                "pgd_images_per_s": self.n_global * cfg.pgd_steps / (t2 - t1)}
+        rec = {**rec, "objective_loss": objective, "alpha": alpha, "lr": lr, "seconds": t2 - t0,
+               "train_images_per_s": self.train_images_per_round / (t1 - t0),
+               "pgd_images_per_s": self.n_global * cfg.pgd_steps * max(1, cfg.restarts) / (t2 - t1)}
+        if cfg.stop_eval_acc > 0:  # 3. EM's published stop: the eval-mode surrogate on the whole poisoned set
+            acc = self.poisoned_accuracy()
+            rec.update(eval_acc=acc, seconds=time.perf_counter() - t0)
+            if acc > cfg.stop_eval_acc:
+                log.info("round %d: the surrogate classifies %.4f of the poisoned set (> %.4f): crafting ends", e,
+                         acc, cfg.stop_eval_acc)
+                rec.update(stopped=True, stop="stop_eval_acc")
+            elif e == cfg.rounds:
+                log.warning("round %d: the cap on rounds was hit before the stop rule (accuracy %.4f <= %.4f)", e,
+                            acc, cfg.stop_eval_acc)
+                rec["stop"] = "cap"
+        return rec
+
+    # ---------------------------------------------------------------- REM's published loop
+    def _run_per_batch(self, e: int) -> dict:
+        """Round ``e`` of ``schedule="per-batch"`` (REM's published loop, Fu et al. 2022): the run's
+        ``train_steps`` steps in ``rounds`` equal parts. Each step draws a batch (fresh shuffles,
+        full batches only), crafts its δ from a new random start (:meth:`_minimax_delta`), stores
+        it, then takes one adversarial training step on augment(x + δ) + ρ. The last round then
+        crafts every δ again with the final surrogate."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        lr = self.opt.param_groups[0]["lr"]
+        per = -(-cfg.train_steps // cfg.rounds)
+        steps = max(0, min(per, cfg.train_steps - (e - 1) * per))
+        loss_sum, correct, seen, objective = 0.0, 0, 0, 0.0
+        alpha = cfg.alpha(e)
+        for _ in range(steps):
+            idx = self._next_batch()
+            c_box = self.store.clean_batch(idx)
+            clean_f = _as_float01(c_box)
+            y = self.labels_dev.index_select(0, idx.to(self.device))
+            d, obj = self._minimax_delta(c_box, clean_f, y, alpha)
+            self.store.write_delta(idx, d)
+            objective += obj
+            x = (clean_f + d).clamp_(0, 1)
+            if cfg.train_augment in AUGMENTS:
+                x = AUGMENTS[cfg.train_augment](x, self.gen)
+            self.model.train()
+            self.model.requires_grad_(True)
+            loss, logits = self._train_step(x, y)
+            self.sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(idx)
+        t1 = time.perf_counter()
+        rec = {"round": e, "train_steps": steps, "train_loss": loss_sum / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "objective_loss": objective / max(steps, 1), "alpha": alpha,
+               "lr": lr}
+        if e == cfg.rounds:  # every δ crafted again with the final surrogate
+            total = 0.0
+            for idx in self._batches(cfg.pgd_batch_size):
+                c_box = self.store.clean_batch(idx)
+                y = self.labels_dev.index_select(0, idx.to(self.device))
+                d, obj = self._minimax_delta(c_box, _as_float01(c_box), y, alpha)
+                self.store.write_delta(idx, d)
+                total += obj * len(idx)
+            rec["final_objective_loss"] = total / self.N
+        t2 = time.perf_counter()
+        if not (math.isfinite(rec["train_loss"]) and math.isfinite(rec["objective_loss"])):
+            raise FloatingPointError(f"round {e}: the surrogate produced NaN/Inf ({rec})")
+        return {**rec, "seconds": t2 - t0, "train_seconds": t1 - t0}
+
+    def _next_batch(self):
+        """The next full training batch of the per-batch loop: step t takes batch t mod (N // B) of
+        the permutation drawn for epoch t // (N // B) from the seed (resumable from the step count)."""
+        bs = min(self.train_bs, self.N)
+        per_epoch = self.N // bs
+        epoch, pos = divmod(self.cursor, per_epoch)
+        if getattr(self, "_epoch_perm", (None,))[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + 7919 * self.rank + epoch)
+            self._epoch_perm = (epoch, torch.randperm(self.N, generator=g))
+        self.cursor += 1
+        return self._epoch_perm[1][pos * bs:(pos + 1) * bs]
+
+    def _minimax_delta(self, c_box, clean_f, y, alpha):
+        """REM's δ for one batch: from a uniform random start, ``pgd_steps`` signed steps of
+        ``alpha`` that descend the loss at the worst ρ: each step sums, over ``eot_samples``
+        augmentations T, the gradient w.r.t. δ of T(x + δ)·g, g the loss gradient at
+        T(x + δ) + ρ (ρ by :meth:`_rem_rho`; Danskin's theorem, as the authors' code). Returns
+        (δ, the last step's mean loss)."""
+        cfg = self.cfg
+        model = self.model
+        model.eval()
+        model.requires_grad_(False)
+        d = self._random_delta(tuple(c_box.shape), c_box).to(self.device)
+        aug = AUGMENTS.get(cfg.train_augment)
+        last = 0.0
+        for _ in range(cfg.pgd_steps):
+            g_sum = torch.zeros_like(d)
+            loss_sum = 0.0
+            for _s in range(cfg.eot_samples):
+                dv = d.detach().requires_grad_(True)
+                xd = (clean_f + dv).clamp(0, 1)
+                if aug is not None:
+                    xd = aug(xd, self.gen)
+                adv = (xd.detach() + self._rem_rho(xd.detach(), y)).clamp_(0, 1).requires_grad_(True)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    loss = F.cross_entropy(self.forward(self._input(adv)).float(), y)
+                (g_adv,) = torch.autograd.grad(loss, adv)
+                (g,) = torch.autograd.grad((xd * g_adv).sum(), dv)
+                g_sum += g
+                loss_sum += float(loss.detach())
+            ops.pgd_linf_step_(d, g_sum, c_box, alpha, cfg.eps, 0.0, 1.0, backend=cfg.backend)
+            last = loss_sum / cfg.eot_samples
+        return d.detach(), last
+
+    @torch.no_grad()
+    def poisoned_accuracy(self) -> float:
+        """The surrogate's accuracy, in eval mode, on every image of the shard plus its δ (all
+        ranks' images under torch.distributed): EM's published stopping criterion."""
+        model = self.model
+        model.eval()
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for s in range(0, self.N, self.cfg.pgd_batch_size):
+            idx = torch.arange(s, min(s + self.cfg.pgd_batch_size, self.N))
+            x = (_as_float01(self.store.clean_batch(idx)) + self._delta_for(idx)).clamp_(0, 1)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.forward(self._input(x))
+            correct += (logits.argmax(1) == self.labels_dev.index_select(0, idx.to(self.device))).sum()
+        seen = torch.tensor(float(self.N))
+        if self.world > 1:
+            correct, seen = all_reduce_sum(correct.float(), seen)
+        return float(correct.float() / seen)
 
     # ---------------------------------------------------------------- surrogate
     def _build_surrogate(self, surrogate, clean):
@@ -165,20 +320,29 @@ class Engine:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             if surrogate is None:
-                model = build_model(cfg.arch, self.C, channels=clean.shape[1], image_size=clean.shape[2], normalize=True)
+                model = build_model(cfg.arch, self.C, channels=clean.shape[1], image_size=clean.shape[2],
+                                    normalize=cfg.input_norm)
             else:
                 model = FeatureModel(copy.deepcopy(surrogate))
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        if cfg.objective in ("miue", "miue-linear"):  # fail now, not after an epoch, if there are no features
+        if self.obj.needs_features:  # fail now, not after an epoch, if there are no features
             model.eval()
             with torch.no_grad():
                 model(_as_float01(clean[:2].to(self.device)), return_features=True)
-        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.rounds * self.train_passes,
-                                                                eta_min=cfg.lr_min)
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                   nesterov=cfg.nesterov)
+        sched = torch.optim.lr_scheduler
+        if cfg.lr_schedule == "cosine":  # stepped once per surrogate epoch (train_epoch call)
+            self.sched = sched.CosineAnnealingLR(self.opt, T_max=cfg.rounds * self.train_passes, eta_min=cfg.lr_min)
+        elif cfg.lr_schedule == "multistep":  # milestones in surrogate epochs
+            self.sched = sched.MultiStepLR(self.opt, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma)
+        elif cfg.lr_schedule == "step":  # stepped once per training step (the per-batch schedule)
+            self.sched = sched.StepLR(self.opt, step_size=cfg.lr_step_every, gamma=cfg.lr_gamma)
+        else:  # constant
+            self.sched = sched.MultiplicativeLR(self.opt, lr_lambda=_one)
         self.forward = model
         if cfg.compile:
             self.forward = torch.compile(model)
@@ -210,13 +374,28 @@ class Engine:
     def _train_batches(self):
         """train_steps batches of train_bs local indices (wrapping around when this rank's
         shard is shorter, so that every rank takes the same number of DDP steps)."""
-        perm = torch.randperm(self.N, generator=self.gen)
         need = self.train_steps * self.train_bs
+        if self.cfg.train_order == "sequential":  # an unshuffled loader whose iterator carries over
+            order = self._fixed_order()
+            pos = (self.cursor + torch.arange(need)) % self.N
+            self.cursor = int((self.cursor + need) % self.N)
+            if self.cfg.train_steps > 0:
+                return [order[pos[i:i + self.train_bs]] for i in range(0, need, self.train_bs)]
+            order = order.roll(-int(pos[0]))  # one epoch: every image once, batches in the fixed order
+            return [order[i:i + self.train_bs] for i in range(0, self.N, self.train_bs)]
+        perm = torch.randperm(self.N, generator=self.gen)
         if need > self.N and self.cfg.train_steps > 0:  # fixed step count: continue with fresh permutations
             perm = torch.cat([perm] + [torch.randperm(self.N, generator=self.gen) for _ in range(-(-need // self.N) - 1)])
         elif need > self.N and self.world > 1:
             perm = perm.repeat(-(-need // self.N))[:need]
         return [perm[i:i + self.train_bs] for i in range(0, min(need, perm.numel()), self.train_bs)]
+
+    def _fixed_order(self):
+        """train_order="sequential": one order of the images for the whole run (seeded; the images'
+        own order could be sorted by class, which an unshuffled CIFAR loader never is)."""
+        if getattr(self, "_order", None) is None:
+            self._order = torch.randperm(self.N, generator=torch.Generator().manual_seed(self.cfg.seed + 104729))
+        return self._order
 
     def train_epoch(self):
         model = self.model
@@ -227,25 +406,8 @@ class Engine:
         seen = 0
         for idx in self._train_batches():
             seen += len(idx)
-            flips = self._flips(len(idx))
-            c = _as_float01(self.store.clean_batch(idx))
-            if flips is not None:
-                c = _flip(c, flips.to(self.device))
-            # TAP's surrogate learns the clean data; the min-min objectives train on the poisoned data
-            x = c if self.cfg.objective == "tap" else (c + self._delta_for(idx)).clamp_(0, 1)
-            y = self.labels_dev.index_select(0, idx.to(self.device))
-            if self.cfg.objective == "rem":  # adversarial training: on x + ρ, ρ maximising the loss
-                model.eval()
-                model.requires_grad_(False)
-                x = (x + self._rem_rho(x, y)).clamp_(0, 1)
-                model.train()
-                model.requires_grad_(True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.train_forward(self._input(x))
-                loss = F.cross_entropy(logits.float(), y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            x, y = self._train_input(idx)
+            loss, logits = self._train_step(x, y)
             loss_sum += loss.detach() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
         self.sched.step()
@@ -254,15 +416,40 @@ class Engine:
             return loss_sum / seen_t, correct / seen_t
         return loss_sum / seen, correct.float() / seen
 
-    def _objective(self, feats, logits, y):
+    def _train_input(self, idx):
+        """The surrogate's training batch: the poisoned images clamp(flip(x) + δ) (the clean ones
+        for TAP and PIL), with the recipe's augmentation; REM's ρ is added by _train_step."""
         cfg = self.cfg
-        if cfg.objective == "miue":
-            return ops.supcon_loss(feats, y, cfg.temperature, backend=cfg.backend)
-        if cfg.objective == "miue-linear":
-            return ops.intra_class_cosine_loss(feats, y, self.C, backend=cfg.backend, validate=False)
-        if cfg.objective == "tap":  # descend cross-entropy to the target class: raise p(target | x + δ)
-            return F.cross_entropy(logits.float(), tap_target(y, self.C))
-        return F.cross_entropy(logits.float(), y)
+        flips = self._flips(len(idx)) if cfg.train_augment == "flip" else None
+        c = _as_float01(self.store.clean_batch(idx))
+        if flips is not None:
+            c = _flip(c, flips.to(self.device))
+        x = c if self.obj.surrogate == "clean" else (c + self._delta_for(idx)).clamp_(0, 1)
+        if cfg.train_augment in AUGMENTS:
+            x = AUGMENTS[cfg.train_augment](x, self.gen)
+        return x, self.labels_dev.index_select(0, idx.to(self.device))
+
+    def _train_step(self, x, y):
+        """One SGD step of the surrogate on (x, y); REM trains adversarially, on x + ρ."""
+        model = self.model
+        if self.obj.inner_max:  # adversarial training: on x + ρ, ρ maximising the loss
+            model.eval()
+            model.requires_grad_(False)
+            x = (x + self._rem_rho(x, y)).clamp_(0, 1)
+            model.train()
+            model.requires_grad_(True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.train_forward(self._input(x))
+            loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return loss, logits
+
+    def _objective(self, feats, logits, y):
+        return self.obj.loss(self, feats, logits, y)
 
     def _rem_rho(self, x, y):
         """REM's inner maximisation: ρ in the L∞ ball of radius rem_eps (eps/2 by default) that
@@ -270,27 +457,33 @@ class Engine:
         rem_eps/4 from a uniform random start (drawn from the run's generator). Detached."""
         cfg = self.cfg
         r = cfg.rem_eps or cfg.eps / 2
+        step = cfg.rem_step_size or r / 4
         rho = ((torch.rand(x.shape, generator=self.gen) * 2 - 1) * r).to(x.device)
         for _ in range(cfg.rem_steps):
             rho.requires_grad_(True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 loss = F.cross_entropy(self.forward(self._input((x + rho).clamp(0, 1))).float(), y)
             (g,) = torch.autograd.grad(loss, rho)
-            rho = (rho.detach() + (r / 4) * g.sign()).clamp_(-r, r)
+            rho = (rho.detach() + step * g.sign()).clamp_(-r, r)
         return rho.detach()
 
     def _pgd_step(self, d, clean_f, c_box, y, alpha, eps, box):
         """One step on the batch δ ``d`` (float32, in place); returns the objective value."""
         # REM: the loss is taken at the worst ρ around x + δ (min over δ of max over ρ)
-        rem = self.cfg.objective == "rem"
+        rem = self.obj.inner_max
         rho = self._rem_rho((clean_f + d).clamp(0, 1), y) if rem else None
         dv = d.detach().requires_grad_(True)
         # inside a CUDA graph the autocast weight-cast cache would outlive its capture
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
                             cache_enabled=not self.cfg.cuda_graphs):
-            x = (clean_f + dv + rho).clamp(0, 1) if rem else clean_f + dv  # (x + δ is in the box already)
-            feats, logits = self.forward(self._input(x), return_features=True)
-            loss = self._objective(feats, logits, y)
+            if self.obj.name == "pil":  # δ alone, and x + δ: two forwards (miue/objectives.py)
+                loss = objectives.pil_loss(lambda z: self.forward(self._input(z)), clean_f, dv, y, self.cfg.pil_lambda)
+            else:
+                x = (clean_f + dv + rho).clamp(0, 1) if rem else clean_f + dv  # (x + δ is in the box already)
+                if self.cfg.attack_augment in AUGMENTS:  # differentiable augmentation of x + δ (TAP)
+                    x = AUGMENTS[self.cfg.attack_augment](x, self.gen)
+                feats, logits = self.forward(self._input(x), return_features=True)
+                loss = self._objective(feats, logits, y)
         (g,) = torch.autograd.grad(loss, dv)
         if self.cfg.classwise:
             g_cls = torch.zeros_like(self.class_delta_dev).index_add_(0, y, g)
@@ -339,13 +532,19 @@ class Engine:
                     steps += 1
                 continue
             d = self.store.delta_batch(idx)
+            if cfg.restarts > 1 and self.obj.attack == "after_training":
+                loss_sum, d = self._restarts(d, clean_f, c_box, y, alpha_t, eps_t)
+                total += loss_sum
+                steps += cfg.pgd_steps
+                self.store.write_delta(idx, d)
+                continue
             graphed = self._graphed_step(d, clean_f, c_box, y) if len(idx) == cfg.pgd_batch_size else None
             if graphed is not None:
                 total += graphed.run(d, clean_f, c_box, y, alpha, cfg.pgd_steps)
                 steps += cfg.pgd_steps
             else:
                 for _ in range(cfg.pgd_steps):
-                    total += self._pgd_step(d, clean_f, c_box, y, alpha_t, eps_t, (0.0, 1.0))
+                    total += self._pgd_step(d, clean_f, c_box, y, alpha_t, eps_t, self._box)
                     steps += 1
             self.store.write_delta(idx, d)
         if self.world > 1:
@@ -353,11 +552,57 @@ class Engine:
             return total / steps_t.clamp_min(1)
         return total / max(steps, 1)
 
+    @property
+    def _box(self):
+        """The box x + δ is kept in during PGD: [0, 1], or none for PIL, whose authors clip only
+        the released image ([-1, 2] never binds with |δ| ≤ ε)."""
+        return (-1.0, 2.0) if self.obj.name == "pil" else (0.0, 1.0)
+
+    def _random_delta(self, shape, clean):
+        """A random start in the ε ball (and the box around ``clean``): uniform or clipped normal."""
+        eps = self.cfg.eps
+        if self.cfg.delta_init == "normal":
+            d = (torch.randn(shape, generator=self.gen) * eps).clamp_(-eps, eps)
+        else:
+            d = (torch.rand(shape, generator=self.gen) * 2 - 1) * eps
+        lo, hi = self._box
+        return ops.project_linf_(d, clean.cpu(), eps, lo, hi)
+
+    def _init_delta(self):
+        """delta_init "uniform" / "normal": every δ from the run's generator, in chunks."""
+        for s in range(0, self.N, 4096):
+            idx = torch.arange(s, min(s + 4096, self.N))
+            c = self.store.clean[s:s + 4096]
+            self.store.write_delta(idx, self._random_delta((len(idx),) + tuple(c.shape[1:]), c).to(self.device))
+
+    def _restarts(self, d, clean_f, c_box, y, alpha_t, eps_t):
+        """``restarts`` attacks of the batch, the first from δ as stored, the others from fresh
+        random starts; keeps the one with the lowest final mean objective (the authors keep the
+        best restart over the whole set; per batch is at least as strong). Returns (the summed
+        objective of the kept attack's steps, its δ)."""
+        best, best_loss, best_sum = None, math.inf, None
+        for r in range(self.cfg.restarts):
+            cur = d.clone() if r == 0 else self._random_delta(tuple(d.shape), c_box).to(d.device)
+            total = torch.zeros((), device=self.device)
+            for _ in range(self.cfg.pgd_steps):
+                total += self._pgd_step(cur, clean_f, c_box, y, alpha_t, eps_t, self._box)
+            final = float(self._final_objective(cur, clean_f, y))
+            if final < best_loss:
+                best, best_loss, best_sum = cur, final, total
+        return best_sum, best
+
+    @torch.no_grad()
+    def _final_objective(self, d, clean_f, y):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            feats, logits = self.forward(self._input(clean_f + d), return_features=True)
+            return self._objective(feats, logits, y)
+
     def _graphed_step(self, d, clean_f, c_box, y):
         """The CUDA graph of one sample-wise PGD step for full batches (``cuda_graphs``), built
         on first use; None when graphs are off or capture failed (the step then runs eagerly)."""
-        if not (self.cfg.cuda_graphs and self.device.type == "cuda") or self._graph_failed or self.cfg.objective == "rem":
-            return None  # (REM draws its random starts on the host: not capturable)
+        if not (self.cfg.cuda_graphs and self.device.type == "cuda") or self._graph_failed or self.obj.inner_max \
+                or self.cfg.attack_augment != "none":
+            return None  # (REM's starts and the augmentations draw random numbers on the host: not capturable)
         if self._graph is None or self._graph.c_box.dtype != c_box.dtype:
             try:
                 step = lambda *a: self._pgd_step(*a, (0.0, 1.0))  # noqa: E731
@@ -397,6 +642,8 @@ class Engine:
             "generator": self.gen.get_state(),
             "delta": self.store.delta.cpu() if not self.cfg.classwise else self.class_delta_dev.cpu(),
         }
+        if self.cfg.train_order == "sequential" or self.cfg.schedule == "per-batch":
+            st["cursor"] = self.cursor
         if self.model is not None:
             st["model"] = self.model.state_dict()
             st["optimizer"] = self.opt.state_dict()
@@ -405,6 +652,7 @@ class Engine:
 
     def load_state(self, st: dict):
         self.gen.set_state(st["generator"])
+        self.cursor = int(st.get("cursor", 0))
         if self.cfg.classwise:
             self.class_delta_dev.copy_(st["delta"].to(self.device))
         else:
@@ -426,3 +674,42 @@ class Engine:
         for group, base in zip(self.opt.param_groups, s.base_lrs):
             group["lr"] = s.eta_min + (base - s.eta_min) * (1 + math.cos(math.pi * s.last_epoch / s.T_max)) / 2
         s._last_lr = [group["lr"] for group in self.opt.param_groups]
+
+
+def _one(_epoch):
+    return 1.0
+
+
+SCHEDULE_CHOICES = {
+    "schedule": ("rounds", "per-batch"), "train_order": ("shuffle", "sequential"),
+    "train_augment": ("flip", "none", "crop-flip", "shift-flip"), "attack_augment": ("none", "crop-flip", "shift-flip"),
+    "lr_schedule": ("cosine", "constant", "multistep", "step"), "input_norm": ("imagenet", "cifar", "half", "none"),
+    "delta_init": ("zero", "uniform", "normal"),
+}
+
+
+def _check_schedule(cfg: CraftConfig) -> None:
+    """The recipe fields' choices and ranges (a clear error naming the field)."""
+    for name, choices in SCHEDULE_CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
+    for name in ("grad_clip", "stop_eval_acc", "rem_step_size", "lr_gamma"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if cfg.stop_eval_acc > 1:
+        raise ValueError(f"stop_eval_acc must lie in [0, 1], got {cfg.stop_eval_acc!r}")
+    for name in ("restarts", "eot_samples"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if cfg.lr_schedule == "step" and cfg.lr_step_every < 1:
+        raise ValueError(f"lr_schedule='step' needs lr_step_every >= 1, got {cfg.lr_step_every!r}")
+    if cfg.schedule == "per-batch" and not objectives.get(cfg.objective).inner_max and cfg.objective != "em":
+        raise ValueError(f"schedule='per-batch' is REM's (and EM's) published loop; objective {cfg.objective!r} "
+                         "runs in rounds")
+    if cfg.delta_dtype == "int8":
+        small = [a for a in (cfg.alpha_start, cfg.alpha_end) if 0 < a < 1 / 255 - 1e-12]
+        if small:
+            raise ValueError(f"delta_dtype='int8' stores δ in units of 1/255 and would round a PGD step of "
+                             f"{min(small) * 255:.3g}/255 away every batch: use float16/float32, or steps >= 1/255")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from miue import ops
-from miue._amp import resolve_amp
+from miue._amp import precision, resolve_amp
 from miue.craft.checkpoint import Checkpoint, check_resumable, fingerprint
 from miue.craft.distributed import dist_info, gather_delta, shard
 from miue.craft.engine import Engine
@@ -33,6 +33,7 @@ def craft_fast(
     eps: float = 8 / 255,
     preset: str = "paper",
     objective: str = "miue",
+    recipe: str = "published",
     surrogate: nn.Module | None = None,
     rounds: int | None = None,
     pgd_steps: int | None = None,
@@ -73,6 +74,11 @@ def craft_fast(
         δ minimising the loss at the worst ρ), "random" (uniform noise, no model), or a
         training-free shortcut from miue.shortcuts: "ar" (autoregressive noise), "lsp"
         (linear-separable patches) or "ops" (one-pixel shortcut: an L0 attack, ignores eps).
+    recipe: "published" (default): em, tap, rem and pil craft with their authors' published
+        recipe (schedule, step sizes, initialisation, augmentation, stop rule, optimiser), on
+        the preset's surrogate architecture and speed options; "matched": the objective's
+        loss on the preset's own (MI-UE's) schedule, a loss-only ablation. miue and random
+        are the same under both. See miue/objectives.py and docs/crafting.md.
     surrogate: an nn.Module returning logits (features = the input of its last nn.Linear)
         or (features, logits); a copy is trained. Default: the preset's architecture.
     rounds, pgd_steps, batch_size (PGD batch), train_batch_size, amp, channels_last, compile,
@@ -105,7 +111,7 @@ def craft_fast(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clean, y, C = prepare_inputs(images, labels, num_classes)
     cfg = make_config(
-        preset, objective=objective, eps=float(eps), rounds=rounds, pgd_steps=pgd_steps, pgd_batch_size=batch_size,
+        preset, objective=objective, recipe=recipe, eps=float(eps), rounds=rounds, pgd_steps=pgd_steps, pgd_batch_size=batch_size,
         train_batch_size=train_batch_size, amp=amp, channels_last=channels_last, compile=compile,
         cuda_graphs=cuda_graphs, classwise=classwise, delta_dtype=delta_dtype, release_rounding=release_rounding,
         seed=seed, backend=backend, checkpoint_every=checkpoint_every, num_classes=C, **options,
@@ -115,18 +121,19 @@ def craft_fast(
     if device.type != "cuda":  # CUDA graphs are CUDA-only (channels_last helps oneDNN too)
         cfg.cuda_graphs = False
     # bf16 autocast: on CUDA, and on CPUs with native bf16 (AMX / avx512_bf16); else fp32, logged once
+    ran = precision(cfg.amp, device)  # recorded with the result: the precision that ran, and why
     cfg.amp = resolve_amp(cfg.amp, device)
     if cfg.objective in TRAINING_FREE:
         if cfg.classwise:
             raise ValueError(f"objective={cfg.objective!r} is class-structured already; classwise=True does not apply")
-        return _training_free(cfg, clean, y)
+        return _training_free(cfg, clean, y, ran)
     if cfg.classwise and dist_info()[1] > 1 and cfg.objective != "random":
         raise ValueError("classwise crafting is not supported under torch.distributed (class perturbations would "
                          "need a collective per PGD step); run it in one process")
-    return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress, extend)
+    return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress, extend, ran)
 
 
-def _training_free(cfg: CraftConfig, clean: torch.Tensor, y: torch.Tensor) -> CraftResult:
+def _training_free(cfg: CraftConfig, clean: torch.Tensor, y: torch.Tensor, ran: dict) -> CraftResult:
     """ar / lsp: δ from the class's generator, in the ε ball and the [0, 1] box; ops: each
     class's one pixel set (δ is then what it is at that pixel, up to ±1). Seconds, no rounds,
     the same result in every process of a distributed run."""
@@ -145,12 +152,13 @@ def _training_free(cfg: CraftConfig, clean: torch.Tensor, y: torch.Tensor) -> Cr
         ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
         images = release(clean, delta, cfg.eps, cfg.release_rounding)
         extra = {"norm": "Linf"}
-    config = {**cfg.to_dict(), **extra}
+    config = {**cfg.to_dict(), **extra, "precision": "fp32"}
     return CraftResult(delta=delta, images=images, labels=y, history=[{"round": 1, "objective": cfg.objective}],
                        config=config)
 
 
-def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress, extend=False) -> CraftResult:
+def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress, extend=False,
+         ran: dict | None = None) -> CraftResult:
     rank, world = dist_info()
     n_global = clean.shape[0]
     owned = shard(n_global, rank, world)
@@ -210,7 +218,11 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
         ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
     if not (cfg.storage == "disk" and not cfg.classwise):
         images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
-    config = cfg.to_dict()
+    config = {**cfg.to_dict(), **(ran or {})}
+    if cfg.stop_eval_acc > 0 and history and not history[-1].get("stopped"):
+        config["stop"] = "cap"  # the cap on rounds came before the published stop rule
+    elif history and history[-1].get("stopped"):
+        config["stop"] = history[-1].get("stop", "stopped")
     if world > 1:
         config["world_size"] = world
     if changes:
@@ -270,7 +282,7 @@ def _rounds(eng: Engine, cfg: CraftConfig, start_round: int, history: list, save
                     break
                 if "objective_loss" in rec:  # (TAP's training-only rounds have no PGD pass)
                     bar.set_postfix(loss=f"{rec['objective_loss']:.4f}", acc=f"{rec['train_acc']:.3f}",
-                                    img_s=f"{rec['pgd_images_per_s']:.0f}")
+                                    **({"img_s": f"{rec['pgd_images_per_s']:.0f}"} if "pgd_images_per_s" in rec else {}))
                 bar.update(1)
                 if interrupt.requested and e < cfg.rounds:
                     raise CraftInterrupted(
