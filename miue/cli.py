@@ -231,7 +231,8 @@ def _cmd_demo(args) -> int:
     from miue.demo import run_demo
 
     run_demo(out_dir=args.out_dir, quick=args.quick, device=args.device, progress=not args.quiet, seed=args.seed,
-             methods=args.methods, preset=args.preset, train_per_class=args.train_per_class)
+             methods=args.methods, preset=args.preset, train_per_class=args.train_per_class,
+             workers=args.workers if args.workers is not None else min(2, os.cpu_count() or 1))
     return 0
 
 
@@ -254,6 +255,7 @@ def _objective_help() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from miue.defenses import DEFENSES
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
+    from miue.demo import NAMES as DEMO_NAMES
     from miue.models import ARCHS
     from miue.presets import OBJECTIVES, PRESETS, RECIPES
 
@@ -362,13 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=_cmd_evaluate)
 
-    s = sub.add_parser("demo", help="craft MI-UE, EM and random noise (or --methods) on 10,000 Fashion-MNIST "
-                                    "images and show that victims of two training recipes fail")
+    s = sub.add_parser("demo", help="craft MI-UE, EM (published, and on MI-UE's schedule) and random noise (or "
+                                    "--methods) on 10,000 Fashion-MNIST images and show that victims of two "
+                                    "training recipes, and one on the JPEG-10 release, fail")
     s.add_argument("--out-dir", default="demo_out", help="where the report, figure and poisons go (default demo_out)")
-    s.add_argument("--methods", nargs="+", choices=OBJECTIVES, default=list(DEFAULT_METHODS), metavar="OBJECTIVE",
-                   help="objectives to craft, each with the same preset and surrogate, and compare: any of %(choices)s "
-                        "(default: miue em random, which keeps the full demo within 15 minutes on 2 CPU cores; "
-                        "rem costs about 8x em)")
+    s.add_argument("--methods", nargs="+", choices=list(DEMO_NAMES), default=list(DEFAULT_METHODS), metavar="METHOD",
+                   help="what to craft on the preset's surrogate and compare: an objective with its published recipe, "
+                        "or OBJECTIVE-matched (its loss on the preset's schedule); any of %(choices)s (default: "
+                        + " ".join(DEFAULT_METHODS) + ", which keeps the full demo within 15 minutes on 2 CPU "
+                        "cores; rem's published recipe takes hours)")
     s.add_argument("--quick", action="store_true", help=f"a shortened configuration (CI): {QUICK_TEXT}")
     s.add_argument("--preset", choices=DEMO_PRESETS, default="demo",
                    help="crafting preset for every method (default demo: a ResNet-8 surrogate, 50 PGD steps per "
@@ -377,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-per-class", type=int, default=None,
                    help=f"class-balanced training subset per class (default {TRAIN_PER_CLASS}, i.e. 10,000 images; "
                         "6000 = all 60,000; --quick: " + str(QUICK["train_per_class"]) + ")")
+    s.add_argument("--workers", type=int,
+                   help="run the crafts and victims in this many processes at once, each with cores/N threads "
+                        "(default: 2 on 2 or more cores, else 1)")
     s.add_argument("--device")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")

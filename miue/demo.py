@@ -1,23 +1,26 @@
-"""The demo (README's main job): MI-UE, EM and random noise on Fashion-MNIST, and victims
-of two different training recipes trained on each.
+"""The demo (README's main job): MI-UE against EM (as its authors published it, and on MI-UE's
+schedule) and random noise on Fashion-MNIST, judged by victims of two training recipes and by
+one trained on the JPEG-compressed release.
 
-1. Craft, at the same ε = 8/255 and with the same preset and surrogate, MI-UE (supcon
-   objective), EM (error-minimising cross-entropy) and uniform random noise for a
-   class-balanced subset of 10,000 Fashion-MNIST training images (1,000 per class). The
-   ``demo`` preset: a ResNet-8 surrogate, 50 PGD steps per image, bf16 autocast where the CPU
-   has native bf16: a point of the effectiveness study's cost-effectiveness frontier,
-   measured against EM with three crafting seeds (docs/effectiveness.md). ``--quick``:
-   smaller subsets and fewer rounds, see ``QUICK``.
+1. Craft, at ε = 8/255 on the same ResNet-8 surrogate, MI-UE (the ``demo`` preset: 50 PGD steps
+   per image, bf16 autocast where the CPU has native bf16), EM with its authors' published
+   recipe (``recipe="published"``: 10 surrogate steps, then 20 steps of ε/10 on every δ, until
+   the surrogate classifies more than 99% of the poisoned set), EM's loss on MI-UE's demo
+   schedule (``em-matched``) and uniform random noise, for a class-balanced subset of 10,000
+   Fashion-MNIST training images (1,000 per class). ``--quick``: smaller subsets and fewer
+   rounds, see ``QUICK``.
 2. Train two victims that differ from the surrogate and from each other on clean data and on
    each released set (``VICTIMS``: the study's ``cnn-sgd``, a CNN trained with SGD + crop +
-   flip, and ``cnn-adam``, the same CNN with Adam and no augmentation), and test every victim
+   flip, and ``cnn-adam``, the same CNN with Adam and no augmentation), and ``cnn-sgd`` once
+   more on the release compressed as JPEG at quality 10 (ISS, ``DEFENDED``); test every victim
    on the full clean test set (10,000 images).
 3. The paper's lens: for each poison, the SGD victim trained on it embeds the clean and the
    poisoned training images; we report the Gaussian estimate of the mutual information
    between the paired clean and poisoned features, the intra-class covariance trace and
    the mean intra-class cosine similarity of the poisoned features.
 Writes ``report.json``, ``figure.png`` (clean / perturbation / released images and test-
-accuracy curves) and the poisons (``<method>.npz``) into ``out_dir``; prints a table.
+accuracy curves) and the poisons (``<method>.npz``) into ``out_dir``; prints a table. One run
+is one crafting seed: the spread over seeds is in docs/effectiveness.md.
 """
 
 from __future__ import annotations
@@ -30,44 +33,39 @@ import time
 import numpy as np
 import torch
 
+from miue import objectives
 from miue.craft import craft_fast
 from miue.data import class_balanced_subset, load_dataset
 from miue.evaluate import evaluate
 from miue.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, mean_intra_class_cosine
 
 EPS = 8 / 255
-# objective -> the name the report, table and figure use
-NAMES = {"miue": "MI-UE", "miue-linear": "MI-UE-linear", "em": "EM", "tap": "TAP", "rem": "REM", "random": "random",
-         "ar": "AR", "lsp": "LSP", "ops": "OPS"}
-DEFAULT_METHODS = ("miue", "em", "random")  # keeps the full demo within 15 minutes on 2 CPU cores
+# method -> the name the report, table and figure use: an objective (with its published recipe),
+# or an objective with "-matched" (its loss on the preset's own schedule)
+_DISPLAY = {"miue": "MI-UE", "miue-linear": "MI-UE-linear", "random": "random"}
+NAMES = {}
+for _name, _obj in objectives.OBJECTIVES.items():
+    NAMES[_name] = _DISPLAY.get(_name, _name.upper())
+    if _obj.published is not None:
+        NAMES[_name + "-matched"] = NAMES[_name] + " (MI-UE sched.)"
+        NAMES[_name] += " (published)"
+DEFAULT_METHODS = ("miue", "em", "em-matched", "random")  # keeps the full demo within 15 minutes on 2 CPU cores
 DEMO_PRESETS = ("demo", "cpu", "cnn")  # crafting presets the demo offers (paper/fast: GPU-sized, use miue craft)
-METHODS = tuple((NAMES[o], o) for o in DEFAULT_METHODS)
 TARGETS = {"clean_min": 0.88}
 # the victims: (evaluate preset, architecture, epochs): the effectiveness study's cnn-sgd and
-# cnn-adam (benchmarks/effectiveness.py VICTIMS; a test keeps the two the same)
+# cnn-adam (miue.evaluate.VICTIM_RECIPES)
 VICTIMS = {"cnn-sgd": ("quick", "cnn", 20), "cnn-adam": ("adam", "cnn", 15)}
+DEFENDED = {"cnn-sgd+jpeg10": ("cnn-sgd", "jpeg")}  # column -> (victim, defense applied to its training set)
 LENS_VICTIM = "cnn-sgd"
-# what the effectiveness study measured for each preset's configuration against EM (printed
-# after the table; the numbers and files are in docs/effectiveness.md)
-STUDY_NOTES = {
-    "demo": "The study behind this preset (50 PGD steps per image, ResNet-8, bf16; mean over cnn-sgd and "
-            "cnn-adam): MI-UE and EM tie within the crafting-seed spread, 33.0 +- 4.1% vs 29.6 +- 1.9% on 10,000 "
-            "images over 3 crafting seeds each, so one run like this one can put either ahead by several points. "
-            "At 200 steps (--preset cpu, about 4x the crafting) they tie too on 10,000 images (28.0 +- 1.9% vs "
-            "26.4 +- 3.9%, 3 seeds each); on 20,000 (--train-per-class 2000, 42 minutes on 2 cores) they "
-            "tie as well (23.6 +- 2.6% vs 25.0 +- 4.8%, 6 crafts each). At the paper's 1,000 steps (two "
-            "crafting seeds on 10,000 images, about 75 minutes per craft) EM is ahead on both, 21.5% vs 26.3%. "
-            "No configuration measured on 2 CPU cores puts MI-UE below EM beyond the crafting-seed spread. "
-            "See docs/effectiveness.md.",
-    "cpu": "The study behind this preset (200 PGD steps per image, ResNet-8; mean over cnn-sgd and cnn-adam): "
-           "the strongest MI-UE measured, but EM crafted the same way ties it on 10,000 images (MI-UE 28.0 +- "
-           "1.9% vs EM 26.4 +- 3.9%, 3 crafting seeds each); on 20,000 images they tie as well "
-           "(23.6 +- 2.6% vs 25.0 +- 4.8%, 6 crafts each). Five times the budget (the paper's 1,000 steps, "
-           "two crafting seeds on 10,000 images) puts EM ahead on both, 21.5% vs 26.3%. "
-           "See docs/effectiveness.md.",
-    "cnn": "With this small-CNN surrogate EM beats MI-UE at every budget the study measured (25, 200 and 1,000 "
-           "PGD steps per image). See docs/effectiveness.md.",
-}
+
+
+def method_spec(method: str) -> tuple[str, str]:
+    """``em`` -> ("em", "published"); ``em-matched`` -> ("em", "matched")."""
+    if method.endswith("-matched"):
+        return method[: -len("-matched")], "matched"
+    return method, "published"
+
+
 TRAIN_PER_CLASS = 1000  # the full demo's class-balanced training subset (10,000 images)
 
 # the shortened configuration (``--quick``, run by CI): smaller subsets, fewer rounds and epochs
@@ -78,15 +76,18 @@ QUICK_TEXT = (f"{10 * QUICK['train_per_class']:,} training / {10 * QUICK['test_p
 
 def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progress: bool = True, seed: int = 0,
              victim_epochs: int | None = None, methods=DEFAULT_METHODS, preset: str = "demo",
-             train_per_class: int | None = None) -> dict:
-    """methods: objectives to craft (any of ``miue.presets.OBJECTIVES``), each with the same
-    schedule and surrogate (TAP: the rounds train the surrogate on clean data, then
-    ``pgd_steps`` steps towards y + 1; REM costs about 8x EM; ar/lsp/ops need no surrogate).
+             train_per_class: int | None = None, workers: int = 1) -> dict:
+    """methods: what to craft, each on the preset's surrogate: an objective of
+    ``miue.objectives`` with its published recipe (``em``, ``tap``, ``rem``, ``pil``: the authors'
+    schedule; ``miue``: the preset's), or ``<objective>-matched``, its loss on the preset's own
+    schedule (see ``NAMES``; REM's published recipe takes hours on a CPU).
     preset: the crafting preset, ``demo`` (ResNet-8, 50 PGD steps per image: minutes on 2 CPU
     cores), ``cpu`` (ResNet-8, 200 steps: about 4x the crafting time) or ``cnn`` (the small-CNN
     25-step schedule, the demo before issue 25: cheaper, and EM beats MI-UE with it).
     train_per_class: the class-balanced training subset (default 1,000 per class; 6,000 is the
-    whole training set). seed: the crafting, subset and victim seed."""
+    whole training set). seed: the crafting, subset and victim seed. workers: jobs (crafts, victims)
+    run in this many processes at once, each with cores / workers threads (1: one after the other
+    in this process; the CLI uses 2 on 2 or more cores)."""
     import miue
     from miue.presets import make_config
 
@@ -112,53 +113,74 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     if quick:
         craft_kw["rounds"] = QUICK["rounds"]
     victims_cfg = {v: (p, a, victim_epochs or (QUICK["victim_epochs"] if quick else e)) for v, (p, a, e) in VICTIMS.items()}
+    columns = {**{v: (v, None) for v in victims_cfg}, **DEFENDED}  # column -> (victim, defense)
     cfg = make_config(preset)
     steps = (QUICK["rounds"] if quick else cfg.rounds) * cfg.pgd_steps
     print(f"miue demo{' (QUICK configuration: ' + QUICK_TEXT + '; not the full demo)' if quick else ''}: "
           f"Fashion-MNIST, {len(train):,} training images ({tpc:,} per class) / {len(test):,} test images, "
           f"eps = 8/255; crafting preset {preset}: {cfg.arch} surrogate, {steps} PGD steps per image"
           f"{', bf16 autocast where native' if cfg.amp else ''}; victims "
-          + ", ".join(f"{v} ({e} epochs)" for v, (_, _, e) in victims_cfg.items()), flush=True)
+          + ", ".join(f"{v} ({e} epochs)" for v, (_, _, e) in victims_cfg.items())
+          + "; " + ", ".join(f"{v} on the {d.upper()}-compressed release" for v, d in DEFENDED.values()), flush=True)
 
     poisons, crafted, craft_seconds = {"clean": train.images}, {}, {}
-    for objective in methods:
-        name = NAMES[objective]
-        t = time.perf_counter()
-        r = craft_fast(train.images, train.labels, objective=objective, **craft_kw)
-        craft_seconds[name] = time.perf_counter() - t
+    victims, lens = {}, {}
+    n_mi = min(len(train), 10_000)
+    subset = {"train_per_class": tpc, "seed": seed, "test_per_class": QUICK["test_per_class"] if quick else None}
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    job_progress = progress and workers == 1
+
+    def victim_jobs(name):
+        return [(_victim_job, name, col, poisons[name], train.labels, test.images, test.labels, victims_cfg[v], d,
+                 seed, device, job_progress, train.images[:n_mi] if col == LENS_VICTIM and name != "clean" else None,
+                 threads) for col, (v, d) in columns.items()]
+
+    def crafted_done(method, r, seconds):
+        name = NAMES[method]
+        craft_seconds[name] = seconds
         r.config["dataset"] = "fashion-mnist"
         r.config["classes"] = train.classes
-        # the subsets crafted and tested on (benchmarks/defense_compare.py rebuilds them from this)
-        r.config["subset"] = {"train_per_class": tpc, "seed": seed,
-                              "test_per_class": QUICK["test_per_class"] if quick else None}
-        r.save(os.path.join(out_dir, f"{objective}.npz"))
+        r.config["subset"] = subset  # the subsets crafted and tested on (defense_compare.py rebuilds them)
+        r.save(os.path.join(out_dir, f"{method}.npz"))
         poisons[name] = r.images.numpy()
         crafted[name] = r
-        print(f"  crafted {name:7} in {craft_seconds[name]:6.1f} s", flush=True)
+        stop = f", {len(r.history)} rounds, stop: {r.config['stop']}" if "stop" in r.config else ""
+        print(f"  crafted {name:17} in {seconds:6.1f} s{stop}", flush=True)
 
-    victims = {}
-    for name, images in poisons.items():
-        victims[name] = {}
-        for v, (vpreset, arch, epochs) in victims_cfg.items():
-            res = evaluate(images, train.labels, test.images, test.labels, preset=vpreset, arch=arch, epochs=epochs,
-                           seed=seed, device=device, progress=progress)
-            victims[name][v] = res
-            print(f"  {v} victim on {name:7}: clean test accuracy {res.test_acc:.4f} ({res.seconds:.0f} s)", flush=True)
+    def victim_done(name, col, res, lens_rec):
+        victims.setdefault(name, {})[col] = res
+        if lens_rec is not None:
+            lens[name] = lens_rec
+        print(f"  {col} victim on {name:17}: clean test accuracy {res.test_acc:.4f} ({res.seconds:.0f} s)", flush=True)
 
-    n_mi = min(len(train), 10_000)
-    lens = {}
-    for name in poisons:
-        if name == "clean":
-            continue
-        model = victims[name][LENS_VICTIM].model
-        f_clean = extract_features(model, train.images[:n_mi])
-        f_pois = extract_features(model, poisons[name][:n_mi])
-        labels = torch.from_numpy(train.labels[:n_mi])
-        lens[name] = {
-            "mutual_information_nats": gaussian_mutual_information(f_clean, f_pois),
-            "intra_class_cov_trace": intra_class_covariance_trace(f_pois, labels),
-            "intra_class_cosine": mean_intra_class_cosine(f_pois, labels),
-        }
+    crafts = [(_craft_job, m, train.images, train.labels, {**craft_kw, "progress": job_progress}, threads)
+              for m in methods]
+    if workers == 1:  # in this process, one job after the other
+        for job in crafts:
+            crafted_done(*job[0](*job[1:]))
+        for name in list(poisons):
+            for job in victim_jobs(name):
+                victim_done(*job[0](*job[1:]))
+    else:  # a pool of processes, each with cores / workers threads: crafts first, then each poison's victims
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            pending = {pool.submit(*job) for job in crafts + victim_jobs("clean")}
+            while pending:
+                done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for f in done:
+                    out = f.result()
+                    if len(out) == 3:
+                        crafted_done(*out)
+                        pending |= {pool.submit(*job) for job in victim_jobs(NAMES[out[0]])}
+                    else:
+                        victim_done(*out)
+    order = ["clean"] + [NAMES[m] for m in methods]
+    victims = {name: {col: victims[name][col] for col in columns} for name in order}
+    lens = {name: lens[name] for name in order if name in lens}
 
     acc = {name: {v: r.test_acc for v, r in vs.items()} for name, vs in victims.items()}
     report = {
@@ -171,17 +193,20 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
         "seed": seed,
         "eps": EPS,
         "victim_recipes": {v: {"evaluate_preset": p, "arch": a, "epochs": e} for v, (p, a, e) in victims_cfg.items()},
+        "defended": {col: {"victim": v, "defense": d} for col, (v, d) in DEFENDED.items()},
+        "machine": _machine(),
         "craft": {name: {"seconds": craft_seconds[name], "config": crafted[name].config, "history": crafted[name].history}
                   for name in crafted},
         "test_acc": acc,
-        "mean_test_acc": {name: float(np.mean(list(a.values()))) for name, a in acc.items()},
+        # the mean over the two victims without a defense
+        "mean_test_acc": {name: float(np.mean([a[v] for v in victims_cfg])) for name, a in acc.items()},
         "victims": {name: {v: r.to_dict() for v, r in vs.items()} for name, vs in victims.items()},
         "lens": lens,
         "lens_victim": LENS_VICTIM,
         "targets": TARGETS,
         "environment": {"miue": miue.__version__, "torch": torch.__version__, "python": platform.python_version(),
                         "threads": torch.get_num_threads(), "backends": miue.available_backends(),
-                        "device": str(victims["clean"][LENS_VICTIM].config["device"])},
+                        "device": str(victims["clean"][LENS_VICTIM].config["device"]), "workers": workers},
         "seconds": time.perf_counter() - t_start,
     }
     checks = {f"clean_at_least_0.88_{v}": a >= TARGETS["clean_min"] for v, a in acc["clean"].items()}
@@ -189,9 +214,10 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
         for other in victims:
             if other in ("clean", "MI-UE"):
                 continue
-            for v in victims_cfg:
-                checks[f"miue_below_{other.lower()}_{v}"] = acc["MI-UE"][v] < acc[other][v]
-            checks[f"miue_below_{other.lower()}_mean"] = report["mean_test_acc"]["MI-UE"] < report["mean_test_acc"][other]
+            key = other.lower().replace(" (mi-ue sched.)", "_matched").replace(" (published)", "")
+            for col in columns:
+                checks[f"miue_below_{key}_{col}"] = acc["MI-UE"][col] < acc[other][col]
+            checks[f"miue_below_{key}_mean"] = report["mean_test_acc"]["MI-UE"] < report["mean_test_acc"][other]
     report["checks"] = checks
     with open(os.path.join(out_dir, "report.json"), "w") as fh:
         json.dump(report, fh, indent=1)
@@ -199,27 +225,79 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     _figure(os.path.join(out_dir, "figure.png"), train, crafted[shown], victims, shown)
     print(table(report))
     print(f"wrote {out_dir}/report.json, {out_dir}/figure.png and the poisons; total {report['seconds']:.0f} s")
-    if not quick:
-        print(STUDY_NOTES[preset])
+    print("One run is one crafting seed: the crafting seed alone moves a cell by several points. The seeded "
+          "comparison of these methods (mean and spread over crafting seeds, Welch's p, more victims and "
+          "defenses) is in docs/effectiveness.md.")
     return report
+
+
+def _set_threads(threads):
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _craft_job(method, images, labels, craft_kw, threads):
+    """One craft (in a worker process, or in this one): (method, result, seconds)."""
+    _set_threads(threads)
+    objective, recipe = method_spec(method)
+    t = time.perf_counter()
+    r = craft_fast(images, labels, objective=objective, recipe=recipe, **craft_kw)
+    return method, r, time.perf_counter() - t
+
+
+def _victim_job(name, col, images, labels, test_images, test_labels, spec, defense, seed, device, progress,
+                lens_clean, threads):
+    """One victim: (name, column, EvalResult without its model, the lens or None). ``lens_clean``:
+    the clean images whose features (and the poisoned ones') give the MI lens, or None."""
+    _set_threads(threads)
+    vpreset, arch, epochs = spec
+    res = evaluate(images, labels, test_images, test_labels, preset=vpreset, arch=arch, epochs=epochs, seed=seed,
+                   device=device, progress=progress, defense=defense)
+    rec = None
+    if lens_clean is not None:
+        n = len(lens_clean)
+        f_clean = extract_features(res.model, lens_clean)
+        f_pois = extract_features(res.model, images[:n])
+        y = torch.from_numpy(np.asarray(labels[:n]))
+        rec = {"mutual_information_nats": gaussian_mutual_information(f_clean, f_pois),
+               "intra_class_cov_trace": intra_class_covariance_trace(f_pois, y),
+               "intra_class_cosine": mean_intra_class_cosine(f_pois, y)}
+    del res.model  # (not picklable across processes cheaply, and not part of the report)
+    return name, col, res, rec
+
+
+def _machine() -> dict:
+    """The CPU and whether it has native bf16 (the demo's timings depend on both)."""
+    from miue._amp import cpu_bf16_reason
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    bf16, why = cpu_bf16_reason()
+    return {"cpu": model, "cores": os.cpu_count(), "native_bf16": bf16, "bf16_reason": why}
 
 
 def table(report: dict) -> str:
     vnames = list(report["victim_recipes"])
-    head = f"{'training data':14} {'craft s':>8} " + " ".join(f"{v:>9}" for v in vnames) + f" {'mean':>7}"
+    cols = list(next(iter(report["test_acc"].values())))
+    head = f"{'training data':18} {'craft s':>8} " + " ".join(f"{v:>{max(9, len(v))}}" for v in cols) + f" {'mean':>7}"
     rows = [head + f" {'MI(clean;poison)':>17} {'intra-cls cos':>14} {'intra-cls tr':>13}"]
     rows.append("-" * len(rows[0]))
     for name, accs in report["test_acc"].items():
         craft = report["craft"].get(name, {}).get("seconds")
         lens = report["lens"].get(name, {})
         rows.append(
-            f"{name:14} {('%.0f' % craft) if craft is not None else '-':>8} "
-            + " ".join(f"{accs[v]:>9.4f}" for v in vnames) + f" {report['mean_test_acc'][name]:>7.4f}"
+            f"{name:18} {('%.0f' % craft) if craft is not None else '-':>8} "
+            + " ".join(f"{accs[v]:>{max(9, len(v))}.4f}" for v in cols) + f" {report['mean_test_acc'][name]:>7.4f}"
             + f" {('%.3f' % lens['mutual_information_nats']) if lens else '-':>17}"
             + f" {('%.3f' % lens['intra_class_cosine']) if lens else '-':>14}"
             + f" {('%.3f' % lens['intra_class_cov_trace']) if lens else '-':>13}"
         )
-    rows.append(f"(clean test accuracy of each victim, lower = more unlearnable; MI and intra-class columns from the "
+    rows.append(f"(clean test accuracy of each victim, lower = more unlearnable; mean: over {', '.join(vnames)}; "
+                f"+jpeg10: trained on the release compressed at JPEG quality 10; MI and intra-class columns from the "
                 f"{report['lens_victim']} victim's features)")
     checks = report.get("checks", {})
     rows.append("targets: " + ", ".join(f"{k} {'OK' if ok else 'MISSED'}" for k, ok in checks.items()))
@@ -252,7 +330,7 @@ def _figure(path, train, miue_result, victims, name="MI-UE"):
             if r == 0:
                 ax.set_title(classes[train.labels[i]], fontsize=8)
     ax = fig.add_subplot(grid[:, len(picks):])
-    styles = dict(zip(VICTIMS, ("-", "--", ":")))
+    styles = dict(zip(list(VICTIMS) + list(DEFENDED), ("-", "--", ":")))
     for i, (name, per_victim) in enumerate(victims.items()):
         for vname, v in per_victim.items():
             ax.plot(v.epochs, [100 * a for a in v.test_acc_history], marker="o", markersize=3, ls=styles.get(vname, "-"),
@@ -262,7 +340,8 @@ def _figure(path, train, miue_result, victims, name="MI-UE"):
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("victims: CNN with SGD + crop + flip (solid), with Adam (dashed); eps = 8/255", fontsize=8)
+    ax.set_title("victims: CNN with SGD + crop + flip (solid), with Adam (dashed), SGD on the JPEG-10 release "
+                 "(dotted); eps = 8/255", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

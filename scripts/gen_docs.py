@@ -3,7 +3,9 @@
 
 * docs/cli.md from the command line's own --help texts (``miue`` and every subcommand);
 * the table of every ``CraftConfig`` field and its value in each preset, in docs/crafting.md
-  between the markers ``<!-- config-table:start -->`` and ``<!-- config-table:end -->``.
+  between the markers ``<!-- config-table:start -->`` and ``<!-- config-table:end -->``;
+* the objectives table and the published recipes' values, from the registry (miue/objectives.py),
+  between ``<!-- objectives-table:... -->`` and ``<!-- recipes-table:... -->``.
 
     python scripts/gen_docs.py            # rewrite them
     python scripts/gen_docs.py --check    # exit 1 if either is out of date
@@ -71,17 +73,38 @@ MEANING = {
  "train_batch_size": "surrogate training batch (official: 128)",
  "train_epochs": "surrogate epochs per round when `train_steps` is 0 (official: 1)",
  "train_steps": "surrogate SGD steps per round (0: `train_epochs` epochs of the data)",
- "stop_train_acc": "EM's rule: stop once the surrogate's accuracy on the poisoned data reaches it (0: off)",
+ "stop_train_acc": "an ablation's rule: stop once the surrogate's running train accuracy of a round reaches it "
+                   "(0: off; EM's published rule is `stop_eval_acc`)",
  "pgd_bn": "batch norm during PGD: `eval` (official) or `train`",
  "rem_eps": "REM's adversarial radius (0: ε/2, the REM paper's)",
  "rem_steps": "REM's inner PGD steps (the REM code: 7)",
+ "recipe": "`published`: the objective's authors' recipe on the preset's surrogate (em, tap, rem, pil); `matched`: "
+           "its loss on the preset's schedule",
+ "rem_step_size": "REM's ρ step (0: `rem_eps`/4; published: ε/10)",
+ "schedule": "`rounds` (train, then PGD on every δ) or `per-batch` (REM's published loop)",
+ "train_order": "`shuffle` (a fresh permutation per round) or `sequential` (one fixed order, a carried-over cursor)",
+ "train_augment": "surrogate training augmentation: `flip` (as `flip` says), `none`, `crop-flip`, `shift-flip`",
+ "attack_augment": "differentiable augmentation of x + δ in every PGD step (TAP: `shift-flip`)",
+ "lr_schedule": "`cosine` (official), `constant`, `multistep` (epochs), `step` (training steps)",
+ "lr_milestones": "`multistep` milestones in surrogate epochs",
+ "lr_gamma": "`multistep`/`step` factor",
+ "lr_step_every": "`step`: training steps between decays",
+ "nesterov": "Nesterov momentum",
+ "grad_clip": "clip the surrogate's gradient norm (0: off)",
+ "stop_eval_acc": "EM's published stop: end once the eval-mode surrogate classifies more than this of the poisoned "
+                  "set after a PGD pass (0: off)",
+ "input_norm": "the surrogate's input normalisation: `imagenet` (official), `cifar`, `half`, `none`",
+ "delta_init": "`zero` (official), `uniform` or `normal` in the ε ball",
+ "restarts": "attacks after training: best of this many random starts per PGD batch",
+ "eot_samples": "REM's published loop: augmentations per δ step",
+ "pil_lambda": "PIL: weight of CE(f(−δ), y) against KL(U ‖ f(x + δ))",
  "arch": "surrogate architecture (official: ResNet-18)",
  "lr": "surrogate SGD learning rate (official: 0.1)",
  "momentum": "SGD momentum (official: 0.9)",
  "weight_decay": "SGD weight decay (official: 1e-4)",
  "lr_min": "end of the cosine schedule (official: 1e-6)",
  "alpha_start": "PGD step α in round 1 (official: 0.2/255)",
- "alpha_end": "α approached in round E (official: 0.4/255)",
+ "alpha_end": "α approached in round E (official: 4/(255·`pgd_steps`), 0.4/255 at 10 steps)",
  "temperature": "supcon τ (official: 0.1)",
  "flip": "post-augmentation horizontal flips (official: on)",
  "classwise": "one δ per class",
@@ -129,10 +152,47 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
+def objectives_table() -> str:
+    """Markdown table of the registry (miue/objectives.py): every objective, what it optimises,
+    what its surrogate trains on, its paper and its published recipe."""
+    from miue.objectives import OBJECTIVES
+
+    rows = ["| objective | what δ optimises / is | surrogate trains on | paper | published recipe (`recipe=\"published\"`) |",
+            "|---|---|---|---|---|"]
+    for o in OBJECTIVES.values():
+        where = {"poisoned": "x + δ", "clean": "clean x", "none": "no surrogate"}[o.surrogate]
+        if o.inner_max:
+            where += " + ρ (adversarial)"
+        rec = f"{o.published.summary} ({o.published.source})" if o.published else "the preset's schedule"
+        rows.append(f"| `{o.name}` | {o.summary} | {where} | {o.paper} | {rec} |")
+    return "\n".join(rows)
+
+
+def recipes_table() -> str:
+    """Markdown table: every CraftConfig value a published recipe sets, at ε = 8/255, per objective."""
+    from miue.objectives import OBJECTIVES
+
+    recs = {n: o.published.values(8 / 255) for n, o in OBJECTIVES.items() if o.published}
+    fields = list(dict.fromkeys(k for v in recs.values() for k in v))
+    rows = ["| field | " + " | ".join(f"`{n}`" for n in recs) + " |", "|---|" + "---|" * len(recs)]
+    for f in fields:
+        fmt = _fmt if f.startswith(("alpha", "rem_eps", "rem_step")) else (
+            lambda x: f"{x:g}" if isinstance(x, float) else _fmt(x))
+        rows.append(f"| `{f}` | " + " | ".join(fmt(v[f]) if f in v else "(preset)" for v in recs.values()) + " |")
+    return "\n".join(rows)
+
+
+def _splice(text: str, name: str, table: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    a, b = text.index(start) + len(start), text.index(end)
+    return text[:a] + "\n" + table + "\n" + text[b:]
+
+
 def crafting_page() -> str:
     text = open(CRAFTING, encoding="utf-8").read()
-    a, b = text.index(START) + len(START), text.index(END)
-    return text[:a] + "\n" + config_table() + "\n" + text[b:]
+    text = _splice(text, "config-table", config_table())
+    text = _splice(text, "objectives-table", objectives_table())
+    return _splice(text, "recipes-table", recipes_table())
 
 
 def render() -> str:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -298,9 +299,14 @@ def test_demo_methods_choices_follow_the_objectives():
 
     demo = next(a for a in build_parser()._actions if a.dest == "command").choices["demo"]
     methods = next(a for a in demo._actions if a.dest == "methods")
-    assert tuple(methods.choices) == tuple(OBJECTIVES) == tuple(NAMES)
-    assert methods.default == list(DEFAULT_METHODS) == ["miue", "em", "random"]
-    assert build_parser().parse_args(["demo", "--methods", "tap", "ops"]).methods == ["tap", "ops"]
+    assert tuple(methods.choices) == tuple(NAMES)
+    from miue.objectives import OBJECTIVES as RECORDS
+
+    # every objective, and the matched variant of every objective with a published recipe
+    assert set(NAMES) == set(OBJECTIVES) | {f"{n}-matched" for n, o in RECORDS.items() if o.published}
+    assert methods.default == list(DEFAULT_METHODS) == ["miue", "em", "em-matched", "random"]
+    assert build_parser().parse_args(["demo", "--methods", "tap", "ops", "em-matched"]).methods == \
+        ["tap", "ops", "em-matched"]
 
 
 def test_demo_rejects_unknown_methods(capsys, tmp_path):
@@ -336,13 +342,18 @@ def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys):
     out = tmp_path / "demo"
     report = demo.run_demo(out_dir=str(out), quick=True, progress=False, methods=("ops", "em", "lsp", "ops"),
                            victim_epochs=1, preset="cpu")
-    assert report["preset"] == "cpu" and report["craft"]["EM"]["config"]["arch"] == "resnet-small"
+    em = "EM (published)"
+    assert report["preset"] == "cpu" and report["craft"][em]["config"]["arch"] == "resnet-small"
+    assert report["craft"][em]["config"]["recipe"] == "published"
     assert build_parser().parse_args(["demo", "--preset", "cpu"]).preset == "cpu"
-    assert list(report["victims"]) == ["clean", "OPS", "EM", "LSP"]  # order kept, duplicate dropped
-    assert list(report["craft"]) == ["OPS", "EM", "LSP"] and set(report["lens"]) == {"OPS", "EM", "LSP"}
+    assert list(report["victims"]) == ["clean", "OPS", em, "LSP"]  # order kept, duplicate dropped
+    assert list(report["craft"]) == ["OPS", em, "LSP"] and set(report["lens"]) == {"OPS", em, "LSP"}
     assert set(report["checks"]) == {"clean_at_least_0.88_cnn-sgd", "clean_at_least_0.88_cnn-adam"}  # no MI-UE checks
-    assert list(report["test_acc"]["EM"]) == ["cnn-sgd", "cnn-adam"]  # both victim recipes judge every poison
-    assert report["craft"]["EM"]["config"]["subset"] == {"train_per_class": 5, "seed": 0, "test_per_class": 5}
+    # both victim recipes judge every poison, and cnn-sgd once more on the JPEG-10 release
+    assert list(report["test_acc"][em]) == ["cnn-sgd", "cnn-adam", "cnn-sgd+jpeg10"]
+    assert report["victims"][em]["cnn-sgd+jpeg10"]["config"]["defense"] == "jpeg"
+    assert report["craft"][em]["config"]["subset"] == {"train_per_class": 5, "seed": 0, "test_per_class": 5}
+    assert report["machine"]["cores"] >= 1 and "native_bf16" in report["machine"]
     for f in ("report.json", "figure.png", "ops.npz", "em.npz", "lsp.npz"):
         assert (out / f).is_file(), f
     assert not (out / "miue.npz").exists()
@@ -365,3 +376,29 @@ def test_demo_victims_are_the_effectiveness_studys():
     spec.loader.exec_module(eff)
     assert demo.VICTIMS == {v: eff.VICTIMS[v] for v in ("cnn-sgd", "cnn-adam")}
     assert demo.LENS_VICTIM in demo.VICTIMS and demo.TRAIN_PER_CLASS == 1000
+
+
+def test_demo_runs_its_jobs_in_worker_processes(monkeypatch, tmp_path):
+    """workers=2: crafts and victims in two spawned processes; the same report layout as one
+    process, every victim of every poison, the lens where it belongs."""
+    from miue import demo
+    from miue.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist", "test")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"Fashion-MNIST not available (apt-get install dataset-fashion-mnist): {exc}")
+    monkeypatch.setitem(demo.QUICK, "train_per_class", 5)
+    monkeypatch.setitem(demo.QUICK, "test_per_class", 5)
+    kw = dict(quick=True, progress=False, methods=("random", "ops"), victim_epochs=1, preset="cnn")
+    two = demo.run_demo(out_dir=str(tmp_path / "two"), workers=2, **kw)
+    one = demo.run_demo(out_dir=str(tmp_path / "one"), workers=1, **kw)
+    assert two["environment"]["workers"] == 2
+    for key in ("victims", "test_acc", "lens", "craft"):
+        assert list(two[key]) == list(one[key]) == (["random", "OPS"] if key in ("lens", "craft")
+                                                    else ["clean", "random", "OPS"])
+    assert all(list(v) == ["cnn-sgd", "cnn-adam", "cnn-sgd+jpeg10"] for v in two["test_acc"].values())
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "two" / "ops.npz")["images"]),
+                       torch.from_numpy(np.load(tmp_path / "one" / "ops.npz")["images"]))  # (training-free: same poison)
+    with pytest.raises(ValueError, match="workers"):
+        demo.run_demo(out_dir=str(tmp_path / "bad"), workers=0, **kw)

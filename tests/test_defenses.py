@@ -6,6 +6,8 @@ Small batches only (≤ 16 images of ≤ 32×32), torch on one thread.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,8 +56,8 @@ def gen(seed=0) -> torch.Generator:
 def test_registry():
     assert set(D.DEFENSES) == set(D.PREPROCESS) | set(D.AUGMENT) | {"at"}
     assert len(set(D.DEFENSES)) == len(D.DEFENSES)
-    assert set(D.PREPROCESS) == {"jpeg", "grayscale", "bitdepth", "blur"}
-    assert set(D.AUGMENT) == {"cutout", "cutmix", "mixup", "noise", "ueraser"}
+    assert set(D.PREPROCESS) == {"jpeg", "jpeg75", "jpeg90", "resize", "grayscale", "bitdepth", "blur"}
+    assert set(D.AUGMENT) == {"cutout", "cutmix", "mixup", "noise", "ueraser", "coin"}
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -391,3 +393,121 @@ def test_augment_unknown_name_raises():
         D.augment("rotate", x, torch.zeros(2, dtype=torch.long), 2, gen())
     with pytest.raises(ValueError):
         D.augment("jpeg", x, torch.zeros(2, dtype=torch.long), 2, gen())
+
+
+# --------------------------------------------------------------------------- issue 38's defenses
+
+
+def test_platform_jpeg_qualities_round_trip_and_order():
+    """JPEG 90 ≈ JPEG 75 ≈ the original on a smooth image, and 10 > 75 > 90 in distortion."""
+    ramp = torch.linspace(0, 255, 16).round().to(torch.uint8)
+    img = (ramp.view(1, 1, 1, 16).expand(4, 3, 16, 16) // 2 + ramp.view(1, 1, 16, 1) // 2).contiguous()
+    err = {}
+    for name, q in (("jpeg", 10), ("jpeg75", 75), ("jpeg90", 90)):
+        out = D.preprocess(name, img)
+        assert torch.equal(out, D.jpeg(img, q))
+        err[name] = (out.float() - img.float()).abs().mean().item()
+    assert err["jpeg90"] < err["jpeg75"] < err["jpeg"]
+    assert err["jpeg90"] < 2.0
+
+
+def test_resize_keeps_smooth_images_and_removes_pixel_patterns():
+    flat = torch.full((2, 3, 16, 16), 77, dtype=torch.uint8)
+    assert torch.equal(D.preprocess("resize", flat), flat)
+    checker = ((torch.arange(16).view(1, 16) + torch.arange(16).view(16, 1)) % 2 * 255).to(torch.uint8)
+    out = D.resize(checker.view(1, 1, 16, 16).contiguous())
+    assert out.shape == (1, 1, 16, 16)
+    assert (out.float() - 127.5).abs().max() <= 3.0  # a 1-pixel checkerboard averages out (to ±3 at the border)
+    odd = D.resize(torch.randint(0, 256, (3, 1, 9, 7), dtype=torch.uint8))
+    assert odd.shape == (3, 1, 9, 7)
+
+
+def test_mixup_uses_one_lambda_per_batch():
+    N, C = 16, 4
+    x = float_batch(n=N, c=3, h=8, w=8, seed=11, lo=0.0)
+    y = torch.arange(N) % C
+    xm, ym = D.mixup(x, F.one_hot(y, C).float(), gen(5))
+    lam = None
+    for i in range(N):  # xm[i] = λ x[i] + (1 − λ) x[j] for one j: recover λ per image
+        if torch.allclose(xm[i], x[i], atol=1e-6):
+            continue  # mixed with itself: any λ
+        for j in range(N):
+            if j == i:
+                continue
+            den = x[i] - x[j]
+            est = ((xm[i] - x[j]) * den).sum() / (den * den).sum()
+            if torch.allclose(xm[i], est * x[i] + (1 - est) * x[j], atol=1e-5):
+                lam = float(est) if lam is None else lam
+                assert float(est) == pytest.approx(lam, abs=1e-4), f"image {i}: λ {float(est)} vs {lam}"
+                break
+        else:
+            raise AssertionError(f"image {i} is not a mix of two images")
+    assert lam is not None and 0 < lam < 1
+
+
+def test_cutmix_pastes_one_box_for_the_whole_batch():
+    N, C = 10, 5
+    x = float_batch(n=N, c=1, h=16, w=16, seed=12, lo=0.1)
+    y = torch.arange(N) % C
+    found = False
+    for seed in range(20):  # a seed whose box is not empty
+        xm, ym = D.cutmix(x, F.one_hot(y, C).float(), gen(seed))
+        changed = (xm != x).any(1)  # N×H×W
+        if changed.any():
+            found = True
+            union = changed.any(0)
+            for i in range(N):  # every image changed inside one box (or is pasted onto itself)
+                assert not (changed[i] & ~union).any()
+            rows, cols = union.any(1).nonzero(), union.any(0).nonzero()
+            box = torch.zeros_like(union)
+            box[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
+            assert torch.equal(union, box)
+            area = box.float().mean().item()
+            for i in range(N):
+                assert float(ym[i].sum()) == pytest.approx(1.0)
+                assert float(ym[i].max()) >= 1 - area - 1e-6
+            break
+    assert found
+
+
+def test_coin_zero_displacement_and_wrap():
+    x = float_batch(n=3, c=3, h=8, w=8, seed=13, lo=0.0)
+    assert torch.allclose(D.coin(x, gen(0), alpha=0.0), x)
+    flat = torch.full((2, 3, 8, 8), 0.25)
+    assert torch.allclose(D.coin(flat, gen(1)), flat)  # (bilinear with wrap-around keeps a constant image)
+    out = D.coin(x, gen(2))
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1 and not torch.allclose(out, x)
+    a, b = D.augment("coin", x, torch.zeros(3, dtype=torch.long), 2, gen(4)), D.augment(
+        "coin", x, torch.zeros(3, dtype=torch.long), 2, gen(4))
+    assert torch.equal(a[0], b[0]) and a[1] is None
+    # the channels move together: one displacement field per image
+    x2 = x[:, :1].expand(3, 3, 8, 8).contiguous()
+    o2 = D.coin(x2, gen(5))
+    assert torch.allclose(o2[:, 0], o2[:, 1]) and torch.allclose(o2[:, 1], o2[:, 2])
+
+
+def test_coin_matches_a_hand_bilinear_sample_with_wrap():
+    x = torch.arange(16.0).view(1, 1, 4, 4) / 16
+    g = gen(7)
+    out = D.coin(x, g, alpha=1.5)
+    g = gen(7)
+    dy = (torch.rand(1, 4, 4, generator=g) * 2 - 1) * 1.5
+    dx = (torch.rand(1, 4, 4, generator=g) * 2 - 1) * 1.5
+    i, j = 2, 3
+    yy, xx = i + float(dy[0, i, j]), j + float(dx[0, i, j])
+    y0, x0 = math.floor(yy), math.floor(xx)
+    wy, wx = yy - y0, xx - x0
+    v = lambda a, b: float(x[0, 0, a % 4, b % 4])  # noqa: E731
+    want = (v(y0, x0) * (1 - wx) + v(y0, x0 + 1) * wx) * (1 - wy) + (v(y0 + 1, x0) * (1 - wx) + v(y0 + 1, x0 + 1) * wx) * wy
+    assert float(out[0, 0, i, j]) == pytest.approx(want, abs=1e-6)
+
+
+def test_evaluate_records_peak_and_final_accuracy():
+    from miue.evaluate import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g)
+    y = torch.arange(64) % 4
+    r = evaluate(x, y, x, y, preset="quick", arch="mlp", epochs=3, progress=False, defense="coin")
+    assert r.peak_test_acc == max(r.test_acc_history) and r.test_acc == r.test_acc_history[-1]
+    assert r.to_dict()["peak_test_acc"] == r.peak_test_acc

@@ -114,7 +114,8 @@ def test_tap_trains_on_clean_then_attacks_towards_the_next_class(tmp_path, monke
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     y = _labels(64, 4)
-    r = craft_fast(x, y, objective="tap", preset="cnn", rounds=3, pgd_steps=4, progress=False, device="cpu")
+    r = craft_fast(x, y, objective="tap", recipe="matched", preset="cnn", rounds=3, pgd_steps=4, progress=False,
+                   device="cpu")
     assert [("objective_loss" in h) for h in r.history] == [False, False, True]
     assert (r.images.int() - x.int()).abs().max() <= 8 and r.delta.abs().max() > 0
     # a run that dies in round 3 (after the checkpoint of round 2) resumes to the same δ
@@ -128,7 +129,8 @@ def test_tap_trains_on_clean_then_attacks_towards_the_next_class(tmp_path, monke
         return real(self, e)
 
     ck = str(tmp_path / "ck")
-    kw = dict(objective="tap", preset="cnn", rounds=3, pgd_steps=4, progress=False, checkpoint_dir=ck, device="cpu")
+    kw = dict(objective="tap", recipe="matched", preset="cnn", rounds=3, pgd_steps=4, progress=False, checkpoint_dir=ck,
+              device="cpu")
     monkeypatch.setattr(Engine, "run_round", dies_in_round_3)
     with pytest.raises(RuntimeError, match="killed"):
         craft_fast(x, y, **kw)
@@ -148,7 +150,7 @@ def test_rem_inner_maximisation_and_crafting(tmp_path):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     y = _labels(64, 4)
-    cfg = make_config("cnn", objective="rem", eps=EPS, num_classes=4)
+    cfg = make_config("cnn", objective="rem", recipe="matched", eps=EPS, num_classes=4)
     eng = _Engine(cfg, x, y, None, torch.device("cpu"), progress=False)
     eng.train_epoch()
     eng.model.eval()
@@ -158,7 +160,8 @@ def test_rem_inner_maximisation_and_crafting(tmp_path):
     assert rho.abs().max() <= EPS / 2 + 1e-7
     with torch.no_grad():
         assert F.cross_entropy(eng.model((xf + rho).clamp(0, 1)), y) > F.cross_entropy(eng.model(xf), y)
-    kw = dict(objective="rem", preset="cnn", rounds=2, pgd_steps=2, progress=False, device="cpu", rem_steps=2)
+    kw = dict(objective="rem", recipe="matched", preset="cnn", rounds=2, pgd_steps=2, progress=False, device="cpu",
+              rem_steps=2)
     r = craft_fast(x, y, **kw)
     assert (r.images.int() - x.int()).abs().max() <= 8 and r.delta.abs().max() > 0
     assert torch.equal(r.delta, craft_fast(x, y, **kw).delta)
