@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from miue import defenses as Dfn
+from miue.defenses import random_crop  # noqa: F401  (the victims' crop; re-exported)
 from miue._amp import resolve_amp
 from miue._malloc import tune_cpu_allocator
 from miue.craft import as_nchw_uint8_or_float
@@ -69,17 +70,6 @@ def _labels(y) -> torch.Tensor:
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.uint8 else torch.round(x * 255).clamp_(0, 255).to(torch.uint8)
-
-
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of the zero-padded batch back to the original size, vectorised."""
-    N, C, H, W = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
-    i = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
-    j = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
-    rows = (i.view(N, 1, 1, 1) + torch.arange(H, device=x.device).view(1, 1, H, 1)).expand(N, C, H, W + 2 * pad)
-    cols = (j.view(N, 1, 1, 1) + torch.arange(W, device=x.device).view(1, 1, 1, W)).expand(N, C, H, W)
-    return xp.gather(2, rows).gather(3, cols)
 
 
 def pgd_attack(model, x, y, eps, step, iters, gen):

@@ -108,7 +108,8 @@ class CraftConfig:
         return self.alpha_end + (E - e + 1) / E * (self.alpha_start - self.alpha_end)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as JSON holds them (tuples as lists), so a saved config compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 _PAPER = dict(

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from miue.models import ARCHS, IMAGENET_MEAN, IMAGENET_STD, FeatureModel, Normalize, build_model
 
-HEAVY = ("wrn34-10", "densenet121", "resnet50", "vgg19")
+HEAVY = ("wrn34-10", "densenet121", "resnet50", "resnet50-imagenet", "vgg19")
 LIGHT = tuple(a for a in ARCHS if a not in HEAVY)
 
 
@@ -19,9 +19,11 @@ def _one_thread(one_thread):
 
 
 def test_arch_list():
-    assert set(ARCHS) == {"resnet18", "resnet50", "vgg19", "densenet121", "wrn34-10", "vit", "cnn", "cnn-small",
-                          "cnn-wide", "resnet-small", "resnet-narrow", "mlp"}
-    assert set(LIGHT) == {"resnet18", "vit", "cnn", "cnn-small", "cnn-wide", "resnet-small", "resnet-narrow", "mlp"}
+    assert set(ARCHS) == {"resnet18", "resnet50", "resnet18-imagenet", "resnet50-imagenet", "vgg19", "densenet121",
+                          "wrn34-10", "vit", "cnn", "cnn-small", "cnn-wide", "resnet-small", "resnet-narrow", "mlp",
+                          "pil-linear"}
+    assert set(LIGHT) == {"resnet18", "resnet18-imagenet", "vit", "cnn", "cnn-small", "cnn-wide", "resnet-small",
+                          "resnet-narrow", "mlp", "pil-linear"}
 
 
 def _check_forward(model, channels, size, num_classes, n=2):

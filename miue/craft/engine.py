@@ -80,7 +80,7 @@ def shift_flip(x: torch.Tensor, gen: torch.Generator, shift: float = 0.25) -> to
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop of the zero-padded image (pad 4) and a horizontal flip with probability 1/2."""
-    from miue.evaluate import random_crop
+    from miue.defenses import random_crop
 
     x = random_crop(x, pad, gen)
     return _flip(x, (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device))
