@@ -1059,7 +1059,7 @@ def compare_lines(data: dict) -> list[str]:
             for col in cols:
                 a, b = list(table[ref].get(col, {}).values()), list(table[row].get(col, {}).values())
                 p = welch_p(a, b)
-                cells.append("–" if p is None else f"{'<' if np.mean(a) < np.mean(b) else '>'} {p:.2f}")
+                cells.append("–" if p is None else f"{'<' if np.mean(a) < np.mean(b) else '>'} {_fmt_p(p)}")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
     peaks = [c for c in cols if any("peak:" + c in r for r in table.values())]
     if peaks:
@@ -1069,6 +1069,10 @@ def compare_lines(data: dict) -> list[str]:
             lines.append(f"| {row} | " + " | ".join(_fmt(_mean_std(list(table[row].get('peak:' + c, {}).values()))[0])
                                                      for c in peaks) + " |")
     return lines
+
+
+def _fmt_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
 def compare_plot(data: dict, out: str) -> str | None:

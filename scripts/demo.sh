@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The main job: craft MI-UE, EM and random noise for 10,000 Fashion-MNIST images (eps = 8/255,
-# the demo preset: ResNet-8 surrogate, 50 PGD steps per image, bf16 where native), train two
-# victims (SGD + crop + flip, and Adam) on clean data and on each released set, print the table and write
-# demo_out/{report.json,figure.png,*.npz}. Installs what it needs on a fresh machine
-# (Debian's dataset-fashion-mnist, a .venv with torch 2.14.1 and this package).
+# The main job: craft MI-UE (the demo preset: ResNet-8 surrogate, 50 PGD steps per image, bf16
+# where native), EM as its authors published it, EM's loss on MI-UE's schedule and random noise
+# for 10,000 Fashion-MNIST images (eps = 8/255), train two victims (SGD + crop + flip, and Adam)
+# on clean data and on each released set, and the SGD victim on the JPEG-10-compressed release;
+# print the table and write demo_out/{report.json,figure.png,*.npz}. Installs what it needs on a
+# fresh machine (Debian's dataset-fashion-mnist, a .venv with torch 2.14.1 and this package).
 #
-#   bash scripts/demo.sh             # the full demo (about 15 minutes on 2 CPU cores: 856 s measured)
+#   bash scripts/demo.sh             # the full demo (about 15 minutes on 2 CPU cores; README has the measured time)
 #   bash scripts/demo.sh --preset cpu  # 200 PGD steps per image: the strongest MI-UE measured, still a tie with EM (about 4x the crafting)
 #   bash scripts/demo.sh --quick     # a shortened configuration (3,000 images), flagged as such
 set -euo pipefail
