@@ -1018,6 +1018,15 @@ def compare_rows(data: dict) -> dict:
         out.setdefault(row, {}).setdefault(col, {})[cs] = c["test_acc"]
         if "peak_test_acc" in c:
             out[row].setdefault("peak:" + col, {})[cs] = c["peak_test_acc"]
+    # the mean over the defended victims (the demo's two), per crafting seed that has both, per defense
+    for r in out.values():
+        for d in [None] + sorted({c.split("+", 1)[1] for c in r if "+" in c and not c.startswith("peak:")}):
+            cols = [v + (f"+{d}" if d else "") for v in COMPARE_DEFENDED]
+            if all(c in r for c in cols):
+                seeds = set.intersection(*(set(r[c]) for c in cols))
+                if seeds:
+                    r["mean" + (f"+{d}" if d else "")] = {cs: float(np.mean([r[c][cs] for c in cols]))
+                                                          for cs in sorted(seeds)}
     return out
 
 
@@ -1025,7 +1034,8 @@ def compare_lines(data: dict) -> list[str]:
     table = compare_rows(data)
     if len(table) < 2:
         return []
-    cols = [v for v in COMPARE_VICTIMS] + [f"{v}+{d}" for d in COMPARE_DEFENSES for v in COMPARE_DEFENDED]
+    cols = ["mean"] + [v for v in COMPARE_VICTIMS] + [x for d in COMPARE_DEFENSES
+                                                     for x in [f"mean+{d}"] + [f"{v}+{d}" for v in COMPARE_DEFENDED]]
     extra = sorted({c for r in table.values() for c in r if not c.startswith("peak:")} - set(cols))
     cols = [c for c in cols + extra if any(c in r for r in table.values())]
     order = ["clean"] + [r for r in COMPARE if r in table]
@@ -1036,7 +1046,8 @@ def compare_lines(data: dict) -> list[str]:
     lines = ["", "## The seeded comparison (compare stage)", "",
              "Victim clean test accuracy (%, lower = more unlearnable): mean ± sample std over crafting seeds "
              "(n = crafting seeds; victim seed 0). Columns: victim, or victim + the defense applied to its training "
-             "set. Crafting seconds: the median over crafting seeds, summed over rounds.", "",
+             f"set; mean: over {' and '.join(COMPARE_DEFENDED)} per crafting seed, then over seeds. Crafting seconds: "
+             "the median over crafting seeds, summed over rounds (one torch thread, beside other jobs).", "",
              "| poison | crafting seeds | craft s | " + " | ".join(cols) + " |",
              "|---|---|---:|" + "---:|" * len(cols)]
     for row in order:
@@ -1052,14 +1063,14 @@ def compare_lines(data: dict) -> list[str]:
         lines.append(f"| {row} | {','.join(map(str, seeds))} | {sec} | " + " | ".join(cells) + " |")
     for ref in [r for r in COMPARE_REFERENCE if r in table]:
         lines += ["", f"Welch's p of {ref} against each row, per column (two-sided, crafting seeds as samples; "
-                      "'<' MI-UE lower, i.e. better; '>' MI-UE higher; p is uncorrected for the many columns):", "",
+                      "'−': MI-UE lower, i.e. better; '+': MI-UE higher; p is uncorrected for the many columns):", "",
                   "| row | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
         for row in [r for r in order if r not in ("clean", ref)]:
             cells = []
             for col in cols:
                 a, b = list(table[ref].get(col, {}).values()), list(table[row].get(col, {}).values())
                 p = welch_p(a, b)
-                cells.append("–" if p is None else f"{'<' if np.mean(a) < np.mean(b) else '>'} {_fmt_p(p)}")
+                cells.append("–" if p is None else f"{'−' if np.mean(a) < np.mean(b) else '+'} {_fmt_p(p)}")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
     peaks = [c for c in cols if any("peak:" + c in r for r in table.values())]
     if peaks:

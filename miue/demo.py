@@ -9,8 +9,9 @@ one trained on the JPEG-compressed release.
    schedule (``em-matched``) and uniform random noise, for a class-balanced subset of 10,000
    Fashion-MNIST training images (1,000 per class). ``--quick``: smaller subsets and fewer
    rounds, see ``QUICK``.
-2. Train two victims that differ from the surrogate and from each other on clean data and on
-   each released set (``VICTIMS``: the study's ``cnn-sgd``, a CNN trained with SGD + crop +
+2. Train two victims that differ from the surrogate and from each other (in the preset's
+   precision: bf16 autocast where the CPU has it; the effectiveness study's victims run in fp32)
+   on clean data and on each released set (``VICTIMS``: the study's ``cnn-sgd``, a CNN trained with SGD + crop +
    flip, and ``cnn-adam``, the same CNN with Adam and no augmentation), and ``cnn-sgd`` once
    more on the release compressed as JPEG at quality 10 (ISS, ``DEFENDED``); test every victim
    on the full clean test set (10,000 images).
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from miue import objectives
+from miue._amp import precision
 from miue.craft import craft_fast
 from miue.data import class_balanced_subset, load_dataset
 from miue.evaluate import evaluate
@@ -120,6 +122,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
           f"Fashion-MNIST, {len(train):,} training images ({tpc:,} per class) / {len(test):,} test images, "
           f"eps = 8/255; crafting preset {preset}: {cfg.arch} surrogate, {steps} PGD steps per image"
           f"{', bf16 autocast where native' if cfg.amp else ''}; victims "
+          f"{'(bf16 where native, as the preset) ' if cfg.amp else ''}"
           + ", ".join(f"{v} ({e} epochs)" for v, (_, _, e) in victims_cfg.items())
           + "; " + ", ".join(f"{v} on the {d.upper()}-compressed release" for v, d in DEFENDED.values()), flush=True)
 
@@ -135,7 +138,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     def victim_jobs(name):
         return [(_victim_job, name, col, poisons[name], train.labels, test.images, test.labels, victims_cfg[v], d,
                  seed, device, job_progress, train.images[:n_mi] if col == LENS_VICTIM and name != "clean" else None,
-                 threads) for col, (v, d) in columns.items()]
+                 threads, cfg.amp) for col, (v, d) in columns.items()]
 
     def crafted_done(method, r, seconds):
         name = NAMES[method]
@@ -195,6 +198,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
         "eps": EPS,
         "victim_recipes": {v: {"evaluate_preset": p, "arch": a, "epochs": e} for v, (p, a, e) in victims_cfg.items()},
         "defended": {col: {"victim": v, "defense": d} for col, (v, d) in DEFENDED.items()},
+        "victim_precision": precision(cfg.amp, device or "cpu"),
         "machine": _machine(),
         "craft": {name: {"seconds": craft_seconds[name], "config": crafted[name].config, "history": crafted[name].history}
                   for name in crafted},
@@ -247,13 +251,13 @@ def _craft_job(method, images, labels, craft_kw, threads):
 
 
 def _victim_job(name, col, images, labels, test_images, test_labels, spec, defense, seed, device, progress,
-                lens_clean, threads):
+                lens_clean, threads, amp=False):
     """One victim: (name, column, EvalResult without its model, the lens or None). ``lens_clean``:
     the clean images whose features (and the poisoned ones') give the MI lens, or None."""
     _set_threads(threads)
     vpreset, arch, epochs = spec
     res = evaluate(images, labels, test_images, test_labels, preset=vpreset, arch=arch, epochs=epochs, seed=seed,
-                   device=device, progress=progress, defense=defense)
+                   device=device, progress=progress, defense=defense, amp=amp)
     rec = None
     if lens_clean is not None:
         n = len(lens_clean)

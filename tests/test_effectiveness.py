@@ -494,3 +494,61 @@ def test_precision_lines_pair_the_half_width_resnet_too():
     lines = eff._precision_lines(rows)
     assert [ln for ln in lines if ln.startswith("| ResNet-8 half width |")] == [
         "| ResNet-8 half width | em | 50 | cnn-sgd | 30.0 | 25.0 | -5.0 | 4.0 (n=3) | 0,1,2 / 0,1,2 |"]
+
+
+# ----------------------------------------------------------------------------- the compare stage (issue 38)
+
+
+def test_compare_stage_order_and_ids():
+    """Clean victims and clean under each defense first, then crafting seed by crafting seed every
+    row, its victims, then the defended victims under each defense."""
+    study = eff.Study.__new__(eff.Study)
+    study.args = type("A", (), {"compare_rows": ["miue-demo", "em-published"], "craft_seeds": [0, 1],
+                                "defenses": ["jpeg"]})()
+    study.victims, study.victims_given, study.quick, study.craft_seed = ["cnn-sgd", "mlp-adam"], True, False, 0
+    seen = []
+    study.run_cell = lambda pid, method, budget, victim, seed, defense=None, **kw: seen.append(
+        (pid, method, victim, defense, study.craft_seed))
+    study.stage_compare()
+    assert seen[:3] == [("clean", "clean", "cnn-sgd", None, 0), ("clean", "clean", "mlp-adam", None, 0),
+                        ("clean", "clean", "cnn-sgd", "jpeg", 0)]
+    assert seen[3:6] == [("cmp-miue-demo", "miue-demo", "cnn-sgd", None, 0), ("cmp-miue-demo", "miue-demo", "mlp-adam",
+                                                                               None, 0),
+                         ("cmp-miue-demo", "miue-demo", "cnn-sgd", "jpeg", 0)]
+    assert ("cmp-em-published+cs1", "em-published", "cnn-sgd", "jpeg", 1) in seen and len(seen) == 3 + 2 * 2 * 3
+    assert eff.compare_id("pil", 0) == "cmp-pil" and eff.split_craft_seed("cmp-pil+cs2"[4:]) == ("pil", 2)
+    for row, (preset, objective, recipe, _opts) in eff.COMPARE.items():  # every row is a real craft_fast call
+        from miue.presets import make_config
+
+        assert make_config(preset, objective=objective, recipe=recipe).recipe == recipe, row
+
+
+def test_compare_table_means_per_seed_and_welch_p():
+    cells = {}
+
+    def add(pid, victim, acc, defense=None):
+        cid, c = _cell(pid, victim, 0, acc, method=pid, defense=defense)
+        c["peak_test_acc"] = acc + 0.1
+        cells[cid] = c
+
+    for v, a in (("cnn-sgd", 0.86), ("cnn-adam", 0.87)):
+        add("clean", v, a)
+    miue = {0: (0.20, 0.30), 1: (0.22, 0.34), 2: (0.24, 0.32)}
+    em = {0: (0.40, 0.50), 1: (0.42, 0.52), 2: (0.44, 0.60)}
+    for row, accs in (("miue-demo", miue), ("em-published", em)):
+        for cs, (a, b) in accs.items():
+            pid = eff.compare_id(row, cs)
+            add(pid, "cnn-sgd", a)
+            add(pid, "cnn-adam", b)
+            add(pid, "cnn-sgd", a + 0.05, "jpeg")
+            add(pid, "cnn-adam", b + 0.05, "jpeg")
+    data = {"setup": {"train_images": 100}, "cells": cells, "poisons": {}}
+    table = eff.compare_rows(data)
+    assert table["miue-demo"]["mean"] == {0: pytest.approx(0.25), 1: pytest.approx(0.28), 2: pytest.approx(0.28)}
+    assert table["em-published"]["mean+jpeg"][2] == pytest.approx(0.57)
+    assert table["miue-demo"]["peak:cnn-sgd"][1] == pytest.approx(0.32)
+    text = "\n".join(eff.compare_lines(data))
+    assert "| miue-demo | 0,1,2 | – | 27.0 ± 1.7 |" in text
+    p = eff.welch_p([0.25, 0.28, 0.28], [0.45, 0.47, 0.52])
+    assert f"| em-published | − {eff._fmt_p(p)} |" in text  # MI-UE lower on the mean, with its p
+    assert eff._fmt_p(0.0004) == "<0.001" and eff._fmt_p(0.004) == "0.004" and eff._fmt_p(0.25) == "0.25"
