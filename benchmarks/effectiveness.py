@@ -143,6 +143,7 @@ COMPARE_REFERENCE = ("miue-demo", "miue-cpu")  # Welch's p of every other row ag
 COMPARE_VICTIMS = ("cnn-sgd", "cnn-adam", "resnet-sgd", "mlp-adam")
 COMPARE_DEFENSES = ("jpeg", "jpeg75", "resize", "coin")  # on COMPARE_DEFENDED victims
 COMPARE_DEFENDED = ("cnn-sgd", "cnn-adam")
+DEFENSE_LABELS = {"jpeg": "JPEG-10", "jpeg75": "JPEG-75", "jpeg90": "JPEG-90", "resize": "the 2x resize", "coin": "COIN"}
 
 QUICK_COMPARE_ROWS = ("miue-demo", "em-published", "em-matched", "pil", "tap-published-r1", "random")
 QUICK_COMPARE = {"*": dict(rounds=2, pgd_steps=2), "tap": dict(train_epochs=1, pgd_steps=2),
@@ -1072,6 +1073,9 @@ def compare_lines(data: dict) -> list[str]:
                 p = welch_p(a, b)
                 cells.append("–" if p is None else f"{'−' if np.mean(a) < np.mean(b) else '+'} {_fmt_p(p)}")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    verdicts = compare_verdicts(data)
+    if verdicts:
+        lines += ["", "MI-UE (demo) against each row, on the mean of the defended victims:", ""] + verdicts
     peaks = [c for c in cols if any("peak:" + c in r for r in table.values())]
     if peaks:
         lines += ["", "Peak accuracy over the victim's epochs (what an early-stopping defense reports), mean over "
@@ -1080,6 +1084,90 @@ def compare_lines(data: dict) -> list[str]:
             lines.append(f"| {row} | " + " | ".join(_fmt(_mean_std(list(table[row].get('peak:' + c, {}).values()))[0])
                                                      for c in peaks) + " |")
     return lines
+
+
+def compare_verdicts(data: dict, ref: str = "miue-demo") -> list[str]:
+    """One line per baseline row and judged column ("mean", "mean+<defense>"): MI-UE's and the
+    row's mean ± std (n), the difference, Welch's p and what it says at p < 0.05."""
+    table = compare_rows(data)
+    if ref not in table:
+        return []
+    names = {"mean": "no defense"}
+    out = []
+    for row in [r for r in COMPARE if r in table and r != ref]:
+        for col in [c for c in table[ref] if c == "mean" or c.startswith("mean+")]:
+            a, b = list(table[ref].get(col, {}).values()), list(table[row].get(col, {}).values())
+            if not a or not b:
+                continue
+            (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+            p = welch_p(a, b)
+            if p is None:
+                word = "no spread measured on one side"
+            elif p >= 0.05:
+                word = "not separated at p < 0.05 (" + ("MI-UE" if ma < mb else row) + " lower on these seeds)"
+            else:
+                word = "MI-UE lower (better)" if ma < mb else f"{row} lower (better than MI-UE)"
+            what = names[col] if col in names else "under " + DEFENSE_LABELS.get(col.split("+", 1)[1], col)
+            out.append(f"- {what}, {row}: MI-UE {100 * ma:.1f} ± {100 * sa:.1f} (n = {len(a)}) vs "
+                       f"{100 * mb:.1f} ± {100 * sb:.1f} (n = {len(b)}), difference {100 * (mb - ma):+.1f}"
+                       + (f", Welch p = {_fmt_p(p)}" if p is not None else "") + f": {word}")
+    return out
+
+
+SUMMARY_LABELS = {"miue-demo": "MI-UE (`demo`)", "miue-cpu": "MI-UE (`cpu`)", "em-published": "EM (published)",
+                  "em-matched": "EM (MI-UE's schedule)", "pil": "PIL (published)",
+                  "tap-published-r1": "TAP (published, 1 restart)", "rem-published": "REM (published)",
+                  "random": "random noise", "clean": "clean"}
+
+
+def compare_summary(data: dict, ref: str = "miue-demo") -> str:
+    """The short table of the README and the docs' summary: each row's mean over the defended
+    victims without a defense and under each defense, ± std (n), and Welch's p against ``ref``."""
+    table = compare_rows(data)
+    cols = [c for c in ["mean"] + [f"mean+{d}" for d in COMPARE_DEFENSES] if c in table.get(ref, {})]
+    head = ["no defense" if c == "mean" else DEFENSE_LABELS.get(c.split("+", 1)[1], c) for c in cols]
+    lines = ["| training data | crafting s | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(cols)]
+    secs = {}
+    for pid, p in data["poisons"].items():
+        if pid.startswith("cmp-"):
+            secs.setdefault(split_craft_seed(pid[4:])[0], []).append(craft_seconds(p))
+    for row in ["clean"] + [r for r in COMPARE if r in table]:
+        cells = []
+        for c in cols:
+            vals = list(table[row].get(c, {}).values())
+            if not vals:
+                cells.append("–")
+                continue
+            m, sd = _mean_std(vals)
+            cell = f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if len(vals) > 1 else "") + f" (n={len(vals)})"
+            if row not in ("clean", ref):
+                p = welch_p(list(table[ref].get(c, {}).values()), vals)
+                cell += f", p = {_fmt_p(p)}" if p is not None else ""
+            cells.append(f"**{cell}**" if row == ref else cell)
+        sec = f"{np.median(secs[row]):,.0f}" if row in secs else "–"
+        lines.append(f"| {SUMMARY_LABELS.get(row, row)} | {sec} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_docs(data: dict, root: str) -> list[str]:
+    """Splice the compare stage's summary, tables and verdicts into README.md and
+    docs/effectiveness.md between their markers (``--write-docs``)."""
+    parts = {"readme-compare": compare_summary(data), "compare-summary": compare_summary(data),
+             "compare-table": "\n".join(compare_lines(data)[2:]),
+             "compare-verdicts": "\n".join(compare_verdicts(data))}
+    written = []
+    for rel in ("README.md", os.path.join("docs", "effectiveness.md")):
+        path = os.path.join(root, rel)
+        text = open(path, encoding="utf-8").read()
+        for name, body in parts.items():
+            start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+            if start in text:
+                a, b = text.index(start) + len(start), text.index(end)
+                text = text[:a] + "\n" + body + "\n" + text[b:]
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        written.append(path)
+    return written
 
 
 def _fmt_p(p: float) -> str:
@@ -1191,12 +1279,19 @@ def main(argv=None) -> int:
     p.add_argument("--epoch-scale", type=float, default=1.0, help="scale every victim's epoch budget")
     p.add_argument("--max-minutes", type=float, default=0, help="stop cleanly before the first cell that starts later")
     p.add_argument("--report-only", action="store_true", help="only rewrite tables and plots from results.json")
+    p.add_argument("--write-docs", action="store_true",
+                   help="with --report-only: also splice the compare stage's summary, tables and verdicts into "
+                        "README.md and docs/effectiveness.md (between their markers)")
     p.add_argument("--progress", action="store_true", help="tqdm bars for crafting and victims")
     args = p.parse_args(argv)
     if args.report_only:
         if not os.path.isfile(os.path.join(args.out, "results.json")):
             p.error(f"--report-only: no results.json in --out {args.out!r}")
         report(args.out)
+        if args.write_docs:
+            with open(os.path.join(args.out, "results.json")) as fh:
+                data = json.load(fh)
+            print("wrote", ", ".join(write_docs(data, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))))
         return 0
     if args.train_per_class < 1 or args.epoch_scale <= 0 or args.max_minutes < 0 or args.surrogate_steps < 0:
         p.error("--train-per-class and --epoch-scale must be positive, --max-minutes and --surrogate-steps >= 0")
