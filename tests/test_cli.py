@@ -325,10 +325,9 @@ def test_demo_rejects_unknown_methods(capsys, tmp_path):
     assert not (tmp_path / "d").exists()  # refused before any work
 
 
-def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys):
-    """A tiny demo (5 images per class, one round, one victim epoch) with two training-free
-    objectives and EM, crafted with the `cpu` preset: the report, table, poisons and figure
-    follow --methods, and the preset reaches the crafting (its ResNet-8 surrogate)."""
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """miue.demo with its quick subsets cut to 5 images per class (skips without Fashion-MNIST)."""
     from miue import demo
     from miue.data import load_dataset
 
@@ -338,6 +337,14 @@ def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys):
         pytest.skip(f"Fashion-MNIST not available (apt-get install dataset-fashion-mnist): {exc}")
     monkeypatch.setitem(demo.QUICK, "train_per_class", 5)
     monkeypatch.setitem(demo.QUICK, "test_per_class", 5)
+    return demo
+
+
+def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys, tiny_demo):
+    """A tiny demo (5 images per class, one round, one victim epoch) with two training-free
+    objectives and EM, crafted with the `cpu` preset: the report, table, poisons and figure
+    follow --methods, and the preset reaches the crafting (its ResNet-8 surrogate)."""
+    demo = tiny_demo
     monkeypatch.setitem(demo.QUICK, "rounds", 1)
     out = tmp_path / "demo"
     report = demo.run_demo(out_dir=str(out), quick=True, progress=False, methods=("ops", "em", "lsp", "ops"),
@@ -378,18 +385,10 @@ def test_demo_victims_are_the_effectiveness_studys():
     assert demo.LENS_VICTIM in demo.VICTIMS and demo.TRAIN_PER_CLASS == 1000
 
 
-def test_demo_runs_its_jobs_in_worker_processes(monkeypatch, tmp_path):
+def test_demo_runs_its_jobs_in_worker_processes(tmp_path, tiny_demo):
     """workers=2: crafts and victims in two spawned processes; the same report layout as one
     process, every victim of every poison, the lens where it belongs."""
-    from miue import demo
-    from miue.data import load_dataset
-
-    try:
-        load_dataset("fashion-mnist", "test")
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Fashion-MNIST not available (apt-get install dataset-fashion-mnist): {exc}")
-    monkeypatch.setitem(demo.QUICK, "train_per_class", 5)
-    monkeypatch.setitem(demo.QUICK, "test_per_class", 5)
+    demo = tiny_demo
     kw = dict(quick=True, progress=False, methods=("random", "ops"), victim_epochs=1, preset="cnn")
     two = demo.run_demo(out_dir=str(tmp_path / "two"), workers=2, **kw)
     one = demo.run_demo(out_dir=str(tmp_path / "one"), workers=1, **kw)

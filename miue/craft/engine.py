@@ -120,7 +120,9 @@ class Engine:
                              f"{cfg.stop_train_acc!r}")
         self.obj = objectives.get(cfg.objective)
         _check_schedule(cfg)
-        self.cursor = 0  # train_order="sequential": the next position in the fixed order
+        self.cursor = 0  # train_order="sequential": the next position in the fixed order; per-batch: the step
+        self._order = None  # train_order="sequential": the run's fixed order, drawn on first use
+        self._epoch_perm = (None, None)  # per-batch: (epoch, its permutation)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919 * rank)
         self.amp = resolve_amp(cfg.amp, device)  # bf16 autocast on CUDA, and on CPUs with native bf16
         if torch.device(device).type == "cpu" and cfg.storage != "disk":
@@ -258,7 +260,7 @@ class Engine:
         bs = min(self.train_bs, self.N)
         per_epoch = self.N // bs
         epoch, pos = divmod(self.cursor, per_epoch)
-        if getattr(self, "_epoch_perm", (None,))[0] != epoch:
+        if self._epoch_perm[0] != epoch:
             g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + 7919 * self.rank + epoch)
             self._epoch_perm = (epoch, torch.randperm(self.N, generator=g))
         self.cursor += 1
@@ -393,7 +395,7 @@ class Engine:
     def _fixed_order(self):
         """train_order="sequential": one order of the images for the whole run (seeded; the images'
         own order could be sorted by class, which an unshuffled CIFAR loader never is)."""
-        if getattr(self, "_order", None) is None:
+        if self._order is None:
             self._order = torch.randperm(self.N, generator=torch.Generator().manual_seed(self.cfg.seed + 104729))
         return self._order
 
@@ -705,9 +707,9 @@ def _check_schedule(cfg: CraftConfig) -> None:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if cfg.lr_schedule == "step" and cfg.lr_step_every < 1:
         raise ValueError(f"lr_schedule='step' needs lr_step_every >= 1, got {cfg.lr_step_every!r}")
-    if cfg.schedule == "per-batch" and not objectives.get(cfg.objective).inner_max and cfg.objective != "em":
-        raise ValueError(f"schedule='per-batch' is REM's (and EM's) published loop; objective {cfg.objective!r} "
-                         "runs in rounds")
+    if cfg.schedule == "per-batch" and not objectives.get(cfg.objective).inner_max:
+        raise ValueError(f"schedule='per-batch' is REM's published loop (an inner maximisation); objective "
+                         f"{cfg.objective!r} runs in rounds")
     if cfg.delta_dtype == "int8":
         small = [a for a in (cfg.alpha_start, cfg.alpha_end) if 0 < a < 1 / 255 - 1e-12]
         if small:
