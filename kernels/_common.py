@@ -38,6 +38,25 @@ def acc_dtype_for(t: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
+# Row offsets (row · D) are int32 in the kernels unless an element offset of some tensor of
+# the launch can reach 2**31; then the launcher passes I64=True and the kernels index in int64.
+# (A module constant so that tests can lower it and run the int64 path on small tensors.)
+I64_FROM = 2**31
+
+
+def needs_i64(*extents: int) -> bool:
+    """Whether an element offset up to ``max(extents)`` (e.g. B·D, or a strided tensor's
+    largest offset + 1) needs int64 indexing."""
+    return max((int(e) for e in extents), default=0) >= I64_FROM
+
+
+def extent(t: torch.Tensor) -> int:
+    """One past the largest element offset of ``t`` (its strides' reach)."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

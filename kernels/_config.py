@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ._common import interpreting, next_pow2
+from ._common import interpreting, needs_i64, next_pow2
 
 TILES_ENV = "MIUE_TRITON_TILES"
 
@@ -74,17 +74,21 @@ def dot_precision(dtype: torch.dtype, gpu: bool | None = None) -> str:
 # --------------------------------------------------------------------------- per kernel
 
 
-def normalize_config(D: int) -> dict[str, Any]:
+# I64 (every kernel that indexes rows): int64 row offsets, set when an offset can pass 2**31
+# (``extent``: one past the largest element offset of the launch's tensors, e.g. B·D).
+
+
+def normalize_config(D: int, extent: int = 0) -> dict[str, Any]:
     """_normalize_kernel: rows per program and the column block (same on GPU and interpreter;
     at least 16 columns, so that small D share one compiled configuration)."""
     block_d = min(max(16, next_pow2(D)), 128)
     block_b = max(1, min(64, 4096 // block_d))
-    return dict(BLOCK_B=block_b, BLOCK_D=block_d, num_warps=4)
+    return dict(BLOCK_B=block_b, BLOCK_D=block_d, I64=needs_i64(extent), num_warps=4)
 
 
-def class_sums_config(D: int) -> dict[str, Any]:
+def class_sums_config(D: int, extent: int = 0) -> dict[str, Any]:
     """_segment_scan_kernel and _segment_sum_kernel: rows per chunk and the column block."""
-    return dict(CHUNK=64, BLOCK_D=min(max(16, next_pow2(D)), 64), num_warps=4)
+    return dict(CHUNK=64, BLOCK_D=min(max(16, next_pow2(D)), 64), I64=needs_i64(extent), num_warps=4)
 
 
 def supcon_fwd_config(B: int, D: int, dtype: torch.dtype, gpu: bool | None = None) -> dict[str, Any]:
@@ -92,18 +96,19 @@ def supcon_fwd_config(B: int, D: int, dtype: torch.dtype, gpu: bool | None = Non
     steps of BLOCK_K."""
     gpu = gpu_tiles() if gpu is None else gpu
     cast = dot_operands_fp32(dtype, gpu)
+    i64 = needs_i64(B * D)
     if not gpu:
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=max(16, min(next_pow2(D), 128)), CAST_FP32=cast,
-                    PRECISION=dot_precision(dtype, gpu), num_warps=4, num_stages=3)
+                    PRECISION=dot_precision(dtype, gpu), I64=i64, num_warps=4, num_stages=3)
     # Chosen from the sm_90/sm_80 compiles of benchmarks/aot_check.py (results/aot-2026-11-30):
     # with 4 warps every 64-row tile and every fp32 BLOCK_K = 64 tile spilled (up to 1.4 KB
     # per thread on sm_80, 255 registers); 8 warps halve the per-thread tile. fp32 dots are
     # IEEE FMA loops (no tensor cores), so fp32 keeps 32 rows, BLOCK_K <= 32 and one stage.
     if dtype == torch.float32:
         return dict(BLOCK_M=32, BLOCK_N=64, BLOCK_K=max(16, min(next_pow2(D), 32)), CAST_FP32=cast,
-                    PRECISION=dot_precision(dtype, gpu), num_warps=8, num_stages=1)
+                    PRECISION=dot_precision(dtype, gpu), I64=i64, num_warps=8, num_stages=1)
     return dict(BLOCK_M=64 if B >= 2048 else 32, BLOCK_N=64, BLOCK_K=max(16, min(next_pow2(D), 64)), CAST_FP32=cast,
-                PRECISION=dot_precision(dtype, gpu), num_warps=8, num_stages=2)
+                PRECISION=dot_precision(dtype, gpu), I64=i64, num_warps=8, num_stages=2)
 
 
 def supcon_fwd_splits(B: int, cfg: dict[str, Any], gpu: bool | None = None) -> tuple[int, int]:
@@ -139,24 +144,26 @@ def supcon_bwd_config(B: int, D: int, dtype: torch.dtype, gpu: bool | None = Non
         block_m, block_n, block_k = 32, 32, max(16, min(next_pow2(D), 128))
         num_warps, num_stages = 4, 3
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, IN_REGS=in_regs,
-                CAST_FP32=dot_operands_fp32(dtype, gpu), PRECISION=dot_precision(dtype, gpu), num_warps=num_warps,
-                num_stages=num_stages)
+                CAST_FP32=dot_operands_fp32(dtype, gpu), PRECISION=dot_precision(dtype, gpu), I64=needs_i64(B * D),
+                num_warps=num_warps, num_stages=num_stages)
 
 
-def project_config() -> dict[str, Any]:
+def project_config(extent: int = 0) -> dict[str, Any]:
     """_project_kernel (the backward's projection when D > 256)."""
-    return dict(BLOCK_B=16, BLOCK_D=128, num_warps=8)  # 4 warps spilled 8 B on sm_90 (fp32)
+    return dict(BLOCK_B=16, BLOCK_D=128, I64=needs_i64(extent), num_warps=8)  # 4 warps spilled 8 B on sm_90 (fp32)
 
 
-def intra_bwd_config(D: int) -> dict[str, Any]:
+def intra_bwd_config(D: int, extent: int = 0) -> dict[str, Any]:
     block_d = min(max(16, next_pow2(D)), 128)
-    return dict(BLOCK_B=max(1, min(64, 4096 // block_d)), BLOCK_D=block_d, num_warps=4)
+    return dict(BLOCK_B=max(1, min(64, 4096 // block_d)), BLOCK_D=block_d, I64=needs_i64(extent), num_warps=4)
 
 
-def pgd_config(delta_dtype: torch.dtype, clean_dtype: torch.dtype, do_step: bool, scalars_in_memory: bool) -> dict[str, Any]:
-    """_pgd_kernel: BLOCK elements per program and the constexpr branches."""
-    return dict(DO_STEP=do_step, SCALARS_IN_MEMORY=scalars_in_memory, CLEAN_U8=clean_dtype == torch.uint8,
-                F64=delta_dtype == torch.float64, BLOCK=2048, num_warps=4)
+def pgd_config(delta_dtype: torch.dtype, clean_dtype: torch.dtype, do_step: bool, step_in_memory: bool,
+               eps_in_memory: bool) -> dict[str, Any]:
+    """_pgd_kernel: BLOCK elements per program and the constexpr branches (each scalar read
+    from memory or passed by value)."""
+    return dict(DO_STEP=do_step, STEP_IN_MEMORY=step_in_memory, EPS_IN_MEMORY=eps_in_memory,
+                CLEAN_U8=clean_dtype == torch.uint8, F64=delta_dtype == torch.float64, BLOCK=2048, num_warps=4)
 
 
 # --------------------------------------------------------------------------- launching
@@ -165,13 +172,30 @@ def pgd_config(delta_dtype: torch.dtype, clean_dtype: torch.dtype, do_step: bool
 _RECORDING: list | None = None
 
 
+def launch_device(args: tuple) -> torch.device | None:
+    """The device a launch with these arguments must run on: that of its tensors. Raises if
+    they are on different devices (a kernel would read another device's pointers)."""
+    devices = {a.device for a in args if isinstance(a, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"a Triton launch got tensors on several devices: {sorted(map(str, devices))}")
+    return next(iter(devices), None)
+
+
 def launch(kernel, grid: tuple, args: tuple, meta: dict[str, Any]) -> None:
-    """``kernel[grid](*args, **meta)``; inside :func:`record_launches` the launch is recorded
-    instead (the launchers then accept tensors on the ``meta`` device)."""
+    """``kernel[grid](*args, **meta)`` on the device of the tensors in ``args``, not the current
+    device (Triton launches on the current device and its current stream: with tensors on
+    cuda:1 and cuda:0 current it would run on cuda:0 with cuda:1's pointers). Inside
+    :func:`record_launches` the launch is recorded instead (the launchers then accept tensors
+    on the ``meta`` device)."""
     if _RECORDING is not None:
         _RECORDING.append((kernel, tuple(grid), tuple(args), dict(meta)))
         return
-    kernel[grid](*args, **meta)
+    device = launch_device(args)
+    if device is not None and device.type == "cuda":
+        with torch.cuda.device(device):
+            kernel[grid](*args, **meta)
+    else:
+        kernel[grid](*args, **meta)
 
 
 @contextlib.contextmanager

@@ -21,8 +21,10 @@ from .normalize import class_sums, normalize
 
 @triton.jit
 def _intra_bwd_kernel(z_ptr, inv_ptr, y_ptr, sum_ptr, scale_ptr, out_ptr, B, D, C,
-                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if I64:  # row * D past 2**31
+        rows = rows.to(tl.int64)
     ok = rows < B
     inv = tl.load(inv_ptr + rows, mask=ok, other=0.0)
     y = tl.load(y_ptr + rows, mask=ok, other=0)
@@ -69,7 +71,7 @@ def intra_class_bwd(grad, z, inv_norm, class_sum, class_count, labels):
     pairs = _pairs(class_count)
     scale = torch.where(pairs > 0, -2.0 * grad.float() / pairs.clamp_min(1).float(), torch.zeros((), device=z.device))
     out = empty((B, D), z.dtype, z.device)
-    cfg = _config.intra_bwd_config(D)
+    cfg = _config.intra_bwd_config(D, B * D)
     _config.launch(_intra_bwd_kernel, (triton.cdiv(B, cfg["BLOCK_B"]),),
                    (z, inv_norm, labels, class_sum, scale.reshape(1), out, B, D, class_sum.shape[0]), cfg)
     return out

@@ -22,16 +22,18 @@ import triton
 import triton.language as tl
 
 from . import _config
-from ._common import INTERP, acc_dtype_for, cast_rne, check_dtype, empty
+from ._common import INTERP, acc_dtype_for, cast_rne, check_dtype, empty, extent
 
 
 @triton.jit
 def _normalize_kernel(
     f_ptr, z_ptr, inv_ptr, B, D, stride_fb, stride_fd,
-    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    if I64:  # row * D past 2**31
+        rows = rows.to(tl.int64)
     row_ok = rows < B
     cols = tl.arange(0, BLOCK_D)
     sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -60,18 +62,20 @@ def _seg_add(v1, f1, v2, f2):
 @triton.jit
 def _segment_scan_kernel(
     f_ptr, inv_ptr, order_ptr, key_ptr, run_ptr, B, D, C, stride_fb, stride_fd,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr,
 ):
     k = tl.program_id(0)
     dblk = tl.program_id(1)
     pos = k * CHUNK + tl.arange(0, CHUNK)
+    if I64:
+        pos = pos.to(tl.int64)
     ok = pos < B
     key = tl.load(key_ptr + pos, mask=ok, other=C)
     prev = tl.load(key_ptr + pos - 1, mask=ok & (pos > k * CHUNK), other=-1)
     nxt = tl.load(key_ptr + pos + 1, mask=ok & (pos + 1 < B) & (pos + 1 < (k + 1) * CHUNK), other=-1)
     start = (key != prev).to(tl.int32)
     end = ok & (key != nxt) & (key < C)
-    row = tl.load(order_ptr + pos, mask=ok, other=0)
+    row = tl.load(order_ptr + pos, mask=ok, other=0)  # int64 (torch.sort's indices)
     inv = tl.load(inv_ptr + row, mask=ok, other=0.0)
     cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
@@ -83,7 +87,8 @@ def _segment_scan_kernel(
 
 
 @triton.jit
-def _segment_sum_kernel(run_ptr, offsets_ptr, counts_ptr, sum_ptr, D, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
+def _segment_sum_kernel(run_ptr, offsets_ptr, counts_ptr, sum_ptr, D, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
+                        I64: tl.constexpr):
     c = tl.program_id(0)
     dblk = tl.program_id(1)
     cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -94,6 +99,7 @@ def _segment_sum_kernel(run_ptr, offsets_ptr, counts_ptr, sum_ptr, D, CHUNK: tl.
     k_begin = start // CHUNK
     k_end = tl.where(n > 0, (stop - 1) // CHUNK + 1, k_begin)
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    # start, n: int64 (loaded from int64 tensors), so `last * D` is int64 whatever I64 says
     for k in range(k_begin, k_end):
         last = tl.minimum(stop, (k + 1) * CHUNK) - 1
         acc += tl.load(run_ptr + last * D + cols, mask=cm, other=0.0)
@@ -109,7 +115,7 @@ def normalize(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     B, D = features.shape
     z = empty((B, D), features.dtype, features.device)
     inv = empty((B,), acc_dtype_for(features), features.device)
-    cfg = _config.normalize_config(D)
+    cfg = _config.normalize_config(D, max(B * D, extent(features)))
     _config.launch(_normalize_kernel, (triton.cdiv(B, cfg["BLOCK_B"]),),
                    (features, z, inv, B, D, features.stride(0), features.stride(1)), cfg)
     return z, inv
@@ -128,7 +134,7 @@ def class_sums(features: torch.Tensor, inv: torch.Tensor, labels: torch.Tensor, 
     offsets = torch.cumsum(counts, 0) - counts
     runs = empty((B, D), torch.float32, dev)
     sums = empty((C, D), torch.float32, dev)
-    cfg = _config.class_sums_config(D)
+    cfg = _config.class_sums_config(D, max(B * D, extent(features)))
     col_blocks = triton.cdiv(D, cfg["BLOCK_D"])
     _config.launch(_segment_scan_kernel, (triton.cdiv(B, cfg["CHUNK"]), col_blocks),
                    (features, inv, order, key_sorted, runs, B, D, C, features.stride(0), features.stride(1)), cfg)

@@ -7,9 +7,13 @@ walked as flat arrays. Computed in fp32 (fp64 for an fp64 delta) and bitwise equ
     d = clamp(delta - step·sign(grad), -eps, eps);   delta = clamp(clean + d, lo, hi) - clean
 
 with uint8 clean read as value/255 through a correctly rounded division (``div_rn``).
-``step_size`` and ``eps`` come as 0-dim float64 tensors: on the CPU they are passed by value
-(as fp32); on the GPU, or for an fp64 delta, they are read by the kernel (so a captured CUDA
-graph can be replayed with new values).
+``step_size`` and ``eps`` come as 0-dim float64 tensors, each on the CPU or on delta's
+device, and each is passed its own way: a device scalar is read by the kernel (so a captured
+CUDA graph replays with the value the tensor holds at replay time); a CPU scalar is passed by
+value as fp32, or, for an fp64 delta on a GPU (a by-value float is fp32), written into a
+device scalar by a fill kernel (no host-to-device copy: that would be an unpinned transfer,
+refused or recorded from a freed host buffer inside a CUDA-graph capture). Nothing is copied
+between host and device here.
 """
 
 from __future__ import annotations
@@ -24,16 +28,18 @@ from ._common import INTERP, cast_rne
 
 @triton.jit
 def _pgd_kernel(delta_ptr, grad_ptr, clean_ptr, step_ptr, eps_ptr, step_val, eps_val, lo, hi, n,
-                DO_STEP: tl.constexpr, SCALARS_IN_MEMORY: tl.constexpr, CLEAN_U8: tl.constexpr,
-                F64: tl.constexpr, BLOCK: tl.constexpr):
+                DO_STEP: tl.constexpr, STEP_IN_MEMORY: tl.constexpr, EPS_IN_MEMORY: tl.constexpr,
+                CLEAN_U8: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     ct: tl.constexpr = tl.float64 if F64 else tl.float32
-    if SCALARS_IN_MEMORY:
+    if STEP_IN_MEMORY:
         step = tl.load(step_ptr).to(ct)
-        eps = tl.load(eps_ptr).to(ct)
-    else:  # fp32 by-value arguments (fp64 deltas always take the in-memory path)
+    else:  # an fp32 by-value argument (never for an fp64 delta)
         step = step_val
+    if EPS_IN_MEMORY:
+        eps = tl.load(eps_ptr).to(ct)
+    else:
         eps = eps_val
     t = tl.load(delta_ptr + offs, mask=ok, other=0.0).to(ct)
     if DO_STEP:
@@ -57,21 +63,26 @@ def _pgd_kernel(delta_ptr, grad_ptr, clean_ptr, step_ptr, eps_ptr, step_val, eps
     tl.store(delta_ptr + offs, cast_rne(x - c, delta_ptr.dtype.element_ty, INTERP), mask=ok)
 
 
+def _scalar_arg(value: torch.Tensor, delta: torch.Tensor):
+    """(tensor, by-value float, in_memory) for one 0-dim float64 scalar (see the module
+    docstring). Never a host-to-device copy."""
+    if value.device.type != "cpu":  # on delta's device (checked by miue.ops): read by the kernel
+        return value, 0.0, True
+    if delta.dtype != torch.float64:
+        return delta, float(value), False  # fp32 by value; the pointer is unused
+    if delta.device.type == "cpu":  # the interpreter reads CPU memory
+        return value, 0.0, True
+    # fp64 on a GPU: a fill kernel writes the value (a kernel argument) into device memory
+    return torch.full((), float(value), dtype=torch.float64, device=delta.device), 0.0, True
+
+
 def _launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
     n = delta.numel()
     if n == 0:
         return
-    # By value, a float kernel argument is fp32: fp64 deltas read their scalars from memory
-    # (a non-blocking copy for CPU scalars: no synchronisation).
-    in_memory = step_size.device.type != "cpu" or eps.device.type != "cpu" or delta.dtype == torch.float64
-    if in_memory:
-        step_t = step_size.to(delta.device, non_blocking=True)
-        eps_t = eps.to(delta.device, non_blocking=True)
-        step_v = eps_v = 0.0
-    else:
-        step_t = eps_t = delta  # unused pointers
-        step_v, eps_v = float(step_size), float(eps)
-    cfg = _config.pgd_config(delta.dtype, clean.dtype, do_step, in_memory)
+    step_t, step_v, step_mem = _scalar_arg(step_size, delta)
+    eps_t, eps_v, eps_mem = _scalar_arg(eps, delta)
+    cfg = _config.pgd_config(delta.dtype, clean.dtype, do_step, step_mem, eps_mem)
     _config.launch(_pgd_kernel, (triton.cdiv(n, cfg["BLOCK"]),),
                    (delta, grad if grad is not None else delta, clean, step_t, eps_t, step_v, eps_v, float(lo), float(hi), n),
                    cfg)

@@ -33,6 +33,9 @@ from ._common import INTERP, cast_rne, check_dtype, empty
 from .normalize import normalize
 
 LOG2E = 1.4426950408889634
+# |W_ij| <= 2 (q_i, 1/A_i <= 1: every live row's P holds its own exp(0) = 1), so 2 * 2**14 stays
+# far below fp16's 65504 while weights down to 2**-38 stay representable
+W_SCALE_FP16 = 2.0**14
 
 
 @triton.jit
@@ -56,11 +59,13 @@ def _gram_tile(z_ptr, rm, rn, m_ok, n_ok, D, BLOCK_M: tl.constexpr, BLOCK_N: tl.
 def _supcon_fwd_kernel(
     z_ptr, inv_ptr, y_ptr, part_ptr, B, D, scale, cols_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    CAST_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    CAST_FP32: tl.constexpr, PRECISION: tl.constexpr, I64: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     split = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if I64:  # row * D past 2**31
+        rm = rm.to(tl.int64)
     m_ok = rm < B
     inv_m = tl.load(inv_ptr + rm, mask=m_ok, other=0.0)
     shift = tl.where(inv_m > 0, 1.0, 0.0)  # the row's largest logit: s_ii = 1 (0 for null rows)
@@ -72,6 +77,8 @@ def _supcon_fwd_kernel(
     n_end = tl.minimum(n_begin + cols_per_split, B)
     for n0 in range(n_begin, n_end, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
+        if I64:
+            rn = rn.to(tl.int64)
         n_ok = rn < n_end
         s = _gram_tile(z_ptr, rm, rn, m_ok, n_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, CAST_FP32, PRECISION)
         e = tl.exp2((s - shift[:, None]) * scale)
@@ -116,12 +123,14 @@ def _supcon_finish_kernel(part_ptr, inv_ptr, P_ptr, N_ptr, loss_ptr, B, n_splits
 
 @triton.jit
 def _supcon_bwd_kernel(
-    z_ptr, inv_ptr, y_ptr, q_ptr, ra_ptr, g_ptr, out_ptr, acc_ptr, B, D, scale, coef_scale,
+    z_ptr, inv_ptr, y_ptr, q_ptr, ra_ptr, g_ptr, out_ptr, acc_ptr, B, D, scale, coef_scale, w_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    IN_REGS: tl.constexpr, CAST_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    IN_REGS: tl.constexpr, CAST_FP32: tl.constexpr, PRECISION: tl.constexpr, I64: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if I64:
+        rm = rm.to(tl.int64)
     m_ok = rm < B
     inv_m = tl.load(inv_ptr + rm, mask=m_ok, other=0.0)
     live_m = inv_m > 0
@@ -132,6 +141,8 @@ def _supcon_bwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     for n0 in range(0, B, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
+        if I64:
+            rn = rn.to(tl.int64)
         n_ok = rn < B
         s = _gram_tile(z_ptr, rm, rn, m_ok, n_ok, D, BLOCK_M, BLOCK_N, BLOCK_K, CAST_FP32, PRECISION)
         inv_n = tl.load(inv_ptr + rn, mask=n_ok, other=0.0)
@@ -142,7 +153,10 @@ def _supcon_bwd_kernel(
         keep = live_m[:, None] & (inv_n > 0)[None, :] & (rm[:, None] != rn[None, :])
         w = tl.where(keep, tl.exp2((s - 1.0) * scale) * k, 0.0)
         if not CAST_FP32:
-            w = cast_rne(w, z_ptr.dtype.element_ty, INTERP)
+            # |W| <= 2, but the negatives' weights fall below fp16's normal range (exp(-10) at
+            # tau = 0.1 and cosine 0): scaled by w_scale (a power of two, 2**14 for fp16) before
+            # the cast; 1/w_scale is folded into coef_scale, applied to the fp32 accumulator
+            w = cast_rne(w * w_scale, z_ptr.dtype.element_ty, INTERP)
         if IN_REGS:
             zj = tl.load(z_ptr + rn[:, None] * D + rd[None, :], mask=n_ok[:, None] & (rd < D)[None, :], other=0.0)
             if CAST_FP32:
@@ -170,8 +184,10 @@ def _supcon_bwd_kernel(
 
 @triton.jit
 def _project_kernel(acc_ptr, z_ptr, inv_ptr, g_ptr, out_ptr, B, D, coef_scale,
-                    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+                    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, I64: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if I64:
+        rows = rows.to(tl.int64)
     ok = rows < B
     rd = tl.arange(0, BLOCK_D)
     dot = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -226,12 +242,14 @@ def supcon_bwd(grad, z, inv_norm, P, N, labels, temperature: float):
     out = empty((B, D), z.dtype, z.device)
     grad = grad.reshape(1)
     scale = LOG2E / temperature
-    coef_scale = 1.0 / (B * temperature)
     cfg = _config.supcon_bwd_config(B, D, z.dtype)
+    # fp16 weights are scaled into fp16's normal range (see the kernel); undone in coef_scale
+    w_scale = W_SCALE_FP16 if (not cfg["CAST_FP32"] and z.dtype == torch.float16) else 1.0
+    coef_scale = 1.0 / (B * temperature * w_scale)
     acc = out if cfg["IN_REGS"] else torch.zeros((B, D), dtype=torch.float32, device=z.device)
     _config.launch(_supcon_bwd_kernel, (triton.cdiv(B, cfg["BLOCK_M"]),),
-                   (z, inv_norm, labels, q, ra, grad, out, acc, B, D, scale, coef_scale), cfg)
+                   (z, inv_norm, labels, q, ra, grad, out, acc, B, D, scale, coef_scale, w_scale), cfg)
     if not cfg["IN_REGS"]:
-        pc = _config.project_config()
+        pc = _config.project_config(B * D)
         _config.launch(_project_kernel, (triton.cdiv(B, pc["BLOCK_B"]),), (acc, z, inv_norm, grad, out, B, D, coef_scale), pc)
     return out

@@ -11,7 +11,15 @@ Three implementations stand behind every ``miue::`` op:
 Choice, highest priority first: the ``backend=`` argument of an op, the innermost
 ``with miue.use_backend(name):`` block, the ``MIUE_BACKEND`` environment variable, then
 auto: CUDA tensors -> triton, else cpp (CUDA build), else reference; CPU tensors -> cpp,
-else reference.
+else reference; in each case the first that supports the op's dtype (:data:`LOSS_DTYPES`:
+float64 features on CUDA go to cpp, as the triton kernels take fp32/fp16/bf16 only).
+
+Under ``torch.compile`` the choice is made once, when the op is traced
+(:func:`resolve_backend` is an ``assume_constant_result``): a ``backend=`` argument is part of
+the traced call and a new value recompiles, but ``use_backend()`` and ``MIUE_BACKEND``
+changed after the first compilation are not seen by the compiled code (no guard is
+installed on them). Pass ``backend=`` to switch backends under ``torch.compile``, or call
+``torch.compiler.reset()`` after changing the others.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ from miue._extension import cpp_has_cuda, load_extension
 
 BACKENDS = ("reference", "cpp", "triton")
 AUTO = "auto"
+
+# Feature dtypes of the loss ops (grouped_normalize, supcon_loss, intra_class_cosine_loss) per
+# backend; the PGD ops take every floating dtype on every backend. None: any floating dtype.
+LOSS_DTYPES: dict[str, tuple[torch.dtype, ...] | None] = {
+    "reference": None,
+    "cpp": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
+    "triton": (torch.float32, torch.float16, torch.bfloat16),
+}
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("miue_backend", default=None)
 
@@ -102,17 +118,25 @@ def use_backend(name: str | None):
         _forced.reset(token)
 
 
-def _auto(device: torch.device) -> str:
+def supports_dtype(name: str, dtype: torch.dtype | None) -> bool:
+    """Whether backend ``name``'s loss ops take features of ``dtype`` (None: any)."""
+    allowed = LOSS_DTYPES[name]
+    return dtype is None or allowed is None or dtype in allowed
+
+
+def _auto(device: torch.device, dtype: torch.dtype | None = None) -> str:
     order = ("triton", "cpp", "reference") if device.type == "cuda" else ("cpp", "reference")
     for name in order:
-        if backend_supports(name, device):
+        if supports_dtype(name, dtype) and backend_supports(name, device):
             return name
     return "reference"
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The concrete backend an op on ``device`` runs with (see the module docstring)."""
+def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The concrete backend an op on ``device`` runs with (see the module docstring);
+    ``dtype``: the features' dtype of a loss op (the auto choice skips backends without it;
+    None for the PGD ops)."""
     if backend is not None:
         name, source = _check_name(backend, "backend"), "backend="
     elif _forced.get() is not None:
@@ -122,7 +146,7 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     else:
         name, source = AUTO, "auto"
     if name == AUTO:
-        return _auto(device)
+        return _auto(device, dtype)
     if not backend_supports(name, device):
         raise RuntimeError(
             f"miue: backend {name!r} (chosen by {source}) cannot run on {device.type} tensors here; "

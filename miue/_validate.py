@@ -74,7 +74,9 @@ def check_labels(labels, features: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"labels are on {labels.device} but features are on {features.device}; move them to one device")
     if labels.dtype not in (torch.int32, torch.int64):
         labels = labels.to(torch.int64)
-    return labels
+    # the kernels index labels as a dense array: a strided view (targets[:, 0]) or an expanded
+    # tensor (stride 0) is copied here, once for every backend
+    return labels.contiguous()
 
 
 def check_num_classes(num_classes) -> int:
@@ -141,12 +143,16 @@ def _as_float(value, name: str) -> float:
         raise TypeError(f"{name} must be a Python float, got {type(value).__name__}") from None
 
 
-def check_pgd_args(delta, clean, grad=None):
-    """delta: floating, mutated in place; grad: floating, same shape; clean: uint8 or floating, same shape."""
+_NO_GRAD = object()
+
+
+def check_pgd_args(delta, clean, grad=_NO_GRAD):
+    """delta: floating, mutated in place; grad: floating, same shape (not passed by
+    project_linf_; None is refused); clean: uint8 or floating, same shape."""
     check_tensor(delta, "delta")
     if not delta.is_floating_point():
         raise TypeError(f"delta must be a floating-point tensor, got dtype {delta.dtype}")
-    if grad is not None:
+    if grad is not _NO_GRAD:
         check_tensor(grad, "grad")
         if not grad.is_floating_point():
             raise TypeError(f"grad must be a floating-point tensor, got dtype {grad.dtype}")

@@ -106,7 +106,7 @@ def grouped_normalize(
     labels = V.check_labels(labels, features)
     num_classes = V.check_num_classes(num_classes)
     V.check_label_range(labels, num_classes, validate)
-    name = resolve_backend(backend, features.device)
+    name = resolve_backend(backend, features.device, features.dtype)
     return _grouped_normalize_op(features, labels, num_classes, name)
 
 
@@ -181,7 +181,7 @@ def supcon_loss(
     labels = V.check_labels(labels, features)
     temperature = V.check_positive(temperature, "temperature")
     eps = V.check_nonnegative(eps, "eps")
-    name = resolve_backend(backend, features.device)
+    name = resolve_backend(backend, features.device, features.dtype)
     return _supcon_op(features, labels, temperature, eps, name)[0]
 
 
@@ -249,7 +249,7 @@ def intra_class_cosine_loss(
     labels = V.check_labels(labels, features)
     num_classes = V.check_num_classes(num_classes)
     V.check_label_range(labels, num_classes, validate)
-    name = resolve_backend(backend, features.device)
+    name = resolve_backend(backend, features.device, features.dtype)
     return _intra_op(features, labels, num_classes, name)[0]
 
 

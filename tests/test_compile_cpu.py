@@ -80,3 +80,47 @@ def test_craft_compile_matches_eager():
     for he, hc in zip(eager.history, compiled.history):
         for key in ("objective_loss", "train_loss"):
             assert abs(he[key] - hc[key]) <= 1e-3 * abs(he[key]) + 1e-5, (key, he[key], hc[key])
+
+
+def test_backend_choice_under_compile(monkeypatch):
+    """What docs/ops.md promises (issue 39): under torch.compile a new ``backend=`` value runs
+    the new backend, while ``use_backend()`` changed after the first compilation is not seen
+    (resolve_backend is an assume_constant_result) until ``torch.compiler.reset()``."""
+    from miue import _cpp, reference
+
+    if "cpp" not in miue.available_backends():
+        pytest.skip("needs the compiled extension")
+    calls = []
+    for name, module in (("reference", reference), ("cpp", _cpp)):
+        real = module.supcon_fwd
+        monkeypatch.setattr(module, "supcon_fwd", lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    f = torch.randn(16, 8)
+    y = torch.arange(16) % 3
+
+    torch.compiler.reset()
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def by_argument(x, backend):
+        return miue.supcon_loss(x, y, backend=backend)
+
+    by_argument(f, "reference")
+    by_argument(f, "cpp")
+    assert calls == ["reference", "cpp"]
+
+    calls.clear()
+    torch.compiler.reset()
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def by_context(x):
+        return miue.supcon_loss(x, y)
+
+    with miue.use_backend("reference"):
+        by_context(f)
+    with miue.use_backend("cpp"):
+        by_context(f)  # the compiled code keeps the backend it was traced with
+    assert calls == ["reference", "reference"]
+    torch.compiler.reset()
+    with miue.use_backend("cpp"):
+        by_context(f)
+    assert calls[-1] == "cpp"
+    torch.compiler.reset()

@@ -66,11 +66,13 @@ __global__ void intra_bwd_kernel(const scalar_t* __restrict__ z, const acc_of<sc
   const double scale = -2.0 * grad.get() / static_cast<double>(P);
   const acc_t* s = S + static_cast<int64_t>(yi) * D;
   const scalar_t* zr = z + i * D;
-  acc_t dot = 0;
-  for (int64_t d = lane; d < D; d += 32) dot += static_cast<acc_t>(zr[d]) * s[d];
+  // dot and projection in double, as the CPU kernel does (the projection cancels along z_i)
+  double dot = 0;
+  for (int64_t d = lane; d < D; d += 32) dot += static_cast<double>(zr[d]) * static_cast<double>(s[d]);
   dot = warp_sum(dot);
-  const acc_t k = static_cast<acc_t>(scale) * ri;
-  for (int64_t d = lane; d < D; d += 32) o[d] = static_cast<scalar_t>((s[d] - dot * static_cast<acc_t>(zr[d])) * k);
+  const double k = scale * static_cast<double>(ri);
+  for (int64_t d = lane; d < D; d += 32)
+    o[d] = static_cast<scalar_t>((static_cast<double>(s[d]) - dot * static_cast<double>(zr[d])) * k);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> intra_class_fwd_cuda(

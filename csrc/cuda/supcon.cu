@@ -90,12 +90,15 @@ __global__ void supcon_project_kernel(const acc_t* __restrict__ G, const acc_t* 
   const int64_t i = i0 + r;
   const acc_t* g = G + r * D;
   const acc_t* zr = z + i * D;
-  acc_t dot = 0;
-  for (int64_t d = lane; d < D; d += 32) dot += g[d] * zr[d];
+  // the projection cancels along z_i (G_i is nearly parallel to z_i for converged classes):
+  // the dot and the subtraction in double, as the CPU kernel does
+  double dot = 0;
+  for (int64_t d = lane; d < D; d += 32) dot += static_cast<double>(g[d]) * static_cast<double>(zr[d]);
   dot = warp_sum(dot);
-  const acc_t ri = inv[i];
+  const double ri = static_cast<double>(inv[i]);
   scalar_t* o = out + i * D;
-  for (int64_t d = lane; d < D; d += 32) o[d] = static_cast<scalar_t>((g[d] - dot * zr[d]) * ri);
+  for (int64_t d = lane; d < D; d += 32)
+    o[d] = static_cast<scalar_t>((static_cast<double>(g[d]) - dot * static_cast<double>(zr[d])) * ri);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fwd_cuda(const at::Tensor& features_in,

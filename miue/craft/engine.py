@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -154,6 +155,9 @@ class Engine:
             self.zero_clean = torch.zeros_like(self.class_delta_dev)
         self.model = None
         self._graph, self._graph_failed = None, False
+        # what became of cuda_graphs (recorded with the result): None until a full batch asked
+        # for a graph, then "captured" or "failed (Type: message)"
+        self.graph_status: str | None = None
         if self.obj.surrogate != "none":
             self._build_surrogate(surrogate, clean)
         if cfg.delta_init != "zero" and not cfg.classwise:
@@ -609,11 +613,15 @@ class Engine:
             try:
                 step = lambda *a: self._pgd_step(*a, (0.0, 1.0))  # noqa: E731
                 self._graph = GraphedPGDStep(step, self.device, self.cfg.eps, d, clean_f, c_box, y)
+                self.graph_status = "captured"
             except Exception as exc:  # noqa: BLE001 - any capture failure: fall back, do not lose the run
                 self._graph_failed = True
                 self._graph = None
-                log.warning("CUDA-graph capture of the PGD step failed (%s: %s); running it eagerly",
-                            type(exc).__name__, exc)
+                self.graph_status = f"failed ({type(exc).__name__}: {exc})"
+                msg = f"CUDA-graph capture of the PGD step failed ({type(exc).__name__}: {exc}); running it eagerly"
+                log.warning(msg)
+                warnings.warn("miue: " + msg + " (recorded as config['cuda_graphs_status'])", RuntimeWarning,
+                              stacklevel=2)
                 return None
         return self._graph
 

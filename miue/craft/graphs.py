@@ -17,7 +17,9 @@ class GraphedPGDStep:
     def __init__(self, step, device: torch.device, eps: float, d, clean_f, c_box, y):
         self.d, self.clean_f, self.c_box, self.y = d.clone(), clean_f.clone(), c_box.clone(), y.clone()
         self.alpha = torch.zeros((), dtype=torch.float64, device=device)  # 0 during warm-up: δ unchanged
-        eps_t = torch.tensor(eps, dtype=torch.float64)
+        # ε on the device, filled by a kernel: a CPU scalar would make the PGD launch copy it to
+        # the device inside the capture (an unpinned host-to-device copy)
+        eps_t = torch.full((), float(eps), dtype=torch.float64, device=device)
 
         def captured():
             return step(self.d, self.clean_f, self.c_box, self.y, self.alpha, eps_t)

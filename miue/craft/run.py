@@ -219,6 +219,8 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
     if not (cfg.storage == "disk" and not cfg.classwise):
         images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
     config = {**cfg.to_dict(), **(ran or {})}
+    if cfg.cuda_graphs:  # asked for: say what ran ("captured", "failed (...)" or "not used")
+        config["cuda_graphs_status"] = eng.graph_status or "not used (no full PGD batch, or a step that cannot be captured)"
     if cfg.stop_eval_acc > 0 and history and not history[-1].get("stopped"):
         config["stop"] = "cap"  # the cap on rounds came before the published stop rule
     elif history and history[-1].get("stopped"):
