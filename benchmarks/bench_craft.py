@@ -20,9 +20,18 @@ achieved fraction of the card's measured bf16 matmul throughput; on GPU also a P
 sweep, a flat-memory check with ImageNet-like 3×224×224 images streamed from host memory,
 and a profile (top kernels; share of miue ops vs the network).
 
+With ``--capture-check`` (benchmarks/gpu_check.sh runs it) it does something shorter: one
+round of the ``paper`` preset and one of ``fast`` on 10,000 CIFAR-shaped images (``--n``), each
+with and without CUDA graphs, and states for each run whether the PGD step's CUDA graph was
+captured; it exits non-zero when a run fails, gives a δ outside the ε ball or non-finite, or a
+capture that was asked for on a GPU did not happen. ``fast``'s one round includes compiling the
+surrogate. ``--arch``, ``--pgd-steps`` and ``--no-compile`` shrink it for rehearsals on a CPU
+(where CUDA graphs do not apply).
+
     python benchmarks/bench_craft.py            # GPU: everything; CPU: Fashion-MNIST, cnn and cpu presets
     python benchmarks/bench_craft.py --quick    # CI-sized CPU run (a 6,000-image subset)
     python benchmarks/bench_craft.py --n 20000  # CPU: a 20,000-image subset
+    python benchmarks/bench_craft.py --capture-check --json out.json   # GPU: paper/fast x graphs on/off
 """
 
 from __future__ import annotations
@@ -218,6 +227,145 @@ def profile_pgd(images, labels, device, preset):
             "miue_kernel_share": miue_time / total if total else None}
 
 
+def _k(n):
+    """An image count as the data sets' names give it: 10000 -> "10k", 256 -> "0.256k"."""
+    return f"{n / 1000:g}k"
+
+
+def _graph_status(result, device, asked, failures, captures):
+    """What became of ``cuda_graphs`` in one run: "off", "n/a (...)", "captured", "failed (...)"
+    or "not used (...)". The engine's own record (config["cuda_graphs_status"]) when it has
+    one, else what was observed (capture-failure warnings, GraphedPGDStep constructions)."""
+    if not asked:
+        return "off"
+    if device.type != "cuda":
+        return "n/a (CUDA graphs are CUDA-only; the run was eager)"
+    status = result.config.get("cuda_graphs_status") if result is not None else None
+    if status:
+        return status
+    if failures:
+        return "failed (" + failures[0] + ")"
+    return "captured" if captures else "not used (no full PGD batch, or a step that cannot be captured)"
+
+
+def capture_check(args, device, meta):
+    """One round of paper and fast, with and without CUDA graphs: times, and whether capture worked."""
+    import logging
+    import warnings
+
+    from miue.craft import engine as _engine
+
+    n = args.n or 10_000
+    x, y = synthetic_cifar(n)
+    name = f"cifar10-shapes {_k(n)}"
+    rows, problems = [], []
+    out = {"meta": {**meta, "mode": "capture-check", "n": n}, "results": rows}
+
+    def save():  # after every run, so that a run cut short still leaves the earlier ones
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(out, fh, indent=1)
+        if args.md:
+            with open(args.md, "w") as fh:
+                fh.write(capture_markdown(out))
+
+    class Failures(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            if "CUDA-graph capture" in record.getMessage():
+                self.messages.append(record.getMessage())
+
+    for preset, graphs in (("paper", False), ("paper", True), ("fast", True), ("fast", False)):
+        kw = dict(preset=preset, rounds=1, device=device, progress=False, cuda_graphs=graphs, seed=0)
+        if args.arch:
+            kw["arch"] = args.arch
+        if args.pgd_steps:
+            kw["pgd_steps"] = args.pgd_steps
+        if args.no_compile:
+            kw["compile"] = False
+        cfg = make_config(preset, **({"arch": args.arch} if args.arch else {}))
+        variant = f"{preset}, graphs {'on' if graphs else 'off'}"
+        row = {"dataset": name, "variant": variant, "preset": preset, "cuda_graphs": graphs,
+               "compile": bool(cfg.compile and not args.no_compile), "arch": args.arch or cfg.arch}
+        captures = []
+        original = getattr(_engine, "GraphedPGDStep", None)
+        if original is not None:
+            class Counted(original):
+                def __init__(self, *a, **k):
+                    super().__init__(*a, **k)
+                    captures.append(1)
+
+            _engine.GraphedPGDStep = Counted
+        handler = Failures()
+        logging.getLogger("miue.craft").addHandler(handler)
+        _reset_peak(device)
+        t0 = time.perf_counter()
+        result = None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = craft_fast(x, y, **kw)
+            _sync(device)
+            handler.messages += [str(w.message) for w in caught if "CUDA-graph capture" in str(w.message)]
+        except Exception as exc:  # noqa: BLE001 - record it and go on to the next run
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        finally:
+            logging.getLogger("miue.craft").removeHandler(handler)
+            if original is not None:
+                _engine.GraphedPGDStep = original
+        row["total_seconds"] = time.perf_counter() - t0
+        if result is not None:
+            h = result.history[-1]
+            delta = result.delta.float()
+            row.update(seconds=h["seconds"], train_images_per_s=h["train_images_per_s"],
+                       pgd_images_per_s=h["pgd_images_per_s"], objective_loss=h.get("objective_loss"),
+                       peak_mib=_peak_mib(device), pgd_steps=result.config["pgd_steps"],
+                       amp=result.config.get("amp"), delta_max=delta.abs().max().item(),
+                       round_includes_compile=row["compile"])
+            if not torch.isfinite(delta).all() or row["delta_max"] > result.config["eps"] + 1e-6:
+                row["error"] = f"δ not finite or outside the ε ball (max |δ| = {row['delta_max']:.5f})"
+        row["graph_capture"] = _graph_status(result, device, graphs, handler.messages, captures)
+        if "error" in row:
+            problems.append(f"{variant}: {row['error']}")
+        elif graphs and device.type == "cuda" and row["graph_capture"] != "captured":
+            problems.append(f"{variant}: CUDA-graph capture {row['graph_capture']}")
+        rows.append(row)
+        save()
+        if "error" in row:
+            print(f"{name:22} {variant:17} ERROR {row['error']}", flush=True)
+        else:
+            print(f"{name:22} {variant:17} round {row['seconds']:8.2f} s{' (incl. compile)' if row['compile'] else ''}"
+                  f"  train {row['train_images_per_s']:8.0f} img/s  PGD {row['pgd_images_per_s']:9.0f} img·step/s  "
+                  f"peak {row['peak_mib'] or 0:7.0f} MiB  capture: {row['graph_capture']}", flush=True)
+    summary = "; ".join(f"{r['variant']}: {r['graph_capture']}" for r in rows if r["cuda_graphs"])
+    print(f"# capture: {summary}", flush=True)
+    out["meta"]["problems"] = problems
+    save()
+    if problems:
+        print("# PROBLEMS: " + " | ".join(problems), flush=True)
+    return out
+
+
+def capture_markdown(out):
+    m = out["meta"]
+    lines = [f"# bench_craft --capture-check: {m['device']}", "",
+             f"{m['date']}; torch {m['torch']}, triton {m['triton']}, CUDA {m['cuda']}; one round each on {m['n']:,} "
+             "CIFAR-shaped images", "",
+             "| variant | s / round | train img/s | PGD img·step/s | peak MiB | CUDA graph |",
+             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in out["results"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | error: {r['error']} | | | | {r.get('graph_capture', '-')} |")
+            continue
+        lines.append(f"| {r['variant']} | {_f(r.get('seconds'), '.2f')}{' (incl. compile)' if r.get('compile') else ''} | "
+                     f"{_f(r.get('train_images_per_s'), '.0f')} | {_f(r.get('pgd_images_per_s'), '.0f')} | "
+                     f"{_f(r.get('peak_mib'), '.0f')} | {r['graph_capture']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI-sized CPU run")
@@ -225,6 +373,11 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--capture-check", action="store_true",
+                   help="one round of paper and of fast, each with and without CUDA graphs (default 10,000 images)")
+    p.add_argument("--arch", default=None, help="--capture-check: override the presets' surrogate (CPU rehearsals)")
+    p.add_argument("--pgd-steps", type=int, default=None, help="--capture-check: override the PGD steps per round")
+    p.add_argument("--no-compile", action="store_true", help="--capture-check: fast without torch.compile")
     p.add_argument("--n", type=int, default=None,
                    help="GPU: images per dataset (default: all 50k / 60k); a round's time is reported for this N "
                         "and the per-round and 100-round projections are scaled to the full dataset by throughput")
@@ -248,12 +401,14 @@ def main(argv=None):
     except ImportError:
         meta["triton"] = None
     print(f"# bench_craft on {meta['device']} (torch {meta['torch']}, triton {meta['triton']})", flush=True)
+    if args.capture_check:
+        return capture_check(args, device, meta)
     rows = []
 
     def record(dataset, variant, res, flops=None, base=None):
         row = {"dataset": dataset, "variant": variant, **res}
         full_n = 60_000 if dataset.startswith("fashion") else 50_000
-        n_here = int(dataset.split()[-1].rstrip("k")) * 1000 if dataset.split()[-1].endswith("k") else full_n
+        n_here = round(float(dataset.split()[-1].rstrip("k")) * 1000) if dataset.split()[-1].endswith("k") else full_n
         scale = full_n / n_here  # throughput is per image: scale a subset's round to the whole dataset
         row["projected_seconds_per_full_round"] = res["seconds"] * scale
         row["projected_hours_full_schedule"] = res["seconds"] * scale * res["rounds_total"] / 3600
@@ -271,11 +426,11 @@ def main(argv=None):
 
     if gpu:
         nc, nf = (args.n, args.n) if args.n else (50_000, None)
-        cases = [(f"cifar10-shapes {nc // 1000}k", synthetic_cifar(nc), ("paper", "fast"), None),
-                 (f"fashion-mnist {(nf or 60_000) // 1000}k", fashion_mnist(nf), ("paper", "fast"), None)]
+        cases = [(f"cifar10-shapes {_k(nc)}", synthetic_cifar(nc), ("paper", "fast"), None),
+                 (f"fashion-mnist {_k(nf or 60_000)}", fashion_mnist(nf), ("paper", "fast"), None)]
     else:
         n = 6000 if args.quick else args.n
-        cases = [(f"fashion-mnist {(n or 60_000) // 1000}k", fashion_mnist(n), ("cnn",), None)]
+        cases = [(f"fashion-mnist {_k(n or 60_000)}", fashion_mnist(n), ("cnn",), None)]
     if not gpu:  # the cpu preset's round in fp32 and in bf16 autocast, with the CPU limit ratio of each
         from miue._amp import cpu_bf16_reason
 
@@ -353,4 +508,5 @@ def markdown(out):
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    sys.exit(1 if result["meta"].get("problems") else 0)

@@ -7,6 +7,11 @@ Variants per op (where they apply):
   triton    miue, triton backend
   cpp       miue, cpp backend (C++/OpenMP on CPU, CUDA kernels on GPU)
 
+Before a variant is timed, its result is checked against the float64 reference (the
+``reference`` backend on float64 inputs: loss and input gradient, normalised rows and class
+sums, the PGD step); a variant that disagrees is not timed, is reported as an error, and the
+script exits non-zero, as it does on any other error (``--no-verify`` skips the checks).
+
 On a GPU each variant is timed with triton.testing.do_bench (median and 20/80% quantiles)
 and, when it can be captured, with do_bench_cudagraph; peak memory is measured for one
 call. On the CPU (for debugging the script) only official/eager/cpp run, with a wall-clock
@@ -15,6 +20,7 @@ timer. Prints a table and writes JSON (and optionally a markdown table).
     python benchmarks/bench_ops.py                 # full, on the GPU if there is one
     python benchmarks/bench_ops.py --quick         # small sizes (CPU-friendly)
     python benchmarks/bench_ops.py --json out.json --md out.md
+    python benchmarks/bench_ops.py --variants official,eager,triton,cpp --rep 30   # short GPU run
 """
 
 from __future__ import annotations
@@ -50,13 +56,13 @@ def bench_cpu(fn, min_time=1.0, max_reps=50):
     return statistics.median(times), q[1], q[7]
 
 
-def bench_gpu(fn):
+def bench_gpu(fn, rep=100):
     import triton.testing
 
-    med, lo, hi = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    med, lo, hi = triton.testing.do_bench(fn, warmup=max(5, rep // 4), rep=rep, quantiles=[0.5, 0.2, 0.8])
     graph = None
     try:
-        graph = triton.testing.do_bench_cudagraph(fn, rep=100)
+        graph = triton.testing.do_bench_cudagraph(fn, rep=rep)
     except Exception as exc:  # not capturable (e.g. a host sync inside)
         graph = f"not capturable: {type(exc).__name__}"
     return med, lo, hi, graph
@@ -121,10 +127,67 @@ def eager_intra(f, y, C):
 def fwd_bwd(loss_fn, f):
     def run():
         x = f.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(loss_fn(x), x)
-        return g
+        loss = loss_fn(x)
+        (g,) = torch.autograd.grad(loss, x)
+        return loss.detach(), g
 
     return run
+
+
+# --------------------------------------------------------------------------- verification
+#
+# A case's "checks" map each variant to a callable returning its outputs (fresh inputs: the
+# timed closures of the PGD step work in place); "expected" computes the float64 reference's
+# outputs and "tols" gives one tolerance per output (or a dict: variant -> tolerances, with a
+# "default"): ("rel", t[, floor]) the norm of the error at most t times the norm of the
+# reference (+ floor), ("abs", t) the largest absolute error, ("exact",) equal values. They
+# catch wrong results, not the last digits: the op tests hold the kernels to the tight bars.
+
+LOSS_TOLS = (("rel", 1e-4, 1e-6), ("rel", 1e-3))  # fp32 (loss, input gradient)
+# bf16/fp16 features: miue's kernels accumulate in fp32 (tests/test_cuda.py: gradient within 3e-2);
+# the eager and official formulations compute in the low precision itself
+LOW_PRECISION_TOLS = {"triton": (("rel", 1e-2), ("rel", 5e-2)), "cpp": (("rel", 1e-2), ("rel", 5e-2)),
+                      "default": (("rel", 5e-2), ("rel", 0.3))}
+
+
+def compare(got, expected, tols) -> str | None:
+    """None when every output is within its tolerance, else what is wrong (names the output)."""
+    if len(got) != len(expected):
+        return f"{len(got)} outputs, expected {len(expected)}"
+    for i, (g, e, tol) in enumerate(zip(got, expected, tols)):
+        g = torch.as_tensor(g).detach()
+        e = torch.as_tensor(e).detach().to(g.device)
+        if g.shape != e.shape:
+            return f"output {i}: shape {tuple(g.shape)}, expected {tuple(e.shape)}"
+        if tol[0] == "exact":
+            if not torch.equal(g.to(e.dtype), e):
+                return f"output {i}: not equal to the reference"
+            continue
+        g, e = g.double(), e.double()
+        if tol[0] == "abs":
+            err, bound = ((g - e).abs().max().item() if g.numel() else 0.0), tol[1]
+            if not err <= bound:  # NaN fails too
+                return f"output {i}: largest error {err:.3g} > {bound:g}"
+        else:
+            err, ref = (g - e).norm().item(), e.norm().item()
+            bound = tol[1] * ref + (tol[2] if len(tol) > 2 else 0.0)
+            if not err <= bound:
+                return f"output {i}: relative error {err / max(ref, 1e-300):.3g} > {tol[1]:g}"
+    return None
+
+
+def verify(case, name) -> str | None:
+    """Run variant ``name`` of ``case`` once and compare it with the reference."""
+    check = case.get("checks", {}).get(name)
+    if check is None:
+        return None
+    out = check()
+    if case["device"].type == "cuda":
+        torch.cuda.synchronize()
+    tols = case["tols"]
+    if isinstance(tols, dict):
+        tols = tols.get(name, tols["default"])
+    return compare(out if isinstance(out, tuple) else (out,), case["expected"], tols)
 
 
 # --------------------------------------------------------------------------- cases
@@ -144,12 +207,17 @@ def supcon_case(device, B, D, C, dtype):
     variants["triton"] = fwd_bwd(lambda x: miue.supcon_loss(x, y, backend="triton"), f)
     variants["cpp"] = fwd_bwd(lambda x: miue.supcon_loss(x, y, backend="cpp"), f)
     flops = 4.0 * B * B * D  # Gram (forward) + W·Z (backward), the minimum a fused pass needs
-    return dict(op="supcon fwd+bwd", size=f"B={B} D={D} C={C}", dtype=str(dtype).replace("torch.", ""),
-                flops=flops, bytes=None, variants=variants)
+    name = str(dtype).replace("torch.", "")
+    return dict(op="supcon fwd+bwd", size=f"B={B} D={D} C={C}", dtype=name, flops=flops, bytes=None,
+                variants=variants, checks=dict(variants), device=f.device,
+                expected=lambda: fwd_bwd(lambda x: miue.supcon_loss(x, y, backend="reference"), f.double())(),
+                tols=LOSS_TOLS if dtype == torch.float32 else LOW_PRECISION_TOLS)
 
 
 def supcon_cases(device, quick, dtype):
-    if quick:
+    if quick == "smoke":
+        sizes = [(256, 128, 10)]
+    elif quick:
         sizes = [(256, 128, 10), (512, 512, 10)]
     else:
         sizes = [(512, 512, 10), (512, 512, 100), (2048, 512, 10), (2048, 512, 100), (4096, 2048, 10), (4096, 2048, 100)]
@@ -164,20 +232,27 @@ def pgd_case(device, N):
     grad = torch.randn(shape, generator=g).to(device)
     delta = torch.zeros(shape, device=device)
     alpha, eps = 0.2 / 255, 8 / 255
-    variants = {
-        "official": lambda: official_pgd_(delta, grad, clean_f, alpha, eps),
-        "eager": lambda: eager_pgd_(delta, grad, clean_u8, alpha, eps),
-        "compile": torch.compile(lambda: eager_pgd_(delta, grad, clean_u8, alpha, eps)),
-        "triton": lambda: miue.pgd_linf_step_(delta, grad, clean_u8, alpha, eps, backend="triton"),
-        "cpp": lambda: miue.pgd_linf_step_(delta, grad, clean_u8, alpha, eps, backend="cpp"),
+    compiled = torch.compile(eager_pgd_)
+    steps = {  # each updates the δ it is given in place and returns it
+        "official": lambda d: official_pgd_(d, grad, clean_f, alpha, eps),
+        "eager": lambda d: eager_pgd_(d, grad, clean_u8, alpha, eps),
+        "compile": lambda d: compiled(d, grad, clean_u8, alpha, eps),
+        "triton": lambda d: miue.pgd_linf_step_(d, grad, clean_u8, alpha, eps, backend="triton"),
+        "cpp": lambda d: miue.pgd_linf_step_(d, grad, clean_u8, alpha, eps, backend="cpp"),
     }
+    variants = {k: (lambda s=s: s(delta)) for k, s in steps.items()}
+    # checked from a δ inside the ball, with elements the ε and [0, 1] clamps both bite on
+    delta0 = ((torch.rand(shape, generator=g) * 2 - 1) * (eps + 2 * alpha)).to(device)
+    checks = {k: (lambda s=s: s(delta0.clone())) for k, s in steps.items()}
     nbytes = delta.numel() * (4 + 4 + 1 + 4)  # read delta, grad, clean (uint8); write delta
     return dict(op="pgd_linf_step_", size=f"N={N}x3x32x32 (uint8 clean)", dtype="float32", flops=None,
-                bytes=nbytes, variants=variants)
+                bytes=nbytes, variants=variants, checks=checks, device=delta.device,
+                expected=lambda: miue.pgd_linf_step_(delta0.clone(), grad, clean_u8, alpha, eps, backend="reference"),
+                tols=(("abs", 1e-6),))
 
 
 def pgd_cases(device, quick):
-    return [pgd_case(device, N) for N in ([512, 2048] if quick else [512, 50_000])]
+    return [pgd_case(device, N) for N in ([512] if quick == "smoke" else [512, 2048] if quick else [512, 50_000])]
 
 
 def normalize_case(device, B, D, C):
@@ -190,8 +265,16 @@ def normalize_case(device, B, D, C):
         "triton": lambda: miue.grouped_normalize(f, y, C, backend="triton", validate=False),
         "cpp": lambda: miue.grouped_normalize(f, y, C, backend="cpp", validate=False),
     }
+
+    def z_s_n(fn):  # (z, s, n) of both output layouts: eager (z, s, n), miue (z, inv_norm, s, n)
+        out = fn()
+        return (out[0], out[-2], out[-1])
+
+    checks = {k: (lambda v=v: z_s_n(v)) for k, v in variants.items()}
     return dict(op="grouped_normalize", size=f"B={B} D={D} C={C}", dtype="float32", flops=None,
-                bytes=2 * f.numel() * 4, variants=variants)
+                bytes=2 * f.numel() * 4, variants=variants, checks=checks, device=f.device,
+                expected=lambda: z_s_n(lambda: miue.grouped_normalize(f.double(), y, C, backend="reference")),
+                tols=(("abs", 1e-5), ("rel", 1e-4), ("exact",)))
 
 
 def intra_case(device, B, D, C):
@@ -205,10 +288,14 @@ def intra_case(device, B, D, C):
         "cpp": fwd_bwd(lambda x: miue.intra_class_cosine_loss(x, y, C, backend="cpp", validate=False), f),
     }
     return dict(op="intra_class fwd+bwd", size=f"B={B} D={D} C={C}", dtype="float32", flops=None,
-                bytes=3 * f.numel() * 4, variants=variants)
+                bytes=3 * f.numel() * 4, variants=variants, checks=dict(variants), device=f.device,
+                expected=lambda: fwd_bwd(lambda x: miue.intra_class_cosine_loss(x, y, C, backend="reference"), f.double())(),
+                tols=(("rel", 1e-3, 1e-6), ("rel", 1e-3)))
 
 
 def normalize_cases(device, quick):
+    if quick == "smoke":
+        return [normalize_case(device, 2048, 128, 10), intra_case(device, 512, 128, 10)]
     if quick:
         return [normalize_case(device, 8192, 512, 10), intra_case(device, 2048, 512, 10)]
     return [normalize_case(device, 65_536, 512, 10), intra_case(device, 4096, 512, 10)]
@@ -233,7 +320,8 @@ def run(args):
         "miue": miue.__version__,
         "backends": miue.available_backends(),
         "copy_bandwidth_gbps": copy_bandwidth_gbps(device),
-        "quick": args.quick,
+        "quick": "smoke" if args.smoke else args.quick,
+        "verified": args.verify,
     }
     try:
         import triton
@@ -246,28 +334,41 @@ def run(args):
         print(f"# device-to-device copy bandwidth: {meta['copy_bandwidth_gbps']:.0f} GB/s (read + write)")
 
     cases = []
+    quick = "smoke" if args.smoke else args.quick
     ops = set(args.ops.split(","))
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     if "supcon" in ops:
         for dt in dtypes:
-            cases += supcon_cases(device, args.quick, dt)
+            cases += supcon_cases(device, quick, dt)
     if "pgd" in ops:
-        cases += pgd_cases(device, args.quick)
+        cases += pgd_cases(device, quick)
     if "normalize" in ops:
-        cases += normalize_cases(device, args.quick)
+        cases += normalize_cases(device, quick)
 
     rows = []
+    n_checked = n_disagree = 0
     header = f"{'op':22} {'size':30} {'dtype':8} {'variant':9} {'median ms':>10} {'p20':>8} {'p80':>8} {'graph ms':>9} {'TFLOP/s':>8} {'GB/s':>7} {'peak MiB':>9} {'vs official':>11} {'vs eager':>9}"
     print(header)
     print("-" * len(header))
     for case in cases:
         results = {}
+        expected = None
         for name, fn in case["variants"].items():
             if name not in allowed:
                 continue
             try:
+                if args.verify:  # the reference once per case, then each variant before it is timed
+                    if expected is None:
+                        expected = case["expected"]()
+                        expected = expected if isinstance(expected, tuple) else (expected,)
+                    problem = verify({**case, "expected": expected}, name)
+                    n_checked += 1
+                    if problem:
+                        n_disagree += 1
+                        results[name] = {"error": f"verification failed: {problem}"}
+                        continue
                 if on_gpu:
-                    med, lo, hi, graph = bench_gpu(fn)
+                    med, lo, hi, graph = bench_gpu(fn, rep=args.rep)
                     peak = peak_memory_mb(fn, device)
                 else:
                     med, lo, hi = bench_cpu(fn, min_time=args.min_time)
@@ -295,6 +396,15 @@ def run(args):
             rows.append(row)
             print(_fmt(row))
         print()
+    errors = [r for r in rows if "error" in r]
+    meta["errors"] = len(errors)
+    meta["verified_variants"], meta["verification_failures"] = n_checked, n_disagree
+    if args.verify:
+        print(f"# verification: {n_checked} variant results compared with the float64 reference, {n_disagree} disagreed")
+    if errors:
+        print(f"# ERRORS: {len(errors)} variant(s) failed:")
+        for r in errors:
+            print(f"#   {r['op']} {r['size']} {r['dtype']} {r['variant']}: {r['error']}")
     out = {"meta": meta, "results": rows}
     if args.json:
         with open(args.json, "w") as fh:
@@ -343,14 +453,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--quick", action="store_true", help="small sizes only")
+    p.add_argument("--smoke", action="store_true", help="one smallest size per op (rehearsing benchmarks/gpu_check.sh)")
     p.add_argument("--ops", default="supcon,pgd,normalize", help="comma list of supcon, pgd, normalize")
     p.add_argument("--dtypes", default="float32", help="supcon feature dtypes, e.g. float32,bfloat16")
     p.add_argument("--variants", default=None, help="comma list (default: all that apply on the device)")
     p.add_argument("--min-time", type=float, default=1.0, help="CPU: seconds of timing per variant")
+    p.add_argument("--rep", type=int, default=100, help="GPU: milliseconds of do_bench timing per variant")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="check each variant against the float64 reference before timing it (default: on)")
     p.add_argument("--json", default=None, help="write results as JSON here")
     p.add_argument("--md", default=None, help="write a markdown table here")
     return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    out = main()
+    sys.exit(1 if not out or out["meta"]["errors"] else 0)

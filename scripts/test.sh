@@ -42,7 +42,8 @@ print("miue backends:", names)
 if "cpp" not in names:
     sys.exit("test.sh: the compiled extension (cpp backend) is not available")
 PYEOF
-export TRITON_INTERPRET=1
+# TRITON_INTERPRET: tests/conftest.py sets it where torch sees no GPU (the Triton kernels then
+# run on CPU tensors); on a GPU machine the kernels are compiled, as users run them
 set +e
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
 rc=$?

@@ -1,16 +1,23 @@
 """Test configuration.
 
-TRITON_INTERPRET=1 is set before anything imports triton, so the Triton kernels run on CPU
-tensors. Hypothesis profiles: "ci" (default; bounded example counts, no deadline) and
-"dev" (more examples): select with HYPOTHESIS_PROFILE=dev.
+Where torch sees no CUDA GPU, TRITON_INTERPRET=1 is set before anything imports miue's Triton
+kernels, so that they run on CPU tensors in Triton's interpreter. On a machine with a GPU it is
+left as it is (unset: Triton compiles the kernels for the card, and ``test_cuda.py`` checks
+that it did). torch is imported first to ask; importing torch does not import triton, and
+triton reads the variable when a kernel is decorated (``miue.kernels`` reads it at import).
+An explicit TRITON_INTERPRET in the environment always wins. Hypothesis profiles: "ci"
+(default; bounded example counts, no deadline) and "dev" (more examples): select with
+HYPOTHESIS_PROFILE=dev.
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
