@@ -2,6 +2,8 @@
 # Install checks, CPU only (CI runs this): from a clean copy of the source,
 #   1. `pip wheel --no-build-isolation .`, then that wheel into a fresh venv;
 #   2. `pip install --no-build-isolation .` (not editable);
+#   3. an sdist (`python -m build --sdist`): it must carry csrc/ and kernels/; installed from the
+#      tarball (a build outside the checkout);
 # and in each, from outside the source tree: no warning at import, `cpp` among the backends,
 # miue.kernels importable, the cpp kernels agree with the reference, `miue info` says the
 # extension is loaded.
@@ -67,6 +69,34 @@ PYEOF
 echo "--- pip install . (not editable), into the build venv"
 (cd "$WORK/src" && "$WORK/build/bin/pip" install -q --no-build-isolation .)
 check "$WORK/build/bin/python" "pip install ."
+
+echo "--- a source distribution: it carries csrc/ (headers and .cu files) and kernels/, and builds"
+"$WORK/build/bin/pip" install -q build
+(cd "$WORK/src" && "$WORK/build/bin/python" -m build --sdist --no-isolation --outdir "$WORK/sdist" . >/dev/null)
+"$WORK/build/bin/python" - "$WORK"/sdist/miue-*.tar.gz "$WORK/src" <<'PYEOF'
+import os
+import subprocess
+import sys
+import tarfile
+
+with tarfile.open(sys.argv[1]) as tar:
+    names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+src = sys.argv[2]
+tracked = subprocess.run(["git", "ls-files", "csrc", "kernels"], cwd=src, capture_output=True, text=True).stdout.split() \
+    if os.path.isdir(os.path.join(src, ".git")) else []
+want = {"LICENSE", "setup.py", "pyproject.toml", "csrc/common.h", "csrc/cuda/common.cuh", "csrc/cuda/supcon.cu",
+        "csrc/cpu/supcon.cpp", "kernels/__init__.py", "kernels/supcon.py"} | set(tracked)
+for top in ("csrc", "kernels"):  # every source file of the extension and every Triton kernel module
+    for root, _, files in os.walk(os.path.join(src, top)):
+        want |= {os.path.relpath(os.path.join(root, f), src) for f in files if not f.endswith((".pyc", ".o", ".so"))}
+missing = sorted(w for w in want if w not in names)
+assert not missing, f"the sdist lacks {missing}"
+assert not any(n.endswith((".so", ".o")) or n == "miue/_build_info.json" for n in names), "build outputs in the sdist"
+print(f"{sys.argv[1]}: {len(names)} files, csrc/ and kernels/ complete")
+PYEOF
+"$WORK/build/bin/pip" uninstall -q -y miue
+"$WORK/build/bin/pip" install -q --no-build-isolation "$WORK"/sdist/miue-*.tar.gz
+check "$WORK/build/bin/python" "sdist"
 
 echo "--- the wheel, into a fresh venv (the extension is built for the torch it was built with)"
 "$PY" -m venv "$WORK/fresh"
