@@ -43,7 +43,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 import miue
@@ -294,9 +293,9 @@ def capture_check(args, device, meta):
         original = getattr(_engine, "GraphedPGDStep", None)
         if original is not None:
             class Counted(original):
-                def __init__(self, *a, **k):
+                def __init__(self, *a, _captures=captures, **k):
                     super().__init__(*a, **k)
-                    captures.append(1)
+                    _captures.append(1)
 
             _engine.GraphedPGDStep = Counted
         handler = Failures()

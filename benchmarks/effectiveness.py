@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import sys
@@ -892,14 +891,14 @@ def plots(data: dict, out: str) -> list[str]:
                         handles[m] = ax.axhline(100 * s[m][v][0], ls=free_styles[m], lw=1.2, color=colors[m],
                                                 label=f"{m} (no budget)")
                     continue
-                pts = _points(s, budgets, v, lambda b: poison_id(m, str(b)))
+                pts = _points(s, budgets, v, lambda b, m=m: poison_id(m, str(b)))
                 if pts:
                     handles[m] = ax.errorbar([b for b, _ in pts], [100 * r[0] for _, r in pts],
                                              yerr=[100 * r[1] for _, r in pts], marker="o", capsize=3, color=colors[m],
                                              label=m)
             for variant in ABLATION_EM:  # both methods crafted with one other setting: stars in the method's colour
                 for m in ("miue", "em"):
-                    pts = _points(s, budgets, v, lambda b: poison_id(m, str(b), variant))
+                    pts = _points(s, budgets, v, lambda b, m=m, variant=variant: poison_id(m, str(b), variant))
                     if pts:
                         handles[f"{m}+{variant}"] = ax.errorbar(
                             [b for b, _ in pts], [100 * r[0] for _, r in pts], yerr=[100 * r[1] for _, r in pts],

@@ -118,7 +118,8 @@ def supcon_fwd_splits(B: int, cfg: dict[str, Any], gpu: bool | None = None) -> t
     block_n = cfg["BLOCK_N"]
     row_blocks = -(-B // cfg["BLOCK_M"])
     n_splits = max(1, min(-(-B // block_n), 264 // row_blocks)) if gpu else 1
-    cols_per_split = -(-(-(-B // n_splits)) // block_n) * block_n
+    per_split = -(-B // n_splits)  # ceil(B / n_splits), rounded up to whole column blocks
+    cols_per_split = -(-per_split // block_n) * block_n
     return -(-B // cols_per_split), cols_per_split
 
 

@@ -22,7 +22,6 @@ No host synchronisation: the upstream gradient is read through its pointer.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import triton

@@ -134,7 +134,7 @@ def _wrn(channels: int, num_classes: int, depth: int = 34, widen: int = 10):
     widths = [16, 16 * widen, 32 * widen, 64 * widen]
     layers = [nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False)]
     cin = widths[0]
-    for i, (w, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+    for w, stride in zip(widths[1:], (1, 2, 2)):
         for j in range(n):
             layers.append(_WideBlock(cin, w, stride if j == 0 else 1))
             cin = w

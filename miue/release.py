@@ -79,9 +79,9 @@ def _crop_region(w0: int, h0: int, pre: Preprocess):
         oh, ow = n, int(n * w0 / h0)
     top, left = int(round((oh - n) / 2.0)), int(round((ow - n) / 2.0))  # CenterCrop's offsets
     sy, sx = h0 / oh, w0 / ow
-    t, l = int(round(top * sy)), int(round(left * sx))
-    hh, ww = max(1, min(h0 - t, int(round(n * sy)))), max(1, min(w0 - l, int(round(n * sx))))
-    return t, l, hh, ww
+    t, lft = int(round(top * sy)), int(round(left * sx))
+    hh, ww = max(1, min(h0 - t, int(round(n * sy)))), max(1, min(w0 - lft, int(round(n * sx))))
+    return t, lft, hh, ww
 
 
 def native_delta(delta: torch.Tensor, w0: int, h0: int, pre: Preprocess) -> torch.Tensor:
@@ -92,10 +92,10 @@ def native_delta(delta: torch.Tensor, w0: int, h0: int, pre: Preprocess) -> torc
     delta = delta.float()
     if delta.shape[1:] == (h0, w0):
         return delta.clone()
-    t, l, hh, ww = _crop_region(w0, h0, pre)
+    t, lft, hh, ww = _crop_region(w0, h0, pre)
     up = F.interpolate(delta[None], size=(hh, ww), mode="bilinear", align_corners=False)[0]
     out = torch.zeros((delta.shape[0], h0, w0), dtype=torch.float32)
-    out[:, t:t + hh, l:l + ww] = up
+    out[:, t:t + hh, lft:lft + ww] = up
     return out
 
 

@@ -24,7 +24,6 @@ by :func:`ops_images`.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 SHORTCUTS = ("ar", "lsp", "ops")

@@ -45,10 +45,6 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
-def abs_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return (actual.detach().double() - expected.detach().double()).abs().max().item()
-
-
 def loss_and_grad(fn, features):
     f = features.detach().clone().requires_grad_(True)
     loss = fn(f)

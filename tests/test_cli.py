@@ -222,7 +222,7 @@ def test_evaluate_bad_dataset_and_poison_ratio(poisons, capsys):
 
 def test_debug_env_reraises(tmp_path, monkeypatch):
     monkeypatch.setenv("MIUE_DEBUG", "1")
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError):  # the original exception, not the one-line error
         main(["evaluate", str(tmp_path / "missing.npz"), "--quiet"])
 
 

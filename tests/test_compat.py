@@ -8,7 +8,6 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import miue.compat as C
 from miue.reference import official_supcon_loss

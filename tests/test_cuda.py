@@ -456,8 +456,8 @@ def test_converged_classes_within_the_fp32_contract(backend, spread):
     f, y = make_features(512, 256, num_classes=10, seed=3, spread=spread)
     for fn, bound in ((lambda x, yy, b: miue.supcon_loss(x, yy, backend=b), supcon_dz_bound(512, 0.1)),
                       (lambda x, yy, b: miue.intra_class_cosine_loss(x, yy, 10, backend=b), intra_dz_bound(y, f))):
-        _, grad = loss_grad(lambda x: fn(x, y.to(DEV), backend), f.to(DEV))
-        _, ref = loss_grad(lambda x: fn(x, y, "reference"), f.double())
+        _, grad = loss_grad(lambda x, fn=fn: fn(x, y.to(DEV), backend), f.to(DEV))
+        _, ref = loss_grad(lambda x, fn=fn: fn(x, y, "reference"), f.double())
         err = (grad.cpu().double() - ref).norm().item()
         assert err <= 1e-5 * ref.norm().item() + grad_floor(f, bound), (err, ref.norm().item())
 

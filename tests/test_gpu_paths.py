@@ -85,7 +85,6 @@ def test_pgd_scalars_are_passed_per_scalar_without_copies(no_host_to_device_copy
 @pytest.mark.parametrize("delta_dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_pgd_mixed_scalar_placements_compute_the_same(delta_dtype):
     """By value and in memory give the same bits (the interpreter runs both branches)."""
-    from miue.kernels import pgd
 
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, 256, (3000,), dtype=torch.uint8, generator=g)
@@ -172,8 +171,8 @@ def test_labels_in_any_layout(backend, layout):
     dense = labels.contiguous()
     for fn in (lambda x, lab: miue.supcon_loss(x, lab, backend=backend),
                lambda x, lab: miue.intra_class_cosine_loss(x, lab, C, backend=backend)):
-        loss, grad = loss_and_grad(lambda x: fn(x, labels), f)
-        ref_loss, ref_grad = loss_and_grad(lambda x: fn(x, dense), f)
+        loss, grad = loss_and_grad(lambda x, fn=fn: fn(x, labels), f)
+        ref_loss, ref_grad = loss_and_grad(lambda x, fn=fn: fn(x, dense), f)
         assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
     out = miue.grouped_normalize(f, labels, C, backend=backend)
     ref = miue.grouped_normalize(f, dense, C, backend=backend)
@@ -294,8 +293,8 @@ def test_int64_path_gives_the_same_bits(monkeypatch, tiles):
         for D in (40, 300):  # the supcon backward in registers and through the buffer
             f, y = make_features(50, D, num_classes=C, seed=D, null_rows=(2,))
             out += list(miue.grouped_normalize(f, y, C, backend="triton"))
-            out += list(loss_and_grad(lambda x: miue.supcon_loss(x, y, backend="triton"), f))
-            out += list(loss_and_grad(lambda x: miue.intra_class_cosine_loss(x, y, C, backend="triton"), f))
+            out += list(loss_and_grad(lambda x, y=y: miue.supcon_loss(x, y, backend="triton"), f))
+            out += list(loss_and_grad(lambda x, y=y: miue.intra_class_cosine_loss(x, y, C, backend="triton"), f))
         results.append(out)
     for a, b in zip(*results):
         assert torch.equal(a, b)

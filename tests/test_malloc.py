@@ -43,8 +43,7 @@ def _glibc():
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").gnu_get_libc_version
-        return True
+        return hasattr(ctypes.CDLL("libc.so.6"), "gnu_get_libc_version")
     except (OSError, AttributeError):
         return False
 

@@ -88,7 +88,7 @@ def test_supcon_matches_official_fp32(backend):
 def test_supcon_edge_cases(backend):
     # B = 1 and a single class give exactly zero loss and gradient
     for f, y in [(torch.randn(1, 7), torch.tensor([4])), (torch.randn(6, 3), torch.full((6,), 2))]:
-        loss, grad = loss_and_grad(lambda x: miue.supcon_loss(x, y, backend=backend), f)
+        loss, grad = loss_and_grad(lambda x, y=y: miue.supcon_loss(x, y, backend=backend), f)
         assert loss.item() == 0.0 and grad.abs().max().item() == 0.0
     # all rows null: every logit is 0
     f, y = torch.zeros(5, 4), torch.tensor([0, 0, 1, 1, 1])

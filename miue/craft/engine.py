@@ -109,7 +109,8 @@ class Engine:
         self.n_global = n_global
         self.train_bs = -(-cfg.train_batch_size // world)
         # SGD steps per round, equal on every rank (DDP): cfg.train_steps, or the epochs' worth
-        epoch_steps = -(-(-(-n_global // world)) // self.train_bs)
+        per_rank = -(-n_global // world)  # ceil division
+        epoch_steps = -(-per_rank // self.train_bs)
         self.train_steps = cfg.train_steps if cfg.train_steps > 0 else epoch_steps
         self.train_passes = 1 if cfg.train_steps > 0 else cfg.train_epochs  # train_epoch() calls per round
         self.train_images_per_round = (self.train_steps * self.train_bs * world if cfg.train_steps > 0
