@@ -54,7 +54,9 @@ import torch  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATE = "2026-11-30"
-DEFAULT_OUT = os.path.join(ROOT, "benchmarks", "results", f"aot-{DATE}")
+# where a committed report would go (benchmarks/results/aot-<date>): written only when --out names it;
+# without --out the report goes to a fresh temporary folder, so a check never rewrites committed results
+RESULTS_OUT = os.path.join(ROOT, "benchmarks", "results", f"aot-{DATE}")
 
 # Per-SM / per-block limits (CUDA occupancy calculator): H100 SXM (sm_90) and A100 (sm_80).
 ARCHS = {
@@ -516,13 +518,19 @@ def rewrite_markdown(out_dir: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=DEFAULT_OUT, help="directory for aot.json and aot.md")
+    ap.add_argument("--out", default=None,
+                    help=f"directory for aot.json and aot.md (default: a new temporary folder; to commit a report, "
+                         f"e.g. {os.path.relpath(RESULTS_OUT, ROOT)})")
     ap.add_argument("--archs", default="90,80")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-cuda", action="store_true", help="skip the CUDA C++ compile (static launch check still runs)")
     ap.add_argument("--require-cuda", action="store_true", help="fail when nvcc is missing instead of skipping")
     ap.add_argument("--only", default=None, help="regex on kernel names (Triton), for quick looks")
     args = ap.parse_args(argv)
+    if args.out is None:
+        import tempfile
+
+        args.out = tempfile.mkdtemp(prefix="miue-aot-")
     archs = [int(a) for a in args.archs.split(",")]
     t0 = time.time()
     import triton

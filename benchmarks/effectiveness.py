@@ -1236,7 +1236,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     default_out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                f"cpu-{os.cpu_count()}cores-{datetime.date.today().isoformat()}", "effectiveness")
-    p.add_argument("--out", default=default_out, help="results folder (default %(default)s)")
+    p.add_argument("--out", default=None, help=f"results folder (default {os.path.relpath(default_out)}; with --quick a new "
+                                               "temporary folder: a smoke run never writes into the checkout)")
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/miue-effectiveness"),
                    help="crafted poisons and crafting checkpoints (default %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the results.json in --out: measure only what is missing")
@@ -1283,6 +1284,10 @@ def main(argv=None) -> int:
                         "README.md and docs/effectiveness.md (between their markers)")
     p.add_argument("--progress", action="store_true", help="tqdm bars for crafting and victims")
     args = p.parse_args(argv)
+    if args.out is None:
+        import tempfile
+
+        args.out = tempfile.mkdtemp(prefix="miue-effectiveness-quick-") if args.quick else default_out
     if args.report_only:
         if not os.path.isfile(os.path.join(args.out, "results.json")):
             p.error(f"--report-only: no results.json in --out {args.out!r}")
