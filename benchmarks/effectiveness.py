@@ -1300,6 +1300,9 @@ def main(argv=None) -> int:
     if args.train_per_class < 1 or args.epoch_scale <= 0 or args.max_minutes < 0 or args.surrogate_steps < 0:
         p.error("--train-per-class and --epoch-scale must be positive, --max-minutes and --surrogate-steps >= 0")
     os.makedirs(args.out, exist_ok=True)
+    from miue._malloc import opt_in_for_this_process
+
+    opt_in_for_this_process()  # a script's own process: the malloc tuning the CLI has (miue/_malloc.py)
     study = Study(args)
     t0 = time.perf_counter()
     print(f"effectiveness study: {len(study.train)} training / {len(study.test)} test images"

@@ -10,6 +10,7 @@ import torch  # noqa: F401  (the compiled extension needs torch loaded first)
 
 from miue._backend import available_backends, resolve_backend, use_backend
 from miue._extension import load_extension
+from miue._malloc import tune_cpu_allocator
 from miue._validate import set_validation
 from miue.ops import grouped_normalize, intra_class_cosine_loss, pgd_linf_step_, project_linf_, supcon_loss
 from miue.craft import CraftInterrupted, CraftResult, craft_fast
@@ -25,6 +26,7 @@ __all__ = [
     "use_backend",
     "resolve_backend",
     "set_validation",
+    "tune_cpu_allocator",
     "grouped_normalize",
     "supcon_loss",
     "intra_class_cosine_loss",

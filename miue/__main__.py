@@ -1,5 +1,5 @@
 import sys
 
-from miue.cli import main
+from miue.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -14,9 +14,12 @@ side by side; docs/performance.md has the table).
 keeps up to its peak heap size after a step (it is not returned to the system until the process
 exits), which is what a crafting or training loop reuses anyway, and the peak grows a little
 (heap fragmentation; ``bench_folder.py --quick`` in memory mode: 787 -> 951 MiB at 400 images).
-The crafting engine (except with ``storage="disk"``, the memory-frugal mode) and victim
-training call it when they run on the CPU; it is process-wide, applied once, and a no-op where
-the C library is not glibc. ``MIUE_MALLOC_TUNING=0`` turns it off.
+It is process-wide, so a library call does not apply it unasked: the ``miue`` command line
+(and so the demo) opts in for its own process and its workers; a Python caller opts in with
+``miue.tune_cpu_allocator()`` (once, before crafting) or ``MIUE_MALLOC_TUNING=1``. Once opted
+in, the crafting engine (except with ``storage="disk"``, the memory-frugal mode) and victim
+training apply it when they run on the CPU. Applied once; a no-op where the C library is not
+glibc. ``MIUE_MALLOC_TUNING=0`` turns it off everywhere, the command line included.
 """
 
 from __future__ import annotations
@@ -48,9 +51,29 @@ def _glibc():
         return None
 
 
+ENV = "MIUE_MALLOC_TUNING"
+
+
+def opt_in_for_this_process() -> None:
+    """The command line's opt-in: ``MIUE_MALLOC_TUNING=1`` unless the user set it (so spawned
+    worker processes inherit the choice)."""
+    os.environ.setdefault(ENV, "1")
+
+
+def tune_if_opted_in() -> bool:
+    """What the engine and victim training call on the CPU: tune only if this process opted in
+    (``MIUE_MALLOC_TUNING=1``, the command line, or an earlier :func:`tune_cpu_allocator`)."""
+    if "on" in _state:
+        return _state["on"]
+    if os.environ.get(ENV, "").strip() != "1":
+        return False
+    return tune_cpu_allocator()
+
+
 def tune_cpu_allocator() -> bool:
-    """Raise glibc's mmap and trim thresholds once per process (see the module's docstring).
-    Returns whether the tuning is in effect; False with ``MIUE_MALLOC_TUNING=0`` or without glibc."""
+    """Raise glibc's mmap and trim thresholds once per process (see the module's docstring): an
+    explicit opt-in for Python callers (about 10-30% off a CPU PGD pass). Returns whether the
+    tuning is in effect; False with ``MIUE_MALLOC_TUNING=0`` or without glibc."""
     if "on" in _state:
         return _state["on"]
     if os.environ.get("MIUE_MALLOC_TUNING", "").strip() == "0":

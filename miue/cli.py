@@ -391,6 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def entry() -> int:
+    """The ``miue`` command (console script and ``python -m miue``): the process is the
+    command's own, so it opts in to the glibc malloc tuning (miue/_malloc.py; its workers
+    inherit it; ``MIUE_MALLOC_TUNING=0`` still turns it off), then runs :func:`main`."""
+    from miue._malloc import opt_in_for_this_process
+
+    opt_in_for_this_process()
+    return main()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from miue import defenses as Dfn
 from miue.defenses import random_crop  # noqa: F401  (the victims' crop; re-exported)
 from miue._amp import resolve_amp
-from miue._malloc import tune_cpu_allocator
+from miue._malloc import tune_if_opted_in
 from miue.craft import as_nchw_uint8_or_float
 from miue.models import ARCHS, build_model
 
@@ -161,7 +161,7 @@ def evaluate(
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = resolve_amp(bool(amp), device, "victim amp")  # CUDA, or a CPU with native bf16
     if device.type == "cpu":
-        tune_cpu_allocator()  # no mmap/munmap of every step's activations (miue/_malloc.py)
+        tune_if_opted_in()  # no mmap/munmap of every step's activations, where the process opted in (miue/_malloc.py)
     channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
 
     x_train = _to_uint8(as_nchw_uint8_or_float(train_images, "train_images"))

@@ -32,9 +32,9 @@ print(json.dumps({"on": on, "faults": resource.getrusage(resource.RUSAGE_SELF).r
 """
 
 
-def _run(code, *args, **env):
+def _run(code, *args, _env=None, **env):
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+                         env=dict(os.environ if _env is None else _env, OMP_NUM_THREADS="1", **env))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -77,6 +77,21 @@ print(json.dumps({"on": _malloc._state.get("on")}))
 
 
 @pytest.mark.skipif(not _glibc(), reason="not glibc")
-def test_crafting_on_the_cpu_applies_the_tuning():
-    assert _run(ENGINE)["on"] is True
-    assert _run(ENGINE, MIUE_MALLOC_TUNING="0")["on"] is False
+def test_crafting_on_the_cpu_applies_the_tuning_only_when_opted_in():
+    """A library call leaves the process's allocator alone unless asked (MIUE_MALLOC_TUNING=1,
+    the command line, or miue.tune_cpu_allocator()); the command line opts in."""
+    env = {k: v for k, v in os.environ.items() if k != "MIUE_MALLOC_TUNING"}
+    assert _run(ENGINE, _env=env)["on"] is None  # untouched
+    assert _run(ENGINE, MIUE_MALLOC_TUNING="1")["on"] is True
+    assert _run(ENGINE, MIUE_MALLOC_TUNING="0")["on"] is None  # off: never applied
+    assert _run(CLI_OPT_IN, _env=env)["env"] == "1"
+
+
+CLI_OPT_IN = """
+import json, os, sys
+from unittest import mock
+import miue.cli as cli
+with mock.patch.object(cli, "main", lambda argv=None: 0):
+    cli.entry()
+print(json.dumps({"env": os.environ.get("MIUE_MALLOC_TUNING")}))
+"""

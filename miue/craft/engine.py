@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from miue import objectives, ops
 from miue._amp import resolve_amp
-from miue._malloc import tune_cpu_allocator
+from miue._malloc import tune_if_opted_in
 from miue.craft.distributed import all_reduce_sum
 from miue.craft.graphs import GraphedPGDStep
 from miue.craft.store import DeltaStore, fits_on_device
@@ -129,8 +129,9 @@ class Engine:
         self.amp = resolve_amp(cfg.amp, device)  # bf16 autocast on CUDA, and on CPUs with native bf16
         if torch.device(device).type == "cpu" and cfg.storage != "disk":
             # no mmap/munmap of every step's activations (miue/_malloc.py); storage="disk" is the
-            # memory-frugal mode, and the tuning keeps freed memory (about +130 MiB peak there)
-            tune_cpu_allocator()
+            # memory-frugal mode, and the tuning keeps freed memory (about +130 MiB peak there);
+            # process-wide, so only where the process opted in (the CLI does)
+            tune_if_opted_in()
         self.channels_last = bool(cfg.channels_last)
         self.labels_dev = labels.to(device)
         shape = tuple(clean.shape[1:])
