@@ -333,7 +333,7 @@ class Study:
             return
         if self.deadline and time.time() > self.deadline:
             raise _OutOfTime()
-        from miue.evaluate import evaluate
+        from miue.victims import evaluate
 
         images = self.poison_images(pid, method, budget, overrides or {})
         preset, arch, default_epochs = VICTIMS[victim]

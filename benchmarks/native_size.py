@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
     from miue.craft import CraftResult
     from miue.data import class_balanced_subset, load_dataset
-    from miue.evaluate import evaluate
+    from miue.victims import evaluate
     from miue.protect import protect
 
     tpc = 40 if args.quick else args.train_per_class

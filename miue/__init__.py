@@ -13,12 +13,34 @@ from miue._extension import load_extension
 from miue._malloc import tune_cpu_allocator
 from miue._validate import set_validation
 from miue.ops import grouped_normalize, intra_class_cosine_loss, pgd_linf_step_, project_linf_, supcon_loss
-from miue.craft import CraftInterrupted, CraftResult, craft_fast
-from miue.evaluate import EvalResult, evaluate
 
 from miue._version import __version__
 
 load_extension()  # registers torch.ops.miue_C.* or warns once, in one line
+
+# The crafting engine and the victims (and with them torchvision) load on first use (PEP 562):
+# `import miue` for the ops alone stays light.
+_LAZY = {
+    "craft_fast": "miue.craft",
+    "CraftResult": "miue.craft",
+    "CraftInterrupted": "miue.craft",
+    "evaluate": "miue.victims",
+    "EvalResult": "miue.victims",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module 'miue' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "__version__",

@@ -202,7 +202,7 @@ def _cmd_protect(args) -> int:
 def _cmd_evaluate(args) -> int:
     from miue.craft import CraftResult
     from miue.data import load_dataset
-    from miue.evaluate import evaluate
+    from miue.victims import evaluate
 
     poisons = CraftResult.load(args.poisons)
     dataset = args.dataset or poisons.config.get("dataset")

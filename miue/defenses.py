@@ -24,7 +24,7 @@ Three kinds:
   ``ueraser``    strong random augmentation in the spirit of UEraser: per image a random
                  channel shuffle, a random brightness/contrast change, a random posterize
                  and a random erasing; applied on the device.
-* ``at``: PGD-10 adversarial training (ε 4/255 or 8/255, step 2/255), in miue.evaluate.
+* ``at``: PGD-10 adversarial training (ε 4/255 or 8/255, step 2/255), in miue.victims.
 
 Batch augmentations return (images, soft_targets or None): cutmix and mixup produce mixed
 label distributions, trained with soft-target cross-entropy.

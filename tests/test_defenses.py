@@ -503,7 +503,7 @@ def test_coin_matches_a_hand_bilinear_sample_with_wrap():
 
 
 def test_evaluate_records_peak_and_final_accuracy():
-    from miue.evaluate import evaluate
+    from miue.victims import evaluate
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g)

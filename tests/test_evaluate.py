@@ -1,4 +1,4 @@
-"""Tests of miue.evaluate: the victim-training protocol that measures unlearnability.
+"""Tests of miue.victims (the function miue.evaluate): the victim-training protocol that measures unlearnability.
 
 Tiny synthetic data only: 1×16×16 uint8 images whose class is a bright horizontal bar
 (rows 2+3k .. 4+3k for class k; invariant to the horizontal flip, robust to the ±2 px crop),
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import miue.defenses as Dfn
-from miue.evaluate import EVAL_PRESETS, EvalResult, accuracy, evaluate, pgd_attack, random_crop
+from miue.victims import EVAL_PRESETS, EvalResult, accuracy, evaluate, pgd_attack, random_crop
 from miue.models import build_model
 
 SIZE = 16

@@ -132,3 +132,25 @@ if __name__ == "__main__":
     c = find_cycle(import_graph(extra_packages=EXTRA_PACKAGES, leaves=LEAVES))
     print("no cycle" if c is None else " -> ".join(c))
     sys.exit(c is not None)
+
+
+def test_import_miue_is_light_and_evaluate_is_the_function():
+    """``import miue`` loads the ops, not the crafting engine, the victims or torchvision (PEP 562:
+    they load on first use); ``miue.evaluate`` is the function whether or not its module
+    (``miue.victims``) was imported first."""
+    import json
+    import subprocess
+
+    code = """
+import json, sys
+import miue
+light = [m for m in ("torchvision", "miue.craft", "miue.craft.engine", "miue.victims") if m in sys.modules]
+import miue.victims
+f = miue.evaluate
+print(json.dumps({"light": light, "callable": callable(f) and f.__module__ == "miue.victims",
+                  "craft": miue.craft_fast.__module__}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"light": [], "callable": True, "craft": "miue.craft.run"}, got
