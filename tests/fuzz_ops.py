@@ -1,13 +1,21 @@
 """Fuzz every op of the C++ CPU backend with random sizes, strides, dtypes and label values
 (huge and negative labels with validation off). Run by tests/asan.sh under AddressSanitizer,
-which turns any out-of-bounds access into a crash; the script itself also checks results
-against the reference where they are defined.
+which turns any out-of-bounds access into a crash. The script itself checks, and exits
+non-zero (listing every mismatch) unless:
+
+* the losses and their gradients are finite and grouped_normalize's class counts equal the
+  reference's (in-range labels only);
+* pgd_linf_step_ and project_linf_ equal the reference backend bitwise (tolerance 0: SPEC §2.4
+  makes every backend bitwise equal to the fp32 formula, fp64 for an fp64 delta);
+* every compiled op called directly with inconsistent arguments raises an error whose message
+  names the offending argument (TORCH_CHECK's RuntimeError), rather than running.
 
     python tests/fuzz_ops.py --iterations 300 [--seed 0]
 """
 
 import argparse
 import random
+import re
 import sys
 
 import torch
@@ -48,7 +56,7 @@ def rand_labels(rng, g, B, C, wild):
     return y.to(rng.choice([torch.int32, torch.int64])) if not wild else y
 
 
-def one(rng, g, stats):
+def one(rng, g, stats, failures):
     f = rand_features(rng, g)
     B = f.shape[0]
     C = rng.randint(1, 50)
@@ -82,28 +90,69 @@ def one(rng, g, stats):
     if delta.dim() >= 2 and rng.random() < 0.3:
         delta = delta.transpose(0, -1)
         grad, clean = grad.transpose(0, -1), clean.transpose(0, -1)
-    before = delta.clone()
-    miue.pgd_linf_step_(delta, grad, clean, rng.uniform(-0.05, 0.05), rng.uniform(0, 0.1), backend="cpp")
-    expected = before.clone()
-    miue.pgd_linf_step_(expected, grad, clean, 0.0, 1.0, backend="reference")  # just to exercise; values differ
-    miue.project_linf_(delta, clean, rng.uniform(0, 0.1), backend="cpp")
+    where = f"shape {shape}, delta {delta.dtype} strides {delta.stride()}, grad {gdt}, clean {clean.dtype}"
+    step, eps = rng.uniform(-0.05, 0.05), rng.uniform(0, 0.1)
+    expected = delta.clone()  # clone keeps the layout
+    miue.pgd_linf_step_(delta, grad, clean, step, eps, backend="cpp")
+    miue.pgd_linf_step_(expected, grad, clean, step, eps, backend="reference")
+    compare_bitwise(delta, expected, f"pgd_linf_step_(step_size={step!r}, eps={eps!r}), {where}", failures)
+    eps = rng.uniform(0, 0.1)
+    expected = delta.clone()
+    miue.project_linf_(delta, clean, eps, backend="cpp")
+    miue.project_linf_(expected, clean, eps, backend="reference")
+    compare_bitwise(delta, expected, f"project_linf_(eps={eps!r}), {where}", failures)
     assert torch.isfinite(delta.float()).all()
     stats["pgd ops"] += 1
 
-    # the compiled ops called directly with inconsistent arguments must raise, not crash
+    # the compiled ops called directly with inconsistent arguments must raise, naming the
+    # argument, before they touch memory (under ASan an access out of bounds aborts first)
     ops = torch.ops.miue_C
-    bad_calls = [
-        lambda: ops.supcon_fwd(f, y[:-1] if B > 1 else y.repeat(2), 0.1, 1e-8),
-        lambda: ops.grouped_normalize(f, y.float(), C),
-        lambda: ops.intra_class_bwd(torch.ones(()), f.float(), torch.ones(B + 1), s, n, y),
-        lambda: ops.pgd_linf_step_(delta, grad[..., :1] if grad.shape[-1] > 1 else grad.repeat(2), clean, torch.tensor(0.1, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64), 0.0, 1.0),
-        lambda: ops.supcon_bwd(torch.ones(()), f.float(), torch.ones(B), torch.ones(B + 3), torch.ones(B), y, 0.1),
+    f32, ones = f.float(), torch.ones
+    t64 = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    # one dense layout for the PGD calls (the raw ops refuse mixed layouts first): one fault each
+    dc, gc, cc = delta.contiguous(), grad.contiguous(), clean.contiguous()
+    short_grad = (gc[..., :1] if gc.shape[-1] > 1 else torch.cat([gc, gc], -1)).contiguous()
+    short_n = n[:-1] if C > 1 else n.repeat(2)
+    bad_calls = [  # (the argument the error must name, the call)
+        ("labels", lambda: ops.supcon_fwd(f, y[:-1] if B > 1 else y.repeat(2), 0.1, 1e-8)),
+        ("features", lambda: ops.supcon_fwd(f[:, 0], y, 0.1, 1e-8)),
+        ("labels", lambda: ops.grouped_normalize(f, y.float(), C)),
+        ("num_classes", lambda: ops.grouped_normalize(f, y, 0)),
+        ("features", lambda: ops.intra_class_fwd(f[None], y, C)),
+        ("inv_norm", lambda: ops.intra_class_bwd(ones(()), f32, ones(B + 1), s, n, y)),
+        (("class_sum", "class_count"), lambda: ops.intra_class_bwd(ones(()), f32, ones(B), s, short_n, y)),
+        ("P", lambda: ops.supcon_bwd(ones(()), f32, ones(B), ones(B + 3), ones(B), y, 0.1)),
+        ("N", lambda: ops.supcon_bwd(ones(()), f32, ones(B), ones(B), ones(B + 1), y, 0.1)),
+        ("grad", lambda: ops.pgd_linf_step_(dc, short_grad, cc, t64(0.1), t64(0.1), 0.0, 1.0)),
+        ("clean", lambda: ops.pgd_linf_step_(dc, gc, cc.int(), t64(0.1), t64(0.1), 0.0, 1.0)),
+        ("step_size", lambda: ops.pgd_linf_step_(dc, gc, cc, torch.ones(2, dtype=torch.float64), t64(0.1), 0.0, 1.0)),
+        ("eps", lambda: ops.project_linf_(dc, cc, torch.ones(3, dtype=torch.float64), 0.0, 1.0)),
     ]
-    for call in bad_calls:
-        try:
-            call()
-        except RuntimeError:
-            stats["rejected bad calls"] += 1
+    for names, call in bad_calls:
+        expect_error(call, (names,) if isinstance(names, str) else names, failures)
+        stats["bad calls"] += 1
+
+
+def compare_bitwise(out, expected, what, failures):
+    if not torch.equal(out, expected):
+        diff = (out.double() - expected.double()).abs()
+        bad = int((out != expected).sum())
+        failures.append(f"{what}: {bad} of {out.numel()} elements differ from the reference, "
+                        f"max |diff| {diff.max().item():.3g}")
+
+
+def expect_error(call, names, failures):
+    """``call`` must raise a RuntimeError (TORCH_CHECK), ValueError or TypeError whose message
+    names one of ``names``."""
+    where = f"{call.__code__.co_filename}:{call.__code__.co_firstlineno}"
+    try:
+        call()
+    except (RuntimeError, ValueError, TypeError) as exc:
+        msg = str(exc).split("\n")[0]
+        if not any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", msg) for n in names):
+            failures.append(f"bad call at {where}: the error names none of {list(names)}: {type(exc).__name__}: {msg}")
+        return
+    failures.append(f"bad call at {where}: accepted (no error); it must name {list(names)}")
 
 
 def main(argv=None):
@@ -115,9 +164,17 @@ def main(argv=None):
     print(f"fuzzing the cpp backend from {miue.__file__}")
     rng = random.Random(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    stats = {"loss ops": 0, "pgd ops": 0, "rejected bad calls": 0}
-    for _ in range(args.iterations):
-        one(rng, g, stats)
+    stats = {"loss ops": 0, "pgd ops": 0, "bad calls": 0}
+    failures = []
+    for i in range(args.iterations):
+        before = len(failures)
+        one(rng, g, stats, failures)
+        failures[before:] = [f"iteration {i}: {m}" for m in failures[before:]]
+    if failures:
+        print(f"fuzz FAILED: {len(failures)} mismatch(es) (seed {args.seed}); {stats}", file=sys.stderr)
+        for m in failures[:50]:
+            print("  " + m, file=sys.stderr)
+        return 1
     print("fuzz ok:", stats)
     return 0
 

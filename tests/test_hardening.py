@@ -7,21 +7,26 @@
   checkpoint stays.
 * No room on the disk: the run fails before any work.
 * A malicious checkpoint is refused and its payload never runs.
-* Hypothesis drives random bad arguments through the public API: only the documented
-  exception types come out, never a crash, a hang or a NaN result.
+* Hypothesis drives random bad arguments through the public API, and a fixed sweep replaces
+  one argument at a time: only a TypeError or ValueError naming the argument comes out, never
+  another exception, a crash, a hang or a NaN result; accepted calls return their documented
+  result. The library bugs these found are pinned by strict xfails (test_known_bug).
 """
 
+import functools
+import inspect
+import itertools
 import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -197,11 +202,35 @@ def test_malicious_checkpoint_is_refused(tmp_path):
 
 
 # --------------------------------------------------------------------------- random bad input
+#
+# The contract (docs/design.md, "Test conventions"): bad input gets a TypeError or ValueError
+# (DatasetError and ResultFileError are ValueErrors) whose message names the offending
+# argument; never another exception (an IndexError, or a RuntimeError from deep inside torch),
+# a crash, a hang or a NaN result. An accepted call returns its documented result (shape,
+# dtype, the PGD bounds), finite whenever its inputs are finite: the ops never read their
+# inputs' values on the host (no synchronisation), so a NaN or Inf in their inputs may come out
+# in their result; craft_fast and evaluate check their inputs on entry.
 
-DOCUMENTED = (TypeError, ValueError, OSError, DatasetError, ResultFileError, RuntimeError)
+CLEAR = (TypeError, ValueError)
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+shapes = st.lists(st.integers(0, 5), min_size=0, max_size=5).map(tuple)
+
+
+def _randn(shape, dtype, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, dtype=torch.float64, generator=g) * scale).to(dtype)
+
+
+def random_floats(shape=shapes):
+    """Random values of any float dtype, tiny to huge (fp16/bf16 overflow to Inf at 1e20)."""
+    return st.builds(_randn, shape, st.sampled_from(FLOAT_DTYPES), st.integers(0, 2**16),
+                     st.sampled_from([1e-20, 1.0, 1e20]))
+
+
 tensors = st.one_of(
-    st.builds(lambda s, d: torch.zeros(s, dtype=d), st.lists(st.integers(0, 5), min_size=0, max_size=5).map(tuple),
+    st.builds(lambda s, d: torch.zeros(s, dtype=d), shapes,
               st.sampled_from([torch.float32, torch.float64, torch.int64, torch.uint8, torch.bool, torch.float16])),
+    random_floats(),
     st.just(torch.full((4, 3), float("nan"))),
     st.just(torch.full((4, 3), float("inf"))),
     st.none(), st.integers(), st.floats(allow_nan=True), st.text(max_size=3), st.just([1, 2, 3]),
@@ -210,48 +239,289 @@ scalars = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(
                     st.booleans())
 
 
-def _call(fn, *args, **kwargs):
-    """Run fn: a documented exception is fine; otherwise the result must be finite."""
+def _either(a, b):
+    """a or b, half the time each (st.one_of would flatten a one_of and weigh every branch alike)."""
+    return st.booleans().flatmap(lambda pick: a if pick else b)
+
+
+def _fitting(x, kind):
+    """Anything at all, or an argument that fits ``x``: labels for its rows (some out of
+    range), or a gradient / clean image of its shape; so that some calls are accepted."""
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        return tensors
+    if kind == "labels":
+        B = x.shape[0]
+        lengths = st.sampled_from([B, B, B, B + 1, B - 1] if B else [0, 1])  # sometimes one too many or few
+        values = lengths.flatmap(lambda n: st.lists(st.integers(0, 2) | st.integers(-1, 6), min_size=n, max_size=n))
+        fit = st.builds(lambda v, d: torch.tensor(v, dtype=torch.int64).to(d), values,
+                        st.sampled_from([torch.int32, torch.int64, torch.uint8]))
+    elif kind == "grad":
+        fit = random_floats(st.just(tuple(x.shape)))
+    else:  # clean: uint8 pixels, floats in [0, 1], or any float values
+        def pixels(seed):
+            return torch.randint(0, 256, x.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+        def unit(seed, dtype):
+            return torch.rand(x.shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+        fit = st.one_of(st.builds(pixels, st.integers(0, 99)),
+                        st.builds(unit, st.integers(0, 99), st.sampled_from(FLOAT_DTYPES)),
+                        random_floats(st.just(tuple(x.shape))))
+    return _either(fit, tensors)
+
+
+def _tensors(obj):
+    items = obj if isinstance(obj, (tuple, list)) else (obj,)
+    return [t for t in items if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _all_finite(objs) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in _tensors(list(objs)))
+
+
+def _names_an_argument(message: str, names) -> bool:
+    return any(re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", message) for n in names)
+
+
+# Library bugs these tests found (issue 39), each pinned by a case of the strict xfail test
+# test_known_bug below. A random test lets one through (this exception type and message) only
+# where it passes its key in ``known``, under the conditions that trigger it, so the random
+# tests keep checking everything else. A fix turns its case into an XPASS failure: delete the
+# entry, its case and its ``known`` uses then.
+KNOWN_BUGS = {
+    # a single image whose feature map is 1×1 trains batch norm on one value: torch's error
+    "one-image-batchnorm": (ValueError, r"^Expected more than 1 value per channel when training"),
+    # the demo preset's bf16 surrogate on images of 4 pixels or fewer a side diverges
+    "tiny-image-bf16-nan": (FloatingPointError, r"the surrogate produced NaN/Inf"),
+    # labels given as strings (or objects): torch's conversion error, naming no argument
+    "labels-of-strings": (TypeError, r"^can't convert np\.ndarray of type numpy\.(str_|object_)"),
+    # evaluate's checks say "labels" (not train_labels or test_labels) and "test images"
+    "evaluate-unnamed-argument": ((TypeError, ValueError),
+                                  r"^labels must be (integers|>= 0)|^test images .* differ in shape from train images"),
+    # a preset that is not hashable (a list): the dict lookup's error, naming no argument
+    "unhashable-preset": (TypeError, r"^unhashable type"),
+    # images with a zero-size H, W or C (N > 0): torch's error from deep inside
+    "zero-size-images": (RuntimeError, r"^min\(\): Expected reduction dim|^Calculated padded input size per channel"),
+}
+# supcon_loss is NaN below a temperature of about 1e-9 in fp32 (5e-6 fp16, 3e-19 fp64): the
+# ops test does not ask for a finite loss below this (test_known_bug case supcon-tiny-temperature)
+TINY_TEMPERATURE = 1e-4
+# a step_size beyond the fp32 range: the reference and cpp backends give NaN where grad is 0
+# for an fp32/fp16/bf16 delta (inf * sign(0)); Triton gives 0 (case pgd-huge-step-size)
+HUGE_STEP = float(torch.finfo(torch.float32).max)
+
+
+def _known_bug(exc, known) -> bool:
+    return any(isinstance(exc, KNOWN_BUGS[k][0]) and re.search(KNOWN_BUGS[k][1], str(exc)) for k in known)
+
+
+def _call(fn, *args, names=None, check=None, allowed=CLEAR, representable=True, known=(), **kwargs):
+    """Run ``fn(*args, **kwargs)`` under the contract above. Returns its result, or None if it
+    raised one of ``allowed`` (TypeError or ValueError) with a message that names one of
+    ``names`` (default: ``fn``'s parameters; none: the call must succeed). ``check(out,
+    finite_inputs)`` asserts the documented result of an accepted call; any float tensor it
+    returns must be finite when the inputs were (and, by ``representable``, the exact result
+    fits the output's dtype). ``known``: keys of KNOWN_BUGS this call may hit."""
+    if names is None:
+        names = list(inspect.signature(fn).parameters)
+    finite_inputs = _all_finite(list(args) + list(kwargs.values()))  # before the call: the PGD ops write in place
     try:
         out = fn(*args, **kwargs)
-    except DOCUMENTED as exc:
-        assert str(exc), "exceptions must carry a message"
+    except allowed as exc:
+        if _known_bug(exc, known):
+            return None
+        assert _names_an_argument(str(exc), names), (
+            f"{getattr(fn, '__name__', fn)}: {type(exc).__name__} names none of the arguments {names}: {exc}"
+            if names else f"{getattr(fn, '__name__', fn)}: a valid call raised {type(exc).__name__}: {exc}")
         return None
-    for t in (out if isinstance(out, tuple) else (out,)):
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-            # NaN/Inf inputs are the caller's responsibility for the ops (checked once at entry of craft/evaluate)
-            pass
+    except Exception as exc:
+        if _known_bug(exc, known):
+            return None
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} raised {type(exc).__name__}, not one of "
+                             f"{[c.__name__ for c in allowed]} naming the argument: {exc}") from exc
+    if check is not None:
+        check(out, finite_inputs)
+    if finite_inputs and representable:
+        for t in _tensors(out):
+            assert torch.isfinite(t).all(), f"{getattr(fn, '__name__', fn)}: finite inputs gave a non-finite result"
     return out
 
 
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _loss_result(f):
+    def check(out, finite_inputs):
+        assert isinstance(out, torch.Tensor) and out.shape == () and out.dtype == _acc(f.dtype), out
+    return check
+
+
+def _grouped_normalize_result(f, num_classes):
+    def check(out, finite_inputs):
+        z, inv, class_sum, count = out
+        (B, D), C = f.shape, int(num_classes)
+        assert z.shape == (B, D) and z.dtype == f.dtype
+        assert inv.shape == (B,) and inv.dtype == _acc(f.dtype)
+        assert class_sum.shape == (C, D) and class_sum.dtype == _acc(f.dtype)
+        assert count.shape == (C,) and count.dtype == torch.int64 and 0 <= int(count.min()) and int(count.sum()) <= B
+    return check
+
+
+def _pgd_result(delta, clean, eps):
+    """Returns delta itself, in place; clean + delta in the box [0, 1]; |delta| <= eps where
+    clean lies in the box (to the rounding of delta's dtype)."""
+    def check(out, finite_inputs):
+        assert out is delta, "pgd_linf_step_/project_linf_ must return delta, updated in place"
+        if not finite_inputs or not _all_finite([out]):
+            return
+        c = clean.double() / 255 if clean.dtype == torch.uint8 else clean.double()
+        d = out.double()
+        tol = 4 * torch.finfo(delta.dtype).eps * (1 + c.abs() + float(eps))
+        assert ((c + d >= -tol) & (c + d <= 1 + tol)).all(), "clean + delta leaves the box [0, 1]"
+        inside = (c >= 0) & (c <= 1)
+        assert (d.abs() <= float(eps) + tol)[inside].all(), f"|delta| exceeds eps={eps}"
+    return check
+
+
+@settings(max_examples=150, deadline=None)
+@given(f=_either(random_floats(st.tuples(st.integers(1, 6), st.integers(1, 6))), tensors), data=st.data(),
+       t=scalars, e=scalars, c=_either(st.integers(3, 6), scalars))
+def test_ops_reject_random_bad_input(f, data, t, e, c):
+    y = data.draw(_fitting(f, "labels"), label="labels")
+    g = data.draw(_fitting(f, "grad"), label="grad")
+    x = data.draw(_fitting(f, "clean"), label="clean")
+    tau = t if t is not None else 0.1
+    tiny = isinstance(tau, (int, float)) and 0 < tau < TINY_TEMPERATURE
+    _call(miue.supcon_loss, f, y, tau, e if e is not None else 1e-8, check=_loss_result(f), representable=not tiny)
+    _call(miue.intra_class_cosine_loss, f, y, c, check=_loss_result(f))
+    _call(miue.grouped_normalize, f, y, c, check=_grouped_normalize_result(f, c))
+    delta = f.clone() if isinstance(f, torch.Tensor) else f
+    # a clean image in the box [0, 1] bounds |delta| by 1; far outside it, delta = clamp(clean +
+    # delta, 0, 1) - clean may overflow a half-precision delta
+    fits = not isinstance(x, torch.Tensor) or x.dtype == torch.uint8 or bool(((x >= 0) & (x <= 1)).all())
+    huge_step = isinstance(t, (int, float)) and abs(t) > HUGE_STEP
+    _call(miue.pgd_linf_step_, delta, g, x, t, e, check=_pgd_result(delta, x, e),
+          representable=fits and not huge_step)
+    delta = f.clone() if isinstance(f, torch.Tensor) else f
+    _call(miue.project_linf_, delta, x, e, check=_pgd_result(delta, x, e), representable=fits)
+
+
+# craft_fast and evaluate: a valid call on a few tiny images, then up to two of its arguments
+# replaced by junk; an error must name one of the replaced arguments (and a valid call must pass).
+junk = st.one_of(tensors, scalars, st.just(["a", "b"]), st.sampled_from(["x", "paper", "miue", "jpeg"]))
+
+
+junk_images = st.one_of(  # also: values outside [0, 1], NaN, Inf; a zero-size dimension
+    junk,
+    st.builds(lambda n, v: torch.full((n, 4, 4), v), st.integers(1, 3),
+              st.sampled_from([-0.5, 2.0, math.nan, math.inf])),
+    st.builds(lambda s: torch.zeros(s, dtype=torch.uint8), st.tuples(*[st.integers(0, 3)] * 3)),
+)
+junk_labels = _either(st.one_of(  # half the time: wrong length, negative, float or 2-D
+    st.builds(lambda n: torch.arange(n), st.integers(0, 7)),
+    st.builds(lambda n: torch.arange(n) - 1, st.integers(1, 6)),
+    st.builds(lambda n: torch.arange(n).double(), st.integers(1, 6)),
+    st.builds(lambda n: torch.zeros(n, 2, dtype=torch.long), st.integers(1, 6)),
+), junk)
+JUNK = {"images": junk_images, "train_images": junk_images, "test_images": junk_images, "labels": junk_labels,
+        "train_labels": junk_labels, "test_labels": junk_labels}
+
+
+def _junk_args(names):
+    """Which arguments to replace by junk: none (1 in 5), one (3 in 5) or two (1 in 5)."""
+    return st.sampled_from([0, 1, 1, 1, 2]).flatmap(
+        lambda k: st.lists(st.sampled_from(names), min_size=k, max_size=k, unique=True))
+
+
+def _images(n, h, w):
+    def make(uint8, seed):
+        g = torch.Generator().manual_seed(seed)
+        if uint8:
+            return torch.randint(0, 256, (n, h, w), dtype=torch.uint8, generator=g)
+        return torch.rand((n, h, w), generator=g)
+    return st.builds(make, st.booleans(), st.integers(0, 99))
+
+
+def _labels(n):
+    def make(k, form):
+        y = torch.arange(n) % k
+        return {"int64": y, "int32": y.int(), "list": y.tolist(), "numpy": y.numpy()}[form]
+    return st.builds(make, st.integers(1, 3), st.sampled_from(["int64", "int32", "list", "numpy"]))
+
+
+def _known_image_bugs(args, name, junk_args) -> list:
+    images, known = args[name], []
+    if isinstance(images, torch.Tensor) and images.dim() >= 3 and images.shape[0] == 1:
+        known.append("one-image-batchnorm")
+    if name in junk_args:
+        known.append("zero-size-images")
+    return known
+
+
+def _with_junk(data, args, junk_args):
+    for name in junk_args:
+        args[name] = data.draw(JUNK.get(name, junk), label=name)
+    return args
+
+
+CRAFT_ARGS = ("images", "labels", "eps", "rounds", "preset", "objective")
+
+
 @settings(max_examples=60, deadline=None)
-@given(f=tensors, y=tensors, t=scalars, e=scalars, c=scalars)
-def test_ops_reject_random_bad_input(f, y, t, e, c):
-    _call(miue.supcon_loss, f, y, t if t is not None else 0.1, e if e is not None else 1e-8)
-    _call(miue.intra_class_cosine_loss, f, y, c)
-    _call(miue.grouped_normalize, f, y, c)
-    _call(miue.pgd_linf_step_, f, y, f, t, e)
-    _call(miue.project_linf_, f, y, e)
+@given(data=st.data(), n=st.integers(1, 6), h=st.integers(1, 9), w=st.integers(1, 9),
+       junk_args=_junk_args(CRAFT_ARGS))
+def test_craft_fast_rejects_random_bad_input(data, n, h, w, junk_args):
+    args = _with_junk(data, dict(
+        images=data.draw(_images(n, h, w)), labels=data.draw(_labels(n)),
+        eps=data.draw(st.sampled_from([8 / 255, 0.1])), rounds=data.draw(st.integers(1, 2)),
+        preset=data.draw(st.sampled_from(["demo", "paper", "cnn"])),
+        objective=data.draw(st.sampled_from(["miue", "em", "random"]))), junk_args)
+
+    def craft_fast():  # recipe="matched": EM's published recipe would train 10 steps and 20 PGD steps a round
+        return miue.craft_fast(**args, recipe="matched", pgd_steps=1, progress=False, arch="cnn-small")
+
+    known = _known_image_bugs(args, "images", junk_args)
+    if "labels" in junk_args:
+        known.append("labels-of-strings")
+    if "preset" in junk_args:
+        known.append("unhashable-preset")
+    if args["preset"] == "demo" and "images" not in junk_args and min(h, w) <= 4:
+        known.append("tiny-image-bf16-nan")
+    out = _call(craft_fast, names=junk_args, known=known)
+    if out is not None:  # accepted: the documented result (miue/craft/result.py), within the bounds
+        images = torch.as_tensor(args["images"])
+        n = images.shape[0]
+        assert out.delta.dtype == torch.float32 and out.delta.dim() == 4 and out.delta.shape[0] == n
+        assert out.images.dtype == torch.uint8 and out.images.shape == out.delta.shape and out.labels.shape == (n,)
+        assert torch.isfinite(out.delta).all() and out.delta.abs().max() <= float(args["eps"]) + 1e-7
 
 
-@settings(max_examples=40, deadline=None)
-@given(images=tensors, labels=tensors, eps=scalars, rounds=scalars, preset=st.sampled_from(["demo", "paper", "x", None]),
-       objective=st.sampled_from(["miue", "em", "random", "bad"]))
-def test_craft_fast_rejects_random_bad_input(images, labels, eps, rounds, preset, objective):
-    def go():
-        return miue.craft_fast(images, labels, eps=eps, rounds=rounds, preset=preset, objective=objective,
-                               pgd_steps=1, progress=False, arch="cnn-small")
-
-    out = _call(go)
-    if out is not None:  # accepted: then the result must obey the bounds
-        assert torch.isfinite(out.delta).all() and out.delta.abs().max() <= float(eps) + 1e-7
+EVAL_ARGS = ("train_images", "train_labels", "test_images", "test_labels", "epochs", "defense")
 
 
-@settings(max_examples=30, deadline=None)
-@given(images=tensors, labels=tensors, epochs=scalars, defense=st.sampled_from([None, "jpeg", "bad", "at"]))
-def test_evaluate_rejects_random_bad_input(images, labels, epochs, defense):
-    _call(miue.evaluate, images, labels, images, labels, epochs=epochs, defense=defense, arch="cnn-small",
-          progress=False)
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), n=st.integers(1, 6), m=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
+       junk_args=_junk_args(EVAL_ARGS))
+def test_evaluate_rejects_random_bad_input(data, n, m, h, w, junk_args):
+    args = _with_junk(data, dict(
+        train_images=data.draw(_images(n, h, w)), train_labels=data.draw(_labels(n)),
+        test_images=data.draw(_images(m, h, w)), test_labels=data.draw(_labels(m)), epochs=1,
+        defense=data.draw(st.sampled_from([None, "jpeg", "at"]))), junk_args)
+    if args["epochs"] is None:
+        args["epochs"] = 1  # None is the preset's 200 epochs: valid, and too long here
+
+    def evaluate():
+        return miue.evaluate(**args, arch="cnn-small", progress=False)
+
+    known = _known_image_bugs(args, "train_images", junk_args) + _known_image_bugs(args, "test_images", junk_args)
+    if {"train_labels", "test_labels"} & set(junk_args):
+        known.append("labels-of-strings")
+    if junk_args:
+        known.append("evaluate-unnamed-argument")
+    out = _call(evaluate, names=junk_args, known=known)
+    if out is not None:
+        assert math.isfinite(out.test_acc) and 0.0 <= out.test_acc <= 1.0
 
 
 @settings(max_examples=30, deadline=None)
@@ -260,5 +530,138 @@ def test_loaders_reject_random_files(tmp_path_factory, content, suffix):
     d = tmp_path_factory.mktemp("junk")
     p = d / f"file{suffix}"
     p.write_bytes(content)
-    _call(load_dataset, str(p))
-    _call(miue.CraftResult.load, str(p))
+    _call(load_dataset, str(p), names=[str(p)], allowed=(DatasetError,))  # the error names the file
+    _call(miue.CraftResult.load, str(p), names=[str(p)])
+
+
+# One bad argument at a time, every other argument valid: a fixed sweep beside the random tests
+# (whose few dozen examples may miss a given fault). Each call must raise a TypeError or
+# ValueError naming that argument.
+_F, _Y = _randn((4, 3), torch.float32, 0, 1.0), torch.arange(4) % 2
+_D, _G, _X = torch.zeros(2, 3), torch.randn(2, 3), torch.rand(2, 3)
+_IMG = torch.randint(0, 256, (4, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+FAULTS = {  # argument: its bad values, for every function below that takes it
+    "features": (_F[:, 0], _F.long(), _F[:, :0], _F[:0], [[1.0, 2.0]]),
+    "labels": (_Y[:3], torch.arange(5) % 2, _Y.float(), _Y[:, None], _Y.bool(), _Y.tolist(), _Y - 1, None),
+    "num_classes": (0, -1, 1.5, True, None, torch.tensor(2), 1),  # 1: labels go up to 1
+    "temperature": (0.0, -0.1, math.nan, math.inf, "x", None, True),
+    "delta": (_D.long(), _D.tolist(), None),
+    "grad": (_G[:, :2], _G.long(), None, _G.tolist()),
+    "clean": (_X[:1], _X.int(), _X.bool(), None),
+    "step_size": (math.nan, math.inf, "x", None, torch.ones(2)),
+    "eps": (-0.1, math.nan, math.inf, None, torch.tensor([0.1, 0.2]), 0.0, 1.5, "x"),
+    "images": (_IMG[0], _IMG[:0], _IMG.float() * 2, _IMG.float() * math.nan, _IMG.tolist()),
+    "rounds": (0, 1.5, "x"), "preset": ("x", None), "objective": ("x", None),
+    "train_images": (_IMG[0], _IMG.float() * 2), "train_labels": (_Y[:3], _Y[:, None].repeat(1, 2)),
+    "test_images": (_IMG[:, :4], _IMG.float() * math.nan), "test_labels": (_Y[:3],),
+    "epochs": (0, 1.5), "defense": ("x",),
+}
+# the function, a valid call, and the arguments the sweep replaces with FAULTS (VALID_HERE: a
+# "bad" value that this function accepts by design)
+VALID_CALLS = {
+    "supcon_loss": (miue.supcon_loss, dict(features=_F, labels=_Y, temperature=0.1), ("features", "labels",
+                                                                                    "temperature")),
+    "intra_class_cosine_loss": (miue.intra_class_cosine_loss, dict(features=_F, labels=_Y, num_classes=2),
+                                ("features", "labels", "num_classes")),
+    "grouped_normalize": (miue.grouped_normalize, dict(features=_F, labels=_Y, num_classes=2),
+                          ("features", "labels", "num_classes")),
+    "pgd_linf_step_": (miue.pgd_linf_step_, dict(delta=_D, grad=_G, clean=_X, step_size=0.01, eps=0.1),
+                       ("delta", "grad", "clean", "step_size", "eps")),
+    "project_linf_": (miue.project_linf_, dict(delta=_D, clean=_X, eps=0.1), ("delta", "clean", "eps")),
+    "craft_fast": (functools.partial(miue.craft_fast, pgd_steps=1, progress=False, arch="cnn-small"),
+                   dict(images=_IMG, labels=_Y, eps=8 / 255, rounds=1, preset="paper", objective="miue"),
+                   ("images", "labels", "eps", "rounds", "preset", "objective")),
+    "evaluate": (functools.partial(miue.evaluate, arch="cnn-small", progress=False),
+                 dict(train_images=_IMG, train_labels=_Y, test_images=_IMG, test_labels=_Y, epochs=1, defense=None),
+                 ("train_images", "train_labels", "test_images", "test_labels", "epochs", "defense")),
+}
+VALID_HERE = {("supcon_loss", "labels"): {6},  # supcon compares labels for equality: negative ones are valid
+              ("craft_fast", "labels"): {3, 5},  # craft_fast takes labels as a list, or as an N×1 column
+              ("pgd_linf_step_", "eps"): {5, 6}, ("project_linf_", "eps"): {5, 6}}  # a radius of 0 or > 1 too
+KNOWN_FAULT_BUGS = {("evaluate", "test_images", 0): "evaluate-unnamed-argument"}
+
+
+def _fault_case(fn, arg, i):
+    bug = KNOWN_FAULT_BUGS.get((fn, arg, i))
+    marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"KNOWN_BUGS[{bug!r}]")] if bug else []
+    return pytest.param(fn, arg, i, id=f"{fn}-{arg}-{i}", marks=marks)
+
+
+FAULT_CASES = [_fault_case(fn, arg, i) for fn, (_, _, args) in VALID_CALLS.items() for arg in args
+               for i in range(len(FAULTS[arg])) if i not in VALID_HERE.get((fn, arg), ())]
+
+
+@pytest.mark.parametrize("fn,arg,i", FAULT_CASES)
+def test_each_bad_argument_is_refused_by_name(fn, arg, i):
+    call, valid, _ = VALID_CALLS[fn]
+    kwargs = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in valid.items()}
+    kwargs[arg] = FAULTS[arg][i]
+
+    def run():
+        return call(**kwargs)
+
+    run.__name__ = fn
+    assert _call(run, names=[arg]) is None, f"{fn} accepted a bad {arg}: {FAULTS[arg][i]!r}"
+
+
+def _tiny_images(n, h, w):
+    return torch.randint(0, 256, (n, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def _craft(images, labels, **kw):
+    def craft_fast():
+        return miue.craft_fast(images, labels, **{"preset": "paper", "rounds": 1, "pgd_steps": 1, "arch": "cnn-small",
+                                                  "progress": False, **kw})
+    return craft_fast
+
+
+def _evaluate(images, labels, test_images=None, test_labels=None):
+    def evaluate():
+        return miue.evaluate(images, labels, images if test_images is None else test_images,
+                             labels if test_labels is None else test_labels, epochs=1, arch="cnn-small", progress=False)
+    return evaluate
+
+
+def _tiny_image_runs():
+    """The divergence does not come on every run of one configuration (it varies with the
+    global RNG state and from run to run): try several, stop at the first failure."""
+    configs = [(3, 1, 1, "em"), (6, 9, 1, "miue"), (6, 1, 1, "em")]
+    for (n, h, w, objective), seed in itertools.product(configs, range(3)):
+        _call(_craft(_tiny_images(n, h, w), torch.arange(n) % 3, preset="demo", objective=objective, seed=seed),
+              names=["images"])
+
+
+x9 = _tiny_images(2, 9, 9)
+KNOWN_BUG_CASES = {  # a reproducer of each entry of KNOWN_BUGS (and of the two NaN results above)
+    "one-image-batchnorm/craft_fast": lambda: _call(_craft(torch.rand(1, 1, 1), [0]), names=["images"]),
+    "one-image-batchnorm/evaluate": lambda: _call(_evaluate(_tiny_images(1, 5, 5), [0]), names=["train_images"]),
+    "tiny-image-bf16-nan": _tiny_image_runs,
+    "labels-of-strings/craft_fast": lambda: _call(_craft(x9, "ab"), names=["labels"]),
+    "labels-of-strings/evaluate": lambda: _call(_evaluate(x9, ["a", "b"], test_labels=[0, 1]), names=["train_labels"]),
+    "evaluate-unnamed-argument/float-labels": lambda: _call(_evaluate(x9, torch.tensor([0.0, 1.0]), test_labels=[0, 1]),
+                                                            names=["train_labels"]),
+    "evaluate-unnamed-argument/negative-labels": lambda: _call(_evaluate(x9, [0, -1], test_labels=[0, 1]),
+                                                               names=["train_labels"]),
+    "evaluate-unnamed-argument/image-shapes": lambda: _call(_evaluate(x9, [0, 1], _tiny_images(2, 8, 8), [0, 1]),
+                                                            names=["test_images"]),
+    "unhashable-preset/craft_fast": lambda: _call(_craft(x9, [0, 1], preset=["paper"]), names=["preset"]),
+    "unhashable-preset/evaluate": lambda: _call(miue.evaluate, x9, [0, 1], x9, [0, 1], preset=["paper"], epochs=1,
+                                                names=["preset"]),
+    "zero-size-images/craft_fast": lambda: _call(_craft(torch.zeros(2, 3, 0), [0, 1]), names=["images"]),
+    "zero-size-images/evaluate": lambda: _call(_evaluate(torch.zeros(2, 3, 0, dtype=torch.uint8), [0, 1]),
+                                               names=["train_images"]),
+    "pgd-huge-step-size": lambda: _call(miue.pgd_linf_step_, torch.zeros(3), torch.tensor([0.0, 1.0, -1.0]),
+                                        torch.full((3,), 0.5), 1e300, 0.1, backend="cpp"),
+    "supcon-tiny-temperature": lambda: _call(miue.supcon_loss, _randn((8, 4), torch.float32, 0, 1.0),
+                                             torch.arange(8) % 3, 1e-12),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KNOWN_BUG_CASES))
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="library bug found by the strict random-input tests (issue 39): see KNOWN_BUGS")
+def test_known_bug(case):
+    """Each known bug, reproduced under the contract of _call: the call succeeds (with a finite
+    result) or raises a TypeError/ValueError naming the argument. Fails today; once a bug is
+    fixed its case XPASSes, which fails (strict): then remove the bug's traces here."""
+    KNOWN_BUG_CASES[case]()
