@@ -94,6 +94,7 @@ def test_loss_ops_under_cpu_autocast_match_the_same_call_outside_it(backend):
 # ----------------------------------------------------------------------------- a crafting round
 
 
+@pytest.mark.slow
 @native
 @pytest.mark.parametrize("objective", ["miue", "em"])
 def test_a_bf16_round_against_the_same_round_in_fp32(objective):
@@ -153,6 +154,7 @@ def test_pgd_gradient_sign_agreement_bf16_vs_fp32():
     assert same[big].float().mean() >= 0.95
 
 
+@pytest.mark.slow
 @native
 def test_victim_training_in_bf16_on_the_cpu():
     """evaluate(amp=True) trains and tests the victim under CPU bf16 autocast (recorded in its

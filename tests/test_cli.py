@@ -340,6 +340,7 @@ def tiny_demo(monkeypatch):
     return demo
 
 
+@pytest.mark.slow
 def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys, tiny_demo):
     """A tiny demo (5 images per class, one round, one victim epoch) with two training-free
     objectives and EM, crafted with the `cpu` preset: the report, table, poisons and figure
@@ -385,6 +386,7 @@ def test_demo_victims_are_the_effectiveness_studys():
     assert demo.LENS_VICTIM in demo.VICTIMS and demo.TRAIN_PER_CLASS == 1000
 
 
+@pytest.mark.slow
 def test_demo_runs_its_jobs_in_worker_processes(tmp_path, tiny_demo):
     """workers=2: crafts and victims in two spawned processes; the same report layout as one
     process, every victim of every poison, the lens where it belongs."""

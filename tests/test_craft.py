@@ -213,6 +213,7 @@ def _metrics(directory):
         return [json.loads(line) for line in fh if line.strip()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["auto", "disk"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, storage):
     x, y = uint8_data(n=64, shape=(1, 12, 12))

@@ -49,6 +49,7 @@ def test_train_steps_fixes_surrogate_steps_per_round():
     assert r.history[0]["train_images_per_s"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.demo_preset
 @pytest.mark.parametrize("n", [32, 96])
 def test_cnn_preset_budget_does_not_depend_on_the_data_size(n):

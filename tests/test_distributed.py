@@ -19,7 +19,8 @@ import torch.multiprocessing as mp
 
 import miue
 
-pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+pytestmark = [pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available"),
+              pytest.mark.slow]  # two processes
 
 
 def _free_port() -> int:

@@ -115,6 +115,7 @@ def _apply(code: str, text: str, where: str) -> tuple[str, list[str]]:
     return code, setups
 
 
+@pytest.mark.slow  # every example of the docs, run as written (minutes)
 @pytest.mark.parametrize("page,line,lang,code,kind,text", EXAMPLES)
 def test_example_runs(page, line, lang, code, kind, text, tmp_path):
     if kind != "run":

@@ -303,6 +303,7 @@ def test_release_interrupted_then_rerun(tmp_path):
     assert not os.path.exists(os.path.join(dst, MARKER))
 
 
+@pytest.mark.slow
 def test_release_killed_by_sigkill_then_rerun(tmp_path):
     """A real SIGKILL in the middle of the release (a child process), then the same release again."""
     import signal

@@ -78,6 +78,7 @@ def _wait_for_new_checkpoint(p, path, newer_than, timeout=120):
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_gives_the_same_delta(tmp_path):
     ref, seconds = _reference_delta(tmp_path)
     ckpt = str(tmp_path / "ckpt")
@@ -120,6 +121,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_delta(tmp_path):
     print(f"survived {kills} SIGKILLs")
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     ref, _ = _reference_delta(tmp_path)
     ckpt = tmp_path / "ckpt"

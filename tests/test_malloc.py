@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only"),
+              pytest.mark.slow]  # fresh processes
 
 CYCLES = """
 import json, resource, sys
