@@ -157,7 +157,7 @@ def make_config(preset: str, **overrides) -> CraftConfig:
     """The preset's values, then the objective's published recipe (unless ``recipe="matched"``;
     it keeps the preset's surrogate and speed options), then the non-None overrides. The
     ``paper``/``fast`` α_end is 4/(255·pgd_steps), as in the official code."""
-    if preset not in PRESET_VALUES:
+    if not isinstance(preset, str) or preset not in PRESET_VALUES:  # (a list would be unhashable)
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     values = {**PRESET_VALUES[preset], "preset": preset}
     known = {f.name for f in dataclasses.fields(CraftConfig)}

@@ -131,7 +131,7 @@ def evaluate(
         ``train_images``; the rest comes from ``clean_images`` (required then).
     defense: None or one of miue.defenses.DEFENSES.
     """
-    if preset not in EVAL_PRESETS:
+    if not isinstance(preset, str) or preset not in EVAL_PRESETS:  # (a list would be unhashable)
         raise ValueError(f"preset must be one of {tuple(EVAL_PRESETS)}, got {preset!r}")
     if defense is not None and defense not in Dfn.DEFENSES:
         raise ValueError(f"defense must be None or one of {Dfn.DEFENSES}, got {defense!r}")
