@@ -61,10 +61,15 @@ class EvalResult:
         return asdict(self)
 
 
-def _labels(y) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).cpu()
-    if y.is_floating_point() or y.dtype == torch.bool:
-        raise TypeError(f"labels must be integers, got {y.dtype}")
+def _labels(y, name: str) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        arr = np.asarray(y)
+        if arr.dtype.kind not in "iub":  # strings, objects, floats: not class indices
+            raise TypeError(f"{name} must be integers, got an array of {arr.dtype}")
+        y = torch.as_tensor(arr)
+    y = y.cpu()
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} must be integers, got {y.dtype}")
     return y.reshape(-1).long()
 
 
@@ -165,15 +170,16 @@ def evaluate(
     channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
 
     x_train = _to_uint8(as_nchw_uint8_or_float(train_images, "train_images"))
-    y_train = _labels(train_labels)
+    y_train = _labels(train_labels, "train_labels")
     x_test = _to_uint8(as_nchw_uint8_or_float(test_images, "test_images"))
-    y_test = _labels(test_labels)
+    y_test = _labels(test_labels, "test_labels")
     if y_train.shape[0] != x_train.shape[0]:
         raise ValueError(f"train_labels has {y_train.shape[0]} entries but train_images has {x_train.shape[0]}")
     if y_test.shape[0] != x_test.shape[0]:
         raise ValueError(f"test_labels has {y_test.shape[0]} entries but test_images has {x_test.shape[0]}")
     if x_test.shape[1:] != x_train.shape[1:]:
-        raise ValueError(f"test images {tuple(x_test.shape[1:])} differ in shape from train images {tuple(x_train.shape[1:])}")
+        raise ValueError(f"test_images {tuple(x_test.shape[1:])} differ in shape from train_images "
+                         f"{tuple(x_train.shape[1:])}")
     gen = torch.Generator().manual_seed(seed)
     if poison_ratio < 1:
         if clean_images is None:
@@ -185,10 +191,10 @@ def evaluate(
         x_train = torch.where(poisoned.view(-1, 1, 1, 1), x_train, x_clean)
     if x_train.shape[0] == 0 or x_test.shape[0] == 0:
         raise ValueError("train_images and test_images must not be empty")
-    lowest = min(y_train.min().item(), y_test.min().item())
+    for name, y in (("train_labels", y_train), ("test_labels", y_test)):
+        if y.min().item() < 0:
+            raise ValueError(f"{name} must be >= 0, found {y.min().item()}")
     highest = max(y_train.max().item(), y_test.max().item())
-    if lowest < 0:
-        raise ValueError(f"labels must be >= 0, found {lowest}")
     C = num_classes or int(highest) + 1
     if highest >= C:
         raise ValueError(f"num_classes={C} but labels go up to {highest}")
