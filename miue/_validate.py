@@ -79,6 +79,23 @@ def check_labels(labels, features: torch.Tensor) -> torch.Tensor:
     return labels.contiguous()
 
 
+def class_labels(labels, name: str = "labels") -> torch.Tensor:
+    """Class labels given as a tensor, an array or a list, as a flat int64 CPU tensor: the one
+    conversion of the crafting inputs and the victims. Strings, objects, floats and booleans
+    are refused by ``name`` (torch's own conversion error names no argument); the range and
+    length are the caller's to check."""
+    if not isinstance(labels, torch.Tensor):
+        import numpy as np
+
+        arr = np.asarray(labels)
+        if arr.dtype.kind not in "iu":  # strings, objects, floats, booleans: not class indices
+            raise TypeError(f"{name} must be integers, got an array of {arr.dtype}")
+        labels = torch.as_tensor(arr)
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
+    return labels.cpu().reshape(-1).long()
+
+
 def check_num_classes(num_classes) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         if isinstance(num_classes, torch.Tensor) or not hasattr(num_classes, "__index__"):

@@ -22,7 +22,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +29,7 @@ from miue import defenses as Dfn
 from miue.defenses import random_crop  # noqa: F401  (the victims' crop; re-exported)
 from miue._amp import resolve_amp
 from miue._malloc import tune_if_opted_in
+from miue._validate import class_labels
 from miue.craft import as_nchw_uint8_or_float
 from miue.models import ARCHS, build_model
 
@@ -59,18 +59,6 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _labels(y, name: str) -> torch.Tensor:
-    if not isinstance(y, torch.Tensor):
-        arr = np.asarray(y)
-        if arr.dtype.kind not in "iub":  # strings, objects, floats: not class indices
-            raise TypeError(f"{name} must be integers, got an array of {arr.dtype}")
-        y = torch.as_tensor(arr)
-    y = y.cpu()
-    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} must be integers, got {y.dtype}")
-    return y.reshape(-1).long()
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -170,9 +158,9 @@ def evaluate(
     channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
 
     x_train = _to_uint8(as_nchw_uint8_or_float(train_images, "train_images"))
-    y_train = _labels(train_labels, "train_labels")
+    y_train = class_labels(train_labels, "train_labels")
     x_test = _to_uint8(as_nchw_uint8_or_float(test_images, "test_images"))
-    y_test = _labels(test_labels, "test_labels")
+    y_test = class_labels(test_labels, "test_labels")
     if y_train.shape[0] != x_train.shape[0]:
         raise ValueError(f"train_labels has {y_train.shape[0]} entries but train_images has {x_train.shape[0]}")
     if y_test.shape[0] != x_test.shape[0]:

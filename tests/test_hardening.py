@@ -295,8 +295,6 @@ KNOWN_BUGS = {
     "one-image-batchnorm": (ValueError, r"^Expected more than 1 value per channel when training"),
     # the demo preset's bf16 surrogate on images of 4 pixels or fewer a side diverges
     "tiny-image-bf16-nan": (FloatingPointError, r"the surrogate produced NaN/Inf"),
-    # labels given as strings (or objects): torch's conversion error, naming no argument
-    "labels-of-strings": (TypeError, r"^can't convert np\.ndarray of type numpy\.(str_|object_)"),
     # images with a zero-size H, W or C (N > 0): torch's error from deep inside
     "zero-size-images": (RuntimeError, r"^min\(\): Expected reduction dim|^Calculated padded input size per channel"),
 }
@@ -479,8 +477,6 @@ def test_craft_fast_rejects_random_bad_input(data, n, h, w, junk_args):
         return miue.craft_fast(**args, recipe="matched", pgd_steps=1, progress=False, arch="cnn-small")
 
     known = _known_image_bugs(args, "images", junk_args)
-    if "labels" in junk_args:
-        known.append("labels-of-strings")
     if args["preset"] == "demo" and "images" not in junk_args and min(h, w) <= 4:
         known.append("tiny-image-bf16-nan")
     out = _call(craft_fast, names=junk_args, known=known)
@@ -627,7 +623,6 @@ KNOWN_BUG_CASES = {  # a reproducer of each entry of KNOWN_BUGS (and of the two 
     "one-image-batchnorm/craft_fast": lambda: _call(_craft(torch.rand(1, 1, 1), [0]), names=["images"]),
     "one-image-batchnorm/evaluate": lambda: _call(_evaluate(_tiny_images(1, 5, 5), [0]), names=["train_images"]),
     "tiny-image-bf16-nan": _tiny_image_runs,
-    "labels-of-strings/craft_fast": lambda: _call(_craft(x9, "ab"), names=["labels"]),
     "zero-size-images/craft_fast": lambda: _call(_craft(torch.zeros(2, 3, 0), [0, 1]), names=["images"]),
     "zero-size-images/evaluate": lambda: _call(_evaluate(torch.zeros(2, 3, 0, dtype=torch.uint8), [0, 1]),
                                                names=["train_images"]),
@@ -648,12 +643,14 @@ def test_known_bug(case):
     KNOWN_BUG_CASES[case]()
 
 
-@pytest.mark.parametrize("case", ["string-labels", "float-labels", "negative-labels", "image-shapes"])
+@pytest.mark.parametrize("case", ["string-labels", "craft-string-labels", "float-labels", "negative-labels",
+                                  "image-shapes"])
 def test_evaluate_names_the_argument(case):
     """evaluate's errors name train_labels / test_images (they said "labels" and "test images"
     before; found by the strict random-input test)."""
     calls = {
         "string-labels": (lambda: _evaluate(x9, ["a", "b"], test_labels=[0, 1]), "train_labels"),
+        "craft-string-labels": (lambda: _craft(x9, "ab"), "labels"),
         "float-labels": (lambda: _evaluate(x9, torch.tensor([0.0, 1.0]), test_labels=[0, 1]), "train_labels"),
         "negative-labels": (lambda: _evaluate(x9, [0, 1], test_labels=[0, -1]), "test_labels"),
         "image-shapes": (lambda: _evaluate(x9, [0, 1], _tiny_images(2, 8, 8), [0, 1]), "test_images"),

@@ -7,6 +7,8 @@ import logging
 import numpy as np
 import torch
 
+from miue._validate import class_labels
+
 log = logging.getLogger("miue.craft")
 
 
@@ -74,10 +76,7 @@ def prepare_inputs(images, labels, num_classes: int | None):
         x = as_nchw_uint8_or_float(images)
     if labels is None:
         raise ValueError("labels are required (or pass a Dataset yielding (image, label))")
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
-    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-        raise TypeError(f"labels must be integers, got dtype {y.dtype}")
-    y = y.reshape(-1).long()
+    y = class_labels(labels, "labels")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"labels has {y.shape[0]} entries but images has {x.shape[0]}")
     if y.min().item() < 0:
