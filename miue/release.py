@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from miue._io import atomic_write
+from miue._quantize import quantize
 from miue.folder import Preprocess, file_sha256, load_image
 
 log = logging.getLogger("miue.release")
@@ -208,7 +209,6 @@ def write_release(dst: str, source: dict, images, labels, classes: list[str], *,
     marker = {"format": FORMAT, "config_hash": digest, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write(os.path.join(dst, MARKER), lambda tmp: open(tmp, "w").write(json.dumps(marker)))
     out_paths = release_paths(files)
-    k = int(np.floor(eps * 255 + 1e-6))
     labels = [int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
     records, kept = [], 0
     bar = tqdm(total=n, desc="writing release", unit="img", disable=not progress, dynamic_ncols=True)
@@ -222,10 +222,9 @@ def write_release(dst: str, source: dict, images, labels, classes: list[str], *,
         elif native_size:
             orig = np.array(load_image(src_path, gray), dtype=np.uint8)  # a writable copy
             orig = orig[None] if orig.ndim == 2 else orig.transpose(2, 0, 1)
-            base = torch.from_numpy(np.ascontiguousarray(orig)).float()
+            base = torch.from_numpy(np.ascontiguousarray(orig))  # uint8
             d = native_delta(torch.as_tensor(np.asarray(delta[i])), w0, h0, pre)
-            q = torch.round(base + d * 255)
-            q = torch.minimum(torch.maximum(q, base - k), base + k).clamp_(0, 255).to(torch.uint8)
+            q = quantize(base, d, eps)  # the crafting results' rule (miue/_quantize.py)
             _png(out_path, q.numpy())
         else:
             _png(out_path, np.asarray(images[i], dtype=np.uint8))

@@ -727,3 +727,19 @@ def test_fashion_mnist_ci_run(capsys):
         print("\nFashion-MNIST 2000 images, cnn preset: " + ", ".join(
             f"round {h['round']}: {h['seconds']:.2f} s (train {h['train_images_per_s']:.0f} img/s, "
             f"PGD {h['pgd_images_per_s']:.0f} img·step/s)" for h in res.history))
+
+
+def test_eps_on_the_uint8_grid_is_one_rule():
+    """floor(ε·255) whole steps, ε = k/255 given as a float included (miue/_quantize.py); the
+    crafting results' release is that quantisation."""
+    from miue._quantize import eps_steps, quantize
+    from miue.craft import release
+
+    assert [eps_steps(k / 255) for k in range(0, 17)] == list(range(0, 17))
+    assert eps_steps(8.5 / 255) == 8 and eps_steps(0.0) == 0
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8, generator=g)
+    delta = (torch.rand(4, 3, 5, 5, generator=g) - 0.5) * 0.2
+    out = release(clean, delta, 8 / 255)
+    assert torch.equal(out, quantize(clean, delta, 8 / 255))
+    assert (out.int() - clean.int()).abs().max().item() <= 8

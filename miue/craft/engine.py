@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from miue import objectives, ops
 from miue._amp import resolve_amp
 from miue._malloc import tune_if_opted_in
+from miue._quantize import eps_steps
 from miue.craft.distributed import all_reduce_sum
 from miue.craft.graphs import GraphedPGDStep
 from miue.craft.store import DeltaStore, fits_on_device
@@ -150,7 +151,7 @@ class Engine:
             if delta_dir is None:
                 raise ValueError("storage='disk' keeps δ in a file beside the checkpoints: pass checkpoint_dir")
             delta_file = os.path.join(delta_dir, "delta.bin")
-        self.store = DeltaStore(clean, delta0, cfg.delta_dtype, device, resident, int8_limit=math.floor(cfg.eps * 255 + 1e-6),
+        self.store = DeltaStore(clean, delta0, cfg.delta_dtype, device, resident, int8_limit=eps_steps(cfg.eps),
                                 delta_file=delta_file)
         if cfg.classwise:
             self.class_delta_dev = torch.zeros((self.C,) + shape, device=device)

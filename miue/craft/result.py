@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from miue._io import read_result_file, write_result_file
+from miue._quantize import quantize
 
 
 @dataclass
@@ -59,17 +59,6 @@ class CraftResult:
 
 
 def release(clean: torch.Tensor, delta: torch.Tensor, eps: float, rounding: str = "round") -> torch.Tensor:
-    """Quantise clean + δ to uint8. For uint8 clean images the result stays within eps of
-    them: the step in units of 1/255 is clamped to ±floor(eps·255)."""
-    if rounding not in ("round", "trunc"):
-        raise ValueError(f"release rounding must be 'round' or 'trunc', got {rounding!r}")
-    if clean.dtype == torch.uint8:
-        base = clean.float()
-        scaled = base + delta.float() * 255
-        q = torch.round(scaled) if rounding == "round" else torch.trunc(scaled)
-        k = math.floor(eps * 255 + 1e-6)
-        q = torch.minimum(torch.maximum(q, base - k), base + k)
-    else:
-        scaled = (clean.float() + delta.float()) * 255
-        q = torch.round(scaled) if rounding == "round" else torch.trunc(scaled)
-    return q.clamp_(0, 255).to(torch.uint8)
+    """Quantise clean + δ to uint8 (miue/_quantize.py, the one rule): for uint8 clean images the
+    result stays within eps of them, the step in units of 1/255 clamped to ±floor(eps·255)."""
+    return quantize(clean, delta, eps, rounding)
