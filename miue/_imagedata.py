@@ -1,4 +1,5 @@
-"""The two types every loader returns or raises: :class:`ImageData` and :class:`DatasetError`
+"""The image-array layout rule (:func:`image_layout`, :func:`as_nchw_uint8_or_float`) and the two
+types every loader returns or raises: :class:`ImageData` and :class:`DatasetError`
 (in their own module so that :mod:`miue.data` and :mod:`miue.folder` can both use them without
 importing each other; import them from :mod:`miue.data`)."""
 
@@ -7,6 +8,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what a channel axis can hold
+
+
+def image_layout(shape: tuple, name: str = "images") -> str:
+    """The one rule for an image array's layout: "nhw" (N×H×W, one channel), "nhwc" (channels
+    last: the last dimension is 1, 3 or 4 and dimension 1 is not) or "nchw" (dimension 1 is 1, 3
+    or 4). Anything else, e.g. N×32×32×5, is ambiguous and refused (ValueError naming ``name``)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 3:
+        return "nhw"
+    if len(shape) != 4:
+        raise ValueError(f"{name} must be N×H×W, N×H×W×C or N×C×H×W, got shape {shape}")
+    if shape[-1] in CHANNELS and shape[1] not in CHANNELS:
+        return "nhwc"
+    if shape[1] in CHANNELS:
+        return "nchw"
+    raise ValueError(f"{name}: cannot tell the channel axis of images of shape {shape} "
+                     f"(expected N×H×W×C or N×C×H×W with C in {', '.join(map(str, CHANNELS))})")
+
+
+def as_nchw_uint8_or_float(images, name: str = "images") -> torch.Tensor:
+    """Images as a CPU tensor N×C×H×W: uint8 kept as is, floats as float32 in [0, 1].
+
+    Accepts numpy arrays or tensors shaped N×H×W, N×H×W×C (channels last when the last dim is
+    1, 3 or 4 and dim 1 is not) or N×C×H×W."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a numpy array, a torch.Tensor or a torch Dataset, got {type(images).__name__}")
+    x = images.detach().cpu()
+    layout = image_layout(x.shape, name)  # the one layout rule (miue/_imagedata.py)
+    if layout == "nhw":
+        x = x.unsqueeze(1)
+    elif layout == "nhwc":
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if x.dtype == torch.uint8:
+        return x.contiguous()
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be uint8 or floating point in [0, 1], got dtype {x.dtype}")
+    x = x.float().contiguous()
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    lo, hi = x.min().item(), x.max().item()
+    if lo < 0 or hi > 1:
+        raise ValueError(f"float {name} must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}] (pass uint8 for 0..255)")
+    return x
 
 
 class DatasetError(ValueError):

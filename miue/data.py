@@ -46,7 +46,7 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 
-from miue._imagedata import DatasetError, ImageData  # noqa: E402  (defined there for miue.folder too)
+from miue._imagedata import DatasetError, ImageData, image_layout  # noqa: E402  (defined there for miue.folder too)
 
 
 # --------------------------------------------------------------------------- shared checks
@@ -327,17 +327,14 @@ def _load_digits(split: str) -> ImageData:
 
 def _to_nchw_uint8(x: np.ndarray, where: str) -> np.ndarray:
     """N×H×W, N×H×W×C (channels-last) or N×C×H×W; uint8, integers in 0..255, or floats in [0, 1]."""
-    if x.ndim == 3:
+    try:
+        layout = image_layout(x.shape, f"{where}: images")  # the one layout rule (miue/_imagedata.py)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    if layout == "nhw":
         x = x[:, None]
-    elif x.ndim == 4:
-        small = (1, 3, 4)
-        if x.shape[-1] in small and x.shape[1] not in small:
-            x = x.transpose(0, 3, 1, 2)
-        elif x.shape[1] not in small:
-            raise DatasetError(f"{where}: cannot tell the channel axis of images of shape {x.shape} "
-                               "(expected N×H×W×C or N×C×H×W with C in 1, 3, 4)")
-    else:
-        raise DatasetError(f"{where}: images must be N×H×W, N×H×W×C or N×C×H×W, got shape {x.shape}")
+    elif layout == "nhwc":
+        x = x.transpose(0, 3, 1, 2)
     _nonempty(x, where)
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)

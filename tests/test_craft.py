@@ -743,3 +743,39 @@ def test_eps_on_the_uint8_grid_is_one_rule():
     out = release(clean, delta, 8 / 255)
     assert torch.equal(out, quantize(clean, delta, 8 / 255))
     assert (out.int() - clean.int()).abs().max().item() <= 8
+
+
+@pytest.mark.parametrize("shape,layout", [((2, 5, 6), "nhw"), ((2, 5, 6, 3), "nhwc"), ((2, 3, 5, 6), "nchw"),
+                                          ((2, 1, 5, 6), "nchw"), ((2, 4, 4, 4), "nchw"), ((2, 32, 32, 5), None),
+                                          ((2, 2, 28, 28), None), ((2, 5), None)])
+def test_one_image_layout_rule(shape, layout):
+    """The dataset loaders and the crafting/victim inputs read a layout the same way, and both
+    refuse an ambiguous one (before, the crafting inputs read N×32×32×5 as 32 channels while
+    the loaders refused it)."""
+    import numpy as np
+
+    from miue._imagedata import as_nchw_uint8_or_float, image_layout
+    from miue.data import DatasetError, _to_nchw_uint8
+
+    x = np.zeros(shape, dtype=np.uint8)
+    if layout is None:
+        for parse in (lambda: image_layout(shape), lambda: as_nchw_uint8_or_float(x),
+                      lambda: _to_nchw_uint8(x, "test.npz")):
+            with pytest.raises(ValueError, match="images|shape"):
+                parse()
+        with pytest.raises(DatasetError):
+            _to_nchw_uint8(x, "test.npz")
+        return
+    assert image_layout(shape) == layout
+    a, b = as_nchw_uint8_or_float(x), _to_nchw_uint8(x, "test.npz")
+    assert tuple(a.shape) == b.shape and a.dim() == 4
+
+
+def test_victims_do_not_import_the_crafting_engine():
+    import subprocess
+    import sys
+
+    code = "import sys, miue.victims; print('miue.craft' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

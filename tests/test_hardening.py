@@ -622,7 +622,6 @@ x9 = _tiny_images(2, 9, 9)
 KNOWN_BUG_CASES = {  # a reproducer of each entry of KNOWN_BUGS (and of the two NaN results above)
     "one-image-batchnorm/craft_fast": lambda: _call(_craft(torch.rand(1, 1, 1), [0]), names=["images"]),
     "one-image-batchnorm/evaluate": lambda: _call(_evaluate(_tiny_images(1, 5, 5), [0]), names=["train_images"]),
-    "tiny-image-bf16-nan": _tiny_image_runs,
     "zero-size-images/craft_fast": lambda: _call(_craft(torch.zeros(2, 3, 0), [0, 1]), names=["images"]),
     "zero-size-images/evaluate": lambda: _call(_evaluate(torch.zeros(2, 3, 0, dtype=torch.uint8), [0, 1]),
                                                names=["train_images"]),
@@ -658,3 +657,11 @@ def test_evaluate_names_the_argument(case):
     fn, name = calls[case]
     with pytest.raises((TypeError, ValueError), match=name):
         fn()()
+
+
+@pytest.mark.xfail(strict=False, raises=AssertionError,
+                   reason="KNOWN_BUGS['tiny-image-bf16-nan']: the demo preset's bf16 surrogate diverges on images of "
+                          "4 pixels or fewer a side on some runs only (it varies with the global RNG state and run "
+                          "order), so this case may pass: not strict, lest CI flip on it")
+def test_known_bug_tiny_image_bf16_nan():
+    _tiny_image_runs()

@@ -7,40 +7,10 @@ import logging
 import numpy as np
 import torch
 
+from miue._imagedata import as_nchw_uint8_or_float  # noqa: F401  (re-exported by miue.craft)
 from miue._validate import class_labels
 
 log = logging.getLogger("miue.craft")
-
-
-def as_nchw_uint8_or_float(images, name: str = "images") -> torch.Tensor:
-    """Images as a CPU tensor N×C×H×W: uint8 kept as is, floats as float32 in [0, 1].
-
-    Accepts numpy arrays or tensors shaped N×H×W, N×H×W×C (channels last when the last dim is
-    1, 3 or 4 and dim 1 is not) or N×C×H×W."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a numpy array, a torch.Tensor or a torch Dataset, got {type(images).__name__}")
-    x = images.detach().cpu()
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be N×H×W, N×H×W×C or N×C×H×W, got shape {tuple(x.shape)}")
-    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.permute(0, 3, 1, 2)
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty")
-    if x.dtype == torch.uint8:
-        return x.contiguous()
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be uint8 or floating point in [0, 1], got dtype {x.dtype}")
-    x = x.float().contiguous()
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0 or hi > 1:
-        raise ValueError(f"float {name} must lie in [0, 1], found values in [{lo:.4g}, {hi:.4g}] (pass uint8 for 0..255)")
-    return x
 
 
 def _from_dataset(dataset) -> tuple[torch.Tensor, torch.Tensor]:
