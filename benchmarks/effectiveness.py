@@ -39,6 +39,8 @@ import time
 import numpy as np
 import torch
 
+from miue.victims import VICTIM_RECIPES
+
 EPS = 8 / 255
 
 # PGD steps per image -> crafting options on top of the ``cnn`` preset (cnn-small surrogate,
@@ -70,12 +72,7 @@ BUDGET_FREE = ("random", "ref-cw", "ar", "lsp", "ops")  # no surrogate: the same
 
 # victims: (evaluate preset, arch, epochs). They differ from the surrogate (cnn-small trained
 # with SGD) in width or architecture and in recipe (SGD + crop + flip vs Adam, no augmentation).
-VICTIMS = {
-    "cnn-sgd": ("quick", "cnn", 20),
-    "cnn-adam": ("adam", "cnn", 15),
-    "resnet-sgd": ("quick", "resnet-small", 15),
-    "mlp-adam": ("adam", "mlp", 20),
-}
+VICTIMS = dict(VICTIM_RECIPES)  # miue/victims.py
 SEEDS = {"cnn-sgd": (0, 1, 2)}  # others: seed 0
 
 # one knob at a time (applied to MI-UE unless the name says otherwise), at ABLATION_BUDGET

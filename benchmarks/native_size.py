@@ -29,7 +29,9 @@ import time
 
 import numpy as np
 
-VICTIMS = {"cnn-sgd": ("quick", "cnn", 20), "cnn-adam": ("adam", "cnn", 15)}  # = miue.demo.VICTIMS
+from miue.victims import VICTIM_RECIPES
+
+VICTIMS = {v: VICTIM_RECIPES[v] for v in ("cnn-sgd", "cnn-adam")}  # the demo's two victims
 
 
 def make_folder(root: str, data, seed: int = 0) -> None:

@@ -38,7 +38,7 @@ from miue import objectives
 from miue._amp import precision
 from miue.craft import craft_fast
 from miue.data import class_balanced_subset, load_dataset
-from miue.victims import evaluate
+from miue.victims import VICTIM_RECIPES, evaluate
 from miue.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, mean_intra_class_cosine
 
 EPS = 8 / 255
@@ -56,7 +56,7 @@ DEMO_PRESETS = ("demo", "cpu", "cnn")  # crafting presets the demo offers (paper
 TARGETS = {"clean_min": 0.88}
 # the victims: (evaluate preset, architecture, epochs): the effectiveness study's cnn-sgd and
 # cnn-adam (miue.victims.VICTIM_RECIPES)
-VICTIMS = {"cnn-sgd": ("quick", "cnn", 20), "cnn-adam": ("adam", "cnn", 15)}
+VICTIMS = {v: VICTIM_RECIPES[v] for v in ("cnn-sgd", "cnn-adam")}
 DEFENDED = {"cnn-sgd+jpeg10": ("cnn-sgd", "jpeg")}  # column -> (victim, defense applied to its training set)
 LENS_VICTIM = "cnn-sgd"
 

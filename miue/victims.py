@@ -33,6 +33,17 @@ from miue._validate import class_labels
 from miue._imagedata import as_nchw_uint8_or_float
 from miue.models import ARCHS, build_model
 
+# Named victim recipes of the demo and the studies: (evaluate preset, arch, epochs). They differ
+# from the CPU presets' surrogates in width or architecture and in recipe (SGD + crop + flip vs
+# Adam without augmentation). Defined here once; miue/demo.py, benchmarks/effectiveness.py and
+# benchmarks/native_size.py take theirs from it.
+VICTIM_RECIPES = {
+    "cnn-sgd": ("quick", "cnn", 20),
+    "cnn-adam": ("adam", "cnn", 15),
+    "resnet-sgd": ("quick", "resnet-small", 15),
+    "mlp-adam": ("adam", "mlp", 20),
+}
+
 EVAL_PRESETS = {
     "paper": dict(arch="resnet18", epochs=200, batch_size=128, lr=0.5, momentum=0.9, weight_decay=1e-4, schedule="cosine",
                   crop=True, flip=True),

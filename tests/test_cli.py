@@ -373,16 +373,11 @@ def test_demo_methods_runs_the_chosen_objectives(monkeypatch, tmp_path, capsys, 
 def test_demo_victims_are_the_effectiveness_studys():
     """The demo's two victim recipes are the study's cnn-sgd and cnn-adam cells, so the study's
     crafting-seed spread (docs/effectiveness.md) is the spread of the demo's own numbers."""
-    import importlib.util
-    import pathlib
 
     from miue import demo
+    from miue.victims import VICTIM_RECIPES
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "effectiveness.py"
-    spec = importlib.util.spec_from_file_location("effectiveness_for_demo", path)
-    eff = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eff)
-    assert demo.VICTIMS == {v: eff.VICTIMS[v] for v in ("cnn-sgd", "cnn-adam")}
+    assert demo.VICTIMS == {v: VICTIM_RECIPES[v] for v in ("cnn-sgd", "cnn-adam")}
     assert demo.LENS_VICTIM in demo.VICTIMS and demo.TRAIN_PER_CLASS == 1000
 
 
