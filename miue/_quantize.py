@@ -12,6 +12,9 @@ import math
 import torch
 
 
+ROUNDINGS = ("round", "trunc")  # "trunc": as the official code releases
+
+
 def eps_steps(eps: float) -> int:
     """The largest whole number of 1/255 steps inside ε."""
     return math.floor(float(eps) * 255 + 1e-6)
@@ -20,8 +23,8 @@ def eps_steps(eps: float) -> int:
 def quantize(clean: torch.Tensor, delta: torch.Tensor, eps: float, rounding: str = "round") -> torch.Tensor:
     """clean + δ as uint8. For uint8 clean images the step is clamped to ±eps_steps(eps), so the
     result stays within ε of them; float clean images (in [0, 1]) are scaled and rounded."""
-    if rounding not in ("round", "trunc"):
-        raise ValueError(f"release rounding must be 'round' or 'trunc', got {rounding!r}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"release rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if clean.dtype == torch.uint8:
         base = clean.float()
         scaled = base + delta.float() * 255

@@ -257,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
     from miue.demo import NAMES as DEMO_NAMES
     from miue.models import ARCHS
+    from miue._backend import BACKENDS
+    from miue._quantize import ROUNDINGS
+    from miue.craft.store import DELTA_DTYPES
     from miue.presets import OBJECTIVES, PRESETS, RECIPES
+    from miue.victims import EVAL_PRESETS, OPTIMIZERS
 
     p = argparse.ArgumentParser(prog="miue", description="Fast MI-UE unlearnable examples (crafting and evaluation).")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -290,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classwise", action="store_true", help="one perturbation per class")
     _add_folder_args(s)
     s.add_argument("--per-class", type=int, help="use a class-balanced subset with this many images per class")
-    s.add_argument("--delta-dtype", choices=("float32", "float16", "int8"))
-    s.add_argument("--release-rounding", choices=("round", "trunc"), default="round")
+    s.add_argument("--delta-dtype", choices=DELTA_DTYPES)
+    s.add_argument("--release-rounding", choices=ROUNDINGS, default="round")
     s.add_argument("--checkpoint-dir", help="checkpoint here every round; rerun with the same directory to resume (an image "
                                             "folder is then decoded once into a memory-mapped cache there, and δ kept "
                                             "memory-mapped beside the checkpoints)")
@@ -304,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --png-dir and an image folder: release every image at its original size (δ upsampled)")
     s.add_argument("--overwrite", action="store_true", help="with --png-dir: write over an existing release")
     s.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
-    s.add_argument("--backend", choices=("reference", "cpp", "triton"), help="force an ops backend")
+    s.add_argument("--backend", choices=BACKENDS, help="force an ops backend")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_craft)
@@ -339,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amp", choices=("on", "off"), help="bf16 autocast of the surrogate (default: the preset's)")
     s.add_argument("--workers", type=int, help="image decoding processes (default: one per core, up to 8)")
     s.add_argument("--device")
-    s.add_argument("--backend", choices=("reference", "cpp", "triton"), help="force an ops backend")
+    s.add_argument("--backend", choices=BACKENDS, help="force an ops backend")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_protect)
@@ -347,11 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="train a victim on a poisons file and report its clean test accuracy")
     s.add_argument("poisons", help="a result file written by `miue craft` (.npz or .pt)")
     s.add_argument("--dataset", help="dataset of the test split (default: the one recorded in the poisons file)")
-    s.add_argument("--preset", choices=("paper", "quick", "adam"), default="paper",
+    s.add_argument("--preset", choices=tuple(EVAL_PRESETS), default="paper",
                    help="victim recipe: paper (ResNet-18, SGD, 200 epochs), quick (small CNN, SGD, crop + flip), "
                         "adam (small CNN, Adam, no augmentation)")
     s.add_argument("--arch", choices=ARCHS, help="victim architecture (default: the preset's)")
-    s.add_argument("--optimizer", choices=("sgd", "adam"), help="override the preset's optimizer")
+    s.add_argument("--optimizer", choices=OPTIMIZERS, help="override the preset's optimizer")
     s.add_argument("--augment", choices=("on", "off"), help="override the preset's crop + flip")
     s.add_argument("--epochs", type=int)
     s.add_argument("--defense", choices=DEFENSES)

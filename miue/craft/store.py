@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
+DELTA_DTYPES = tuple(_DTYPES)  # delta_dtype choices (CraftConfig, CLI)
 
 
 def file_tensor(path: str, shape: tuple, dtype: torch.dtype, fresh: bool) -> torch.Tensor:
