@@ -1,7 +1,7 @@
 // Shared declarations of the miue_C extension.
 //
 // Op schemas: csrc/miue.cpp. CPU kernels: csrc/cpu/<op>.cpp. CUDA kernels: csrc/cuda/<op>.cu.
-// Conventions (SPEC §2; the oracle is miue/reference.py):
+// Conventions (docs/ops.md; the oracle is miue/reference.py):
 //   * acc type: double for double features, float otherwise (inv_norm, class_sum, loss, P, N);
 //   * null rows (||f_i|| < 1e-12) get z_i = 0, inv_norm_i = 0 and no gradient;
 //   * rows whose label lies outside [0, C) are skipped by per-class sums (never indexed);

@@ -1,4 +1,4 @@
-"""Triton kernels: the intra-class cosine loss (SPEC §2.3), O(B·D).
+"""Triton kernels: the intra-class cosine loss (docs/ops.md), O(B·D).
 
 Reference: ``miue.reference.intra_class_fwd`` / ``intra_class_bwd``. The forward reuses the
 normalisation and deterministic per-class sums of :mod:`.normalize`; the loss

@@ -1,4 +1,4 @@
-"""Triton kernels: row normalisation and per-class sums (SPEC §2.1).
+"""Triton kernels: row normalisation and per-class sums (docs/ops.md).
 
 Reference: ``miue.reference.grouped_normalize``. Launchers at the bottom.
 

@@ -1,4 +1,4 @@
-"""Triton kernels: the fused L∞ PGD step and projection (SPEC §2.4).
+"""Triton kernels: the fused L∞ PGD step and projection (docs/ops.md).
 
 Reference: ``miue.reference.pgd_linf_step_`` / ``project_linf_``. One read of delta, grad and
 clean and one write of delta per element; the three tensors share one dense layout and are

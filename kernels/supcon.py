@@ -1,4 +1,4 @@
-"""Triton kernels: the MI-UE supervised-contrastive loss (SPEC §2.2), forward and backward.
+"""Triton kernels: the MI-UE supervised-contrastive loss (docs/ops.md), forward and backward.
 
 Reference: ``miue.reference.supcon_fwd`` / ``supcon_bwd``. Launchers at the bottom.
 

@@ -1,4 +1,4 @@
-"""Backend registry and dispatch (SPEC §2.5).
+"""Backend registry and dispatch (docs/ops.md).
 
 Three implementations stand behind every ``miue::`` op:
 

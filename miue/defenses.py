@@ -1,4 +1,4 @@
-"""Defenses against unlearnable examples (SPEC §4), applied while a victim trains.
+"""Defenses against unlearnable examples (docs/crafting.md), applied while a victim trains.
 
 Three kinds:
 

@@ -85,7 +85,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     schedule (see ``NAMES``; REM's published recipe takes hours on a CPU).
     preset: the crafting preset, ``demo`` (ResNet-8, 50 PGD steps per image: minutes on 2 CPU
     cores), ``cpu`` (ResNet-8, 200 steps: about 4x the crafting time) or ``cnn`` (the small-CNN
-    25-step schedule, the demo before issue 25: cheaper, and EM beats MI-UE with it).
+    25-step schedule: cheaper; docs/effectiveness.md says how it compares).
     train_per_class: the class-balanced training subset (default 1,000 per class; 6,000 is the
     whole training set). seed: the crafting, subset and victim seed. workers: jobs (crafts, victims)
     run in this many processes at once, each with cores / workers threads (1: one after the other

@@ -1,4 +1,4 @@
-"""The paper's lens (SPEC §4): mutual information between clean and poisoned features, and
+"""The paper's lens (docs/crafting.md): mutual information between clean and poisoned features, and
 the intra-class statistics that MI-UE shrinks.
 
 ``gaussian_mutual_information(x, y)``

@@ -1,4 +1,4 @@
-"""The public ops (SPEC §2): ``grouped_normalize``, ``supcon_loss``, ``intra_class_cosine_loss``,
+"""The public ops (docs/ops.md): ``grouped_normalize``, ``supcon_loss``, ``intra_class_cosine_loss``,
 ``pgd_linf_step_`` and ``project_linf_``.
 
 Each op is one ``torch.library.custom_op`` in the ``miue::`` namespace with a fake kernel
@@ -93,7 +93,7 @@ _grouped_normalize_op.register_autograd(_gn_backward, setup_context=_gn_setup)
 def grouped_normalize(
     features: Tensor, labels: Tensor, num_classes: int, *, backend: str | None = None, validate: bool | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Normalise rows and sum them per class (SPEC §2.1).
+    """Normalise rows and sum them per class (docs/ops.md).
 
     Returns ``(z, inv_norm, class_sum, class_count)``: ``z`` (B×D, features' dtype) the unit
     rows, ``inv_norm`` (B) = 1/‖f_i‖ (0 for null rows, ‖f_i‖ < 1e-12), ``class_sum`` (C×D) the
@@ -168,7 +168,7 @@ _supcon_op.register_autograd(_supcon_backward, setup_context=_supcon_setup)
 def supcon_loss(
     features: Tensor, labels: Tensor, temperature: float = 0.1, eps: float = 1e-8, *, backend: str | None = None
 ) -> Tensor:
-    """The MI-UE loss (SPEC §2.2): supervised-contrastive loss over cosine similarities.
+    """The MI-UE loss (docs/ops.md): supervised-contrastive loss over cosine similarities.
 
     ``loss = -(1/B) Σ_i log(P_i / A_i)`` with ``e_ij = exp(z_i·z_j/τ) + eps``,
     ``A_i = Σ_j e_ij`` and ``P_i = Σ_j [y_i = y_j] e_ij`` (i is its own positive); computed
@@ -242,7 +242,7 @@ _intra_op.register_autograd(_intra_backward, setup_context=_intra_setup)
 def intra_class_cosine_loss(
     features: Tensor, labels: Tensor, num_classes: int, *, backend: str | None = None, validate: bool | None = None
 ) -> Tensor:
-    """The paper's linear surrogate (SPEC §2.3): minus the mean cosine similarity over ordered
+    """The paper's linear surrogate (docs/ops.md): minus the mean cosine similarity over ordered
     same-class pairs i ≠ j, ``-(1/P) Σ_c (‖S_c‖² - n_c)`` with ``P = Σ_c n_c(n_c - 1)``;
     0 when no class has two (non-null) rows. O(B·D) work. Differentiable w.r.t. ``features``."""
     V.check_features(features, min_rows=1)
@@ -343,7 +343,7 @@ def pgd_linf_step_(
     *,
     backend: str | None = None,
 ) -> Tensor:
-    """One signed-gradient L∞ PGD step on ``delta``, in place (SPEC §2.4); returns ``delta``.
+    """One signed-gradient L∞ PGD step on ``delta``, in place (docs/ops.md); returns ``delta``.
 
     ``delta <- clamp(delta - step_size*sign(grad), -eps, eps)`` then
     ``delta <- clamp(clean + delta, lo, hi) - clean``. ``sign(0) = 0``; a negative

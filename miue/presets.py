@@ -1,4 +1,4 @@
-"""Crafting presets (SPEC §3) and the configuration they fill in.
+"""Crafting presets (docs/crafting.md) and the configuration they fill in.
 
 ``paper``  the official MI-UE schedule: ResNet-18 (CIFAR stem, ImageNet normalisation inside
            the model), 100 rounds of one cross-entropy epoch (SGD lr 0.1, momentum 0.9,
@@ -9,18 +9,14 @@
            channels_last, torch.compile of the surrogate and CUDA graphs for the PGD step.
 ``cnn``    the cheapest CPU schedule: a small CNN surrogate (``cnn-small``), 5 rounds of 235
            surrogate SGD steps (one epoch of 60,000 images at batch 256, whatever the data's
-           size) and 5 PGD steps per image (25 in all), fp32. This was the ``demo`` preset until
-           issue 25: about 90 s for 60,000 Fashion-MNIST images on 2 cores, but EM crafted the
-           same way beats MI-UE with this surrogate at every budget the effectiveness study tried.
+           size) and 5 PGD steps per image (25 in all), fp32.
 ``demo``   the ResNet-8 surrogate (``resnet-small``) at 50 PGD steps per image: 5 rounds of 79
            surrogate SGD steps (one epoch of 20,000 images at batch 256) and 10 PGD steps, α from
-           1/255 to 2/255, bf16 autocast where the CPU (or GPU) has native bf16. The cheapest
-           point of the study's cost-effectiveness frontier that was measured against EM
-           (docs/effectiveness.md); about 2.5 min for 10,000 Fashion-MNIST images on 2 cores.
+           1/255 to 2/255, bf16 autocast where the CPU (or GPU) has native bf16.
 ``cpu``    the same surrogate at 200 PGD steps per image (20 rounds, α from 0.5/255 to
-           1/255), bf16 where native: the strongest MI-UE the CPU study measured, though EM
-           crafted the same way ties it within the crafting-seed spread (docs/effectiveness.md);
-           about 45-50 min per method for all 60,000 Fashion-MNIST images on 2 cores in bf16.
+           1/255), bf16 where native.
+
+What each costs and what it achieved: docs/crafting.md (presets) and docs/effectiveness.md.
 """
 
 from __future__ import annotations
@@ -103,7 +99,7 @@ class CraftConfig:
     extra: dict = field(default_factory=dict)
 
     def alpha(self, round_index: int) -> float:
-        """α_e = α_end + (E - e + 1)/E · (α_0 - α_end) for round e = 1..E (SPEC §3)."""
+        """α_e = α_end + (E - e + 1)/E · (α_0 - α_end) for round e = 1..E (docs/crafting.md)."""
         E, e = self.rounds, round_index
         return self.alpha_end + (E - e + 1) / E * (self.alpha_start - self.alpha_end)
 

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference implementations (the oracle; SPEC §2).
+"""Pure-PyTorch reference implementations (the oracle; docs/ops.md).
 
 Each function here is the ``reference`` backend of one ``miue::`` op and has the same
 signature as its counterparts in :mod:`miue._cpp` (C++/CUDA) and :mod:`miue.kernels`
@@ -51,7 +51,7 @@ def _class_mask(labels: torch.Tensor, inv_norm: torch.Tensor, num_classes: int):
 
 
 def grouped_normalize(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    """(z [input dtype], inv_norm, class_sum [C, D], class_count [C] int64); SPEC §2.1."""
+    """(z [input dtype], inv_norm, class_sum [C, D], class_count [C] int64); docs/ops.md."""
     z, inv = _normalize(features)
     counted = _class_mask(labels, inv, num_classes)
     idx = torch.where(counted, labels, torch.zeros_like(labels)).long()
@@ -66,7 +66,7 @@ def grouped_normalize(features: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def supcon_fwd(features: torch.Tensor, labels: torch.Tensor, temperature: float, eps: float):
-    """(loss, z, inv_norm, P, N); SPEC §2.2.
+    """(loss, z, inv_norm, P, N); docs/ops.md.
 
     ``P_i`` sums e_ij over the positives (same label, i included) and ``N_i`` over the
     negatives, so ``A_i = P_i + N_i``; both rescaled by exp(-M_i/τ). Keeping N apart avoids
@@ -118,7 +118,7 @@ def _pairs(class_count: torch.Tensor) -> torch.Tensor:
 
 
 def intra_class_fwd(features: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    """(loss, z, inv_norm, class_sum, class_count); SPEC §2.3."""
+    """(loss, z, inv_norm, class_sum, class_count); docs/ops.md."""
     z, inv, class_sum, class_count = grouped_normalize(features, labels, num_classes)
     pairs = _pairs(class_count)
     total = (class_sum * class_sum).sum() - class_count.sum().to(class_sum.dtype)
@@ -143,7 +143,7 @@ def intra_class_bwd(grad, z, inv_norm, class_sum, class_count, labels):
 
 def _clean_as(clean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if clean.dtype == torch.uint8:
-        # value / 255 as a true division (not a multiplication by 1/255): SPEC §2.4
+        # value / 255 as a true division (not a multiplication by 1/255): docs/ops.md
         return clean.to(dtype) / torch.full((), 255.0, dtype=dtype, device=clean.device)
     return clean.to(dtype)
 

@@ -1,5 +1,5 @@
 """Training-free availability poisons: perturbations drawn from a class-structured generator,
-with no surrogate network (SPEC §4's shortcut baselines).
+with no surrogate network (docs/crafting.md: shortcut baselines).
 
 ``ar``   autoregressive noise (Sandoval-Segura et al., NeurIPS 2022): each class owns a
          random 3×3 causal AR filter per channel; every image draws its own noise from its

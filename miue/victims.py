@@ -1,4 +1,4 @@
-"""Measuring unlearnability (SPEC §4): train a fresh victim on released images, report its
+"""Measuring unlearnability (docs/crafting.md): train a fresh victim on released images, report its
 clean test accuracy (lower = more unlearnable) next to the same victim trained on clean data.
 
 :func:`evaluate` trains one victim. Presets:

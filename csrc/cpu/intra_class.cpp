@@ -1,4 +1,4 @@
-// intra_class_cosine_loss on the CPU (SPEC §2.3): O(B·D), no B×B term.
+// intra_class_cosine_loss on the CPU (docs/ops.md): O(B·D), no B×B term.
 // Reference: miue/reference.py::intra_class_fwd / intra_class_bwd.
 #include "common.h"
 

@@ -1,4 +1,4 @@
-// grouped_normalize on the CPU (SPEC §2.1), plus the row-normalisation and per-class-sum
+// grouped_normalize on the CPU (docs/ops.md), plus the row-normalisation and per-class-sum
 // helpers the loss kernels share. Reference: miue/reference.py::grouped_normalize.
 #include <cmath>
 #include <vector>

@@ -1,4 +1,4 @@
-// pgd_linf_step_ and project_linf_ on the CPU (SPEC §2.4): one pass over delta, grad, clean.
+// pgd_linf_step_ and project_linf_ on the CPU (docs/ops.md): one pass over delta, grad, clean.
 // Bitwise equal to the fp32 formula (fp64 for an fp64 delta). Reference: miue/reference.py.
 #include <algorithm>
 #include <type_traits>

@@ -1,4 +1,4 @@
-// intra_class_cosine_loss on CUDA (SPEC §2.3): O(B·D), no B×B term. Same outputs and
+// intra_class_cosine_loss on CUDA (docs/ops.md): O(B·D), no B×B term. Same outputs and
 // conventions as csrc/cpu/intra_class.cpp; oracle: miue/reference.py::intra_class_fwd / _bwd.
 //
 // forward:  z, inv_norm and the float64 class sums/counts (normalize.cu), then the loss

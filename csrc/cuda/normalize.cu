@@ -1,4 +1,4 @@
-// grouped_normalize on CUDA (SPEC §2.1), plus the row-normalisation and per-class-sum helpers
+// grouped_normalize on CUDA (docs/ops.md), plus the row-normalisation and per-class-sum helpers
 // the CUDA loss ops share. Same outputs as csrc/cpu/normalize.cpp; oracle:
 // miue/reference.py::grouped_normalize.
 //

@@ -1,4 +1,4 @@
-// pgd_linf_step_ and project_linf_ on CUDA (SPEC §2.4): one elementwise pass over delta, grad
+// pgd_linf_step_ and project_linf_ on CUDA (docs/ops.md): one elementwise pass over delta, grad
 // and clean, walked as flat arrays (they share one dense layout). Bitwise equal to
 // csrc/cpu/pgd.cpp (fp32 math, fp64 for an fp64 delta); oracle: miue/reference.py.
 //

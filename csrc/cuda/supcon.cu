@@ -1,4 +1,4 @@
-// supcon_loss on CUDA (SPEC §2.2). Same outputs and conventions as csrc/cpu/supcon.cpp;
+// supcon_loss on CUDA (docs/ops.md). Same outputs and conventions as csrc/cpu/supcon.cpp;
 // oracle: miue/reference.py::supcon_fwd / supcon_bwd.
 //
 // The B×B logits are never held whole: rows are processed in blocks of about 16M logits.
@@ -110,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fw
   check_cuda(features_in, features_in, "features");
   check_cuda(labels_in, features_in, "labels");
   const c10::cuda::CUDAGuard guard(features_in.device());
-  const at::NoTF32Guard no_tf32;  // IEEE fp32 Grams (SPEC §2.5 accuracy)
+  const at::NoTF32Guard no_tf32;  // IEEE fp32 Grams (the accuracy contract of docs/ops.md)
   const auto features = features_in.contiguous();
   const auto labels = labels_in.contiguous();
   const int64_t B = features.size(0);

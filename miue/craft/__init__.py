@@ -1,4 +1,4 @@
-"""The MI-UE crafting engine: :func:`craft_fast` (SPEC §3).
+"""The MI-UE crafting engine: :func:`craft_fast` (docs/crafting.md).
 
 Where things are:
 

@@ -1,4 +1,4 @@
-"""The crafting engine: one process's share of a run, and what happens in one round (SPEC §3).
+"""The crafting engine: one process's share of a run, and what happens in one round (docs/crafting.md).
 
 Round e = 1..E (:meth:`Engine.run_round`):
   1. train the surrogate with cross-entropy on clamp(flip(x) + δ, 0, 1) (the flip is applied

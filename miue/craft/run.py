@@ -62,7 +62,7 @@ def craft_fast(
         N×C×H×W, any channel count; or a torch Dataset yielding (image, label).
     labels: integer labels (N); optional with a Dataset.
     eps: L∞ budget in [0, 1] units (8/255 by default).
-    preset: "paper" (SPEC §3 exactly), "fast" (paper + bf16/channels_last/compile/CUDA
+    preset: "paper" (docs/crafting.md exactly), "fast" (paper + bf16/channels_last/compile/CUDA
         graphs on CUDA), "demo" (ResNet-8 surrogate, 50 PGD steps per image, bf16: minutes on
         a CPU), "cpu" (the same surrogate at 200 steps: the strongest CPU configuration
         measured) or "cnn" (a small CNN at 25 steps: the cheapest; EM beats MI-UE with it).
