@@ -47,6 +47,8 @@ def as_nchw_uint8_or_float(images, name: str = "images") -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{name} have a zero-size channel, height or width: shape {tuple(x.shape)} (N×C×H×W)")
     if x.dtype == torch.uint8:
         return x.contiguous()
     if not x.is_floating_point():

@@ -356,6 +356,10 @@ def pgd_linf_step_(
     """
     V.check_pgd_args(delta, clean, grad)
     step_size = _scalar(step_size, "step_size", delta.device, nonnegative=False)
+    if delta.dtype != torch.float64 and step_size.device.type == "cpu" and not V._is_compiling() \
+            and abs(float(step_size)) > torch.finfo(torch.float32).max:
+        # the step is taken in fp32 for a non-fp64 delta: it would be inf, and inf * sign(0) NaN
+        raise ValueError(f"step_size must fit in float32 for a {delta.dtype} delta, got {float(step_size)!r}")
     eps = _scalar(eps, "eps", delta.device, nonnegative=True)
     lo, hi = V.check_box(lo, hi)
     name = resolve_backend(backend, delta.device)
