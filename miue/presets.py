@@ -22,7 +22,7 @@ What each costs and what it achieved: docs/crafting.md (presets) and docs/effect
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from miue.objectives import NAMES as OBJECTIVES  # noqa: F401  (the registry: miue/objectives.py)
 from miue.objectives import RECIPES, TRAINING_FREE, recipe_values  # noqa: F401
@@ -96,7 +96,6 @@ class CraftConfig:
     backend: str | None = None
     checkpoint_every: int = 1
     num_classes: int = 0
-    extra: dict = field(default_factory=dict)
 
     def alpha(self, round_index: int) -> float:
         """α_e = α_end + (E - e + 1)/E · (α_0 - α_end) for round e = 1..E (docs/crafting.md)."""

@@ -119,7 +119,6 @@ MEANING = {
  "backend": "force an ops backend (None: automatic)",
  "checkpoint_every": "checkpoint every k rounds",
  "num_classes": "class count (0: from the labels)",
- "extra": "free-form extra settings recorded with the run",
 }
 
 
