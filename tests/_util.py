@@ -4,6 +4,25 @@ from __future__ import annotations
 
 import torch
 
+CPU = torch.device("cpu")
+
+
+def cpu_backends(include_reference: bool = False) -> list[str]:
+    """The backends that run on CPU tensors here (triton: under TRITON_INTERPRET=1, which
+    tests/conftest.py sets where torch sees no GPU)."""
+    from miue._backend import backend_supports
+
+    names = ["reference"] if include_reference else []
+    return names + [b for b in ("cpp", "triton") if backend_supports(b, CPU)]
+
+
+def cuda_backends() -> list[str]:
+    from miue._backend import backend_supports
+
+    if not torch.cuda.is_available():
+        return []
+    return [b for b in ("reference", "cpp", "triton") if backend_supports(b, torch.device("cuda"))]
+
 
 def make_features(B, D, *, num_classes, seed, dtype=torch.float32, spread=1.0, null_rows=(), layout="contiguous",
                   label_dtype=torch.int64, labels="random"):

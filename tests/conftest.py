@@ -31,20 +31,6 @@ settings.register_profile("dev", max_examples=200, deadline=None, suppress_healt
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 import miue  # noqa: E402
-from miue._backend import backend_supports  # noqa: E402
-
-CPU = torch.device("cpu")
-
-
-def cpu_backends(include_reference: bool = False) -> list[str]:
-    names = ["reference"] if include_reference else []
-    return names + [b for b in ("cpp", "triton") if backend_supports(b, CPU)]
-
-
-def cuda_backends() -> list[str]:
-    if not torch.cuda.is_available():
-        return []
-    return [b for b in ("reference", "cpp", "triton") if backend_supports(b, torch.device("cuda"))]
 
 
 def pytest_report_header(config):

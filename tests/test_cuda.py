@@ -24,7 +24,7 @@ import miue
 from miue import reference as R
 
 from _util import grad_floor, intra_dz_bound, make_features, supcon_dz_bound
-from conftest import cuda_backends
+from _util import cuda_backends
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

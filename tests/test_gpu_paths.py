@@ -15,7 +15,7 @@ import miue
 from miue import _backend
 
 from _util import loss_and_grad, make_features, rel_err
-from conftest import cpu_backends
+from _util import cpu_backends
 
 CPU = torch.device("cpu")
 TRITON = "triton" in cpu_backends() and _backend.triton_interpret()

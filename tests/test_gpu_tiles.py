@@ -28,7 +28,7 @@ import miue
 from miue import reference as R
 
 from _util import grad_floor, intra_dz_bound, loss_and_grad, make_features, supcon_dz_bound
-from conftest import cpu_backends
+from _util import cpu_backends
 
 pytestmark = pytest.mark.skipif("triton" not in cpu_backends() or not miue._backend.triton_interpret(),
                                 reason="needs the triton backend under TRITON_INTERPRET=1")

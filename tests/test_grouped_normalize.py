@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import miue
 
 from _util import cases_for, make_features
-from conftest import cpu_backends
+from _util import cpu_backends
 
 BACKENDS = cpu_backends()
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no compiled/triton CPU backend")

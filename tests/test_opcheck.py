@@ -8,7 +8,7 @@ import miue
 from miue import reference as R
 
 from _util import make_features
-from conftest import cpu_backends
+from _util import cpu_backends
 
 BACKENDS = cpu_backends(include_reference=True)
 ops = torch.ops.miue

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import miue
 
-from conftest import cpu_backends
+from _util import cpu_backends
 
 BACKENDS = cpu_backends(include_reference=True)
 

@@ -18,7 +18,7 @@ import miue
 from miue import reference as R
 
 from _util import cases_for, grad_floor, loss_and_grad, make_features, rel_err, supcon_dz_bound
-from conftest import cpu_backends
+from _util import cpu_backends
 
 BACKENDS = cpu_backends()
 pytestmark = pytest.mark.skipif(not BACKENDS, reason="no compiled/triton CPU backend")
