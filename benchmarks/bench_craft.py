@@ -54,6 +54,16 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from baseline_official import official_round  # noqa: E402
 
 
+def _write(out: dict, args, to_markdown) -> None:
+    """The results as JSON (``--json``) and as a Markdown table (``--md``), where asked."""
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    if args.md:
+        with open(args.md, "w") as fh:
+            fh.write(to_markdown(out))
+
+
 def synthetic_cifar(n=50_000, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
@@ -261,12 +271,7 @@ def capture_check(args, device, meta):
     out = {"meta": {**meta, "mode": "capture-check", "n": n}, "results": rows}
 
     def save():  # after every run, so that a run cut short still leaves the earlier ones
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(out, fh, indent=1)
-        if args.md:
-            with open(args.md, "w") as fh:
-                fh.write(capture_markdown(out))
+        _write(out, args, capture_markdown)
 
     class Failures(logging.Handler):
         def __init__(self):
@@ -476,12 +481,7 @@ def main(argv=None):
             print(f"224px N={n}: peak {r['peak_mib']:.0f} MiB", flush=True)
         meta["profile"] = profile_pgd(*synthetic_cifar(4096), device, "fast")
     out = {"meta": meta, "results": rows}
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(markdown(out))
+    _write(out, args, markdown)
     return out
 
 
