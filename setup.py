@@ -37,7 +37,7 @@ import sys
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-BUILD_INFO = "_build_info.json"  # read by miue/_extension.py
+BUILD_INFO = "_build_info.json"  # read by miue/ops/_extension.py
 
 
 def _flag(name):
@@ -251,7 +251,7 @@ def _first_line(exc, limit=300):
 if __name__ == "__main__":  # setuptools' build backend runs this file as __main__
     ext_modules, cmdclass = _ext_modules()
     setup(
-        packages=["miue", "miue.craft", "miue.kernels"],
+        packages=["miue", "miue.ops", "miue.craft", "miue.kernels"],
         package_dir={"miue": "miue", "miue.kernels": "kernels"},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

@@ -7,7 +7,7 @@ Traits of the official implementation that this reproduces:
     on the host and flips it (per sample, in __getitem__); δ held as an fp32 tensor and
     added after the flip;
   * torch.cuda.empty_cache() after every training step;
-  * the loss through the B×B×D broadcast of F.cosine_similarity (miue.reference.official_supcon_loss);
+  * the loss through the B×B×D broadcast of F.cosine_similarity (miue.ops.reference.official_supcon_loss);
   * the PGD update as separate eager ops on ``delta.data``.
 It computes the same thing as miue's paper preset (same model, schedule, losses); its
 loss values agree with miue's on the same inputs and weights (checked by bench_craft.py).
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from miue.reference import official_supcon_loss
+from miue.ops.reference import official_supcon_loss
 
 
 class PoisonDataset(Dataset):

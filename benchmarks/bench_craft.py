@@ -198,7 +198,7 @@ def bf16_peak_tflops(device):
 
 def loss_agreement(images, labels, device, arch):
     """The baseline's loss and miue's on the same features (same inputs and weights)."""
-    from miue.reference import official_supcon_loss
+    from miue.ops.reference import official_supcon_loss
 
     C = int(labels.max()) + 1
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 Variants per op (where they apply):
   official  the formulation of the official MI-UE code (B×B×D cosine broadcast; separate eager PGD ops)
-  eager     a well-written eager PyTorch version (miue.reference.eager_supcon_loss, ...)
+  eager     a well-written eager PyTorch version (miue.ops.reference.eager_supcon_loss, ...)
   compile   torch.compile of the eager version
   triton    miue, triton backend
   cpp       miue, cpp backend (C++/OpenMP on CPU, CUDA kernels on GPU)
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import miue
-from miue import reference as R
+from miue.ops import reference as R
 
 
 # --------------------------------------------------------------------------- timing
@@ -309,7 +309,7 @@ def run(args):
     on_gpu = device.type == "cuda"
     allowed = set(args.variants.split(",")) if args.variants else (
         {"official", "eager", "compile", "triton", "cpp"} if on_gpu else {"official", "eager", "cpp"})
-    allowed &= {"official", "eager", "compile"} | set(v for v in ("triton", "cpp") if miue._backend.backend_supports(v, device))
+    allowed &= {"official", "eager", "compile"} | set(v for v in ("triton", "cpp") if miue.ops._backend.backend_supports(v, device))
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or platform.machine(),

@@ -267,7 +267,7 @@ try:  # from the source tree (the working directory): on a fresh machine the bui
     with warnings.catch_warnings():  # (no extension yet on a fresh machine: said below, in one line)
         warnings.simplefilter("ignore")
         import miue
-        from miue._extension import build_info, extension_status
+        from miue.ops._extension import build_info, extension_status
         backends = miue.available_backends()
     print("miue", miue.__version__, "imports, from", os.path.dirname(miue.__file__))
     print("miue backends now:", backends, "| extension:", extension_status()[:160])
@@ -302,8 +302,8 @@ check_extension() {  # the installed extension: loads, and (on a GPU) carries CU
 import os, sys
 import torch
 import miue
-from miue._backend import backend_supports
-from miue._extension import build_info, cpp_has_cuda, extension_status
+from miue.ops._backend import backend_supports
+from miue.ops._extension import build_info, cpp_has_cuda, extension_status
 gpu = os.environ.get("HAS_GPU") == "1"
 print("backends:", miue.available_backends(), "| extension:", extension_status(), "| build info:", build_info())
 problems = []

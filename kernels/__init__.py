@@ -7,7 +7,7 @@ One file per op family, each with its kernels and launchers:
 ``intra_class.py``  the intra-class cosine loss, forward and backward
 ``pgd.py``          the fused L∞ PGD step and projection
 
-The functions exported here have the signatures of :mod:`miue.reference`. They run on CUDA
+The functions exported here have the signatures of :mod:`miue.ops.reference`. They run on CUDA
 tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` is set before triton is imported.
 """
 

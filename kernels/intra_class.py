@@ -1,6 +1,6 @@
 """Triton kernels: the intra-class cosine loss (docs/ops.md), O(B·D).
 
-Reference: ``miue.reference.intra_class_fwd`` / ``intra_class_bwd``. The forward reuses the
+Reference: ``miue.ops.reference.intra_class_fwd`` / ``intra_class_bwd``. The forward reuses the
 normalisation and deterministic per-class sums of :mod:`.normalize`; the loss
 -(Σ_c ‖S_c‖² - n_c)/P is formed on the device in float64 (it cancels when the mean cosine is
 near 0). ``_intra_bwd_kernel``: program per block of rows,

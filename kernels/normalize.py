@@ -1,6 +1,6 @@
 """Triton kernels: row normalisation and per-class sums (docs/ops.md).
 
-Reference: ``miue.reference.grouped_normalize``. Launchers at the bottom.
+Reference: ``miue.ops.reference.grouped_normalize``. Launchers at the bottom.
 
 ``_normalize_kernel``     one program per block of rows: sum of squares in fp32, then
                           z = f / ‖f‖ (input dtype) and inv_norm (fp32); null rows -> 0.

@@ -1,6 +1,6 @@
 """Triton kernels: the fused L∞ PGD step and projection (docs/ops.md).
 
-Reference: ``miue.reference.pgd_linf_step_`` / ``project_linf_``. One read of delta, grad and
+Reference: ``miue.ops.reference.pgd_linf_step_`` / ``project_linf_``. One read of delta, grad and
 clean and one write of delta per element; the three tensors share one dense layout and are
 walked as flat arrays. Computed in fp32 (fp64 for an fp64 delta) and bitwise equal to
 

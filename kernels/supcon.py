@@ -1,6 +1,6 @@
 """Triton kernels: the MI-UE supervised-contrastive loss (docs/ops.md), forward and backward.
 
-Reference: ``miue.reference.supcon_fwd`` / ``supcon_bwd``. Launchers at the bottom.
+Reference: ``miue.ops.reference.supcon_fwd`` / ``supcon_bwd``. Launchers at the bottom.
 
 Nothing B×B is written to memory: each program holds a BLOCK_M×BLOCK_N tile of logits in
 registers (its Gram accumulated over D by ``tl.dot``; IEEE fp32 for fp32 inputs, tensor
@@ -210,7 +210,7 @@ def _project_kernel(acc_ptr, z_ptr, inv_ptr, g_ptr, out_ptr, B, D, coef_scale,
 
 
 def supcon_fwd(features: torch.Tensor, labels: torch.Tensor, temperature: float, eps: float):
-    """(loss, z, inv_norm, P, N): see miue.reference.supcon_fwd."""
+    """(loss, z, inv_norm, P, N): see miue.ops.reference.supcon_fwd."""
     check_dtype(features)
     B, D = features.shape
     z, inv = normalize(features)
@@ -231,7 +231,7 @@ def supcon_fwd(features: torch.Tensor, labels: torch.Tensor, temperature: float,
 
 
 def supcon_bwd(grad, z, inv_norm, P, N, labels, temperature: float):
-    """dL/dfeatures: see miue.reference.supcon_bwd."""
+    """dL/dfeatures: see miue.ops.reference.supcon_bwd."""
     check_dtype(z, "z")
     B, D = z.shape
     z = z.contiguous()

@@ -8,10 +8,10 @@ the ``MIUE_BACKEND`` environment variable.
 
 import torch  # noqa: F401  (the compiled extension needs torch loaded first)
 
-from miue._backend import available_backends, resolve_backend, use_backend
-from miue._extension import load_extension
+from miue.ops._backend import available_backends, resolve_backend, use_backend
+from miue.ops._extension import load_extension
 from miue._malloc import tune_cpu_allocator
-from miue._validate import set_validation
+from miue.ops._validate import set_validation
 from miue.ops import grouped_normalize, intra_class_cosine_loss, pgd_linf_step_, project_linf_, supcon_loss
 
 from miue._version import __version__

@@ -31,7 +31,7 @@ def _cmd_info(args) -> int:
     import torch
 
     import miue
-    from miue._extension import cpp_has_cuda, extension_status
+    from miue.ops._extension import cpp_has_cuda, extension_status
 
     info = {
         "miue": miue.__version__,
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
     from miue.demo import NAMES as DEMO_NAMES
     from miue.models import ARCHS
-    from miue._backend import BACKENDS
+    from miue.ops._backend import BACKENDS
     from miue._quantize import ROUNDINGS
     from miue.craft.store import DELTA_DTYPES
     from miue.presets import OBJECTIVES, PRESETS, RECIPES

@@ -29,7 +29,7 @@ from miue import defenses as Dfn
 from miue.defenses import random_crop  # noqa: F401  (the victims' crop; re-exported)
 from miue._amp import resolve_amp
 from miue._malloc import tune_if_opted_in
-from miue._validate import class_labels
+from miue.ops._validate import class_labels
 from miue._imagedata import as_nchw_uint8_or_float
 from miue.models import ARCHS, build_model
 

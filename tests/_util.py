@@ -10,14 +10,14 @@ CPU = torch.device("cpu")
 def cpu_backends(include_reference: bool = False) -> list[str]:
     """The backends that run on CPU tensors here (triton: under TRITON_INTERPRET=1, which
     tests/conftest.py sets where torch sees no GPU)."""
-    from miue._backend import backend_supports
+    from miue.ops._backend import backend_supports
 
     names = ["reference"] if include_reference else []
     return names + [b for b in ("cpp", "triton") if backend_supports(b, CPU)]
 
 
 def cuda_backends() -> list[str]:
-    from miue._backend import backend_supports
+    from miue.ops._backend import backend_supports
 
     if not torch.cuda.is_available():
         return []

@@ -70,7 +70,7 @@ def _poison_triton_outputs():
     """Triton launchers allocate through miue.kernels._common.empty: make every new buffer
     NaN so that an element a kernel does not write fails the comparison."""
     try:
-        from miue._backend import _triton_importable
+        from miue.ops._backend import _triton_importable
 
         if not _triton_importable():
             yield

@@ -21,7 +21,7 @@ import sys
 import torch
 
 import miue
-from miue import reference as R
+from miue.ops import reference as R
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

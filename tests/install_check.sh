@@ -34,7 +34,7 @@ with warnings.catch_warnings(record=True) as caught:
 ours = [str(w.message) for w in caught if str(w.message).startswith("miue")]
 assert not ours, ours
 import torch
-from miue._extension import extension_status
+from miue.ops._extension import extension_status
 
 label = sys.argv[1]
 assert "site-packages" in miue.__file__, f"{label}: miue imported from {miue.__file__}, not the installation"

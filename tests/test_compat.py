@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import miue.compat as C
-from miue.reference import official_supcon_loss
+from miue.ops.reference import official_supcon_loss
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)

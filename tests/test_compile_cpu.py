@@ -86,7 +86,7 @@ def test_backend_choice_under_compile(monkeypatch):
     """What docs/ops.md promises (issue 39): under torch.compile a new ``backend=`` value runs
     the new backend, while ``use_backend()`` changed after the first compilation is not seen
     (resolve_backend is an assume_constant_result) until ``torch.compiler.reset()``."""
-    from miue import _cpp, reference
+    from miue.ops import _cpp, reference
 
     if "cpp" not in miue.available_backends():
         pytest.skip("needs the compiled extension")

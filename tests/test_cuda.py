@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import miue
-from miue import reference as R
+from miue.ops import reference as R
 
 from _util import grad_floor, intra_dz_bound, make_features, supcon_dz_bound
 from _util import cuda_backends
@@ -66,7 +66,7 @@ def test_triton_compiled_not_interpreted():
     machine code (cubin or PTX). tests/conftest.py sets TRITON_INTERPRET=1 only without a GPU."""
     import os
 
-    if not miue._backend._triton_importable():
+    if not miue.ops._backend._triton_importable():
         pytest.skip("triton is not installed")
     from triton.runtime.jit import JITFunction
 

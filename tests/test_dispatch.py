@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import miue
-from miue._backend import resolve_backend
+from miue.ops._backend import resolve_backend
 
 CPU = torch.device("cpu")
 HAS_CPP = "cpp" in miue.available_backends()
@@ -62,7 +62,7 @@ def test_unavailable_backend_is_a_clear_error(monkeypatch):
 
 def test_ops_route_to_the_chosen_backend(monkeypatch):
     calls = []
-    from miue import reference
+    from miue.ops import reference
 
     real = reference.supcon_fwd
 

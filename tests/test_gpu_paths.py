@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import miue
-from miue import _backend
+from miue.ops import _backend
 
 from _util import loss_and_grad, make_features, rel_err
 from _util import cpu_backends

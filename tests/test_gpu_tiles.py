@@ -25,12 +25,12 @@ import pytest
 import torch
 
 import miue
-from miue import reference as R
+from miue.ops import reference as R
 
 from _util import grad_floor, intra_dz_bound, loss_and_grad, make_features, supcon_dz_bound
 from _util import cpu_backends
 
-pytestmark = pytest.mark.skipif("triton" not in cpu_backends() or not miue._backend.triton_interpret(),
+pytestmark = pytest.mark.skipif("triton" not in cpu_backends() or not miue.ops._backend.triton_interpret(),
                                 reason="needs the triton backend under TRITON_INTERPRET=1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -104,12 +104,12 @@ def _import_without_extension(tmp_path, build_info=None):
     code = _HIDE_EXTENSION + f"""
 import importlib.util, json, warnings
 warnings.simplefilter("default")
-if len(sys.argv) > 1:  # miue._extension, loaded before miue, reading another build record
-    spec = importlib.util.spec_from_file_location("miue._extension", {os.path.join(ROOT, "miue", "_extension.py")!r})
+if len(sys.argv) > 1:  # miue.ops._extension, loaded before miue, reading another build record
+    spec = importlib.util.spec_from_file_location("miue.ops._extension", {os.path.join(ROOT, "miue", "ops", "_extension.py")!r})
     E = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(E)
     E.BUILD_INFO = sys.argv[1]
-    sys.modules["miue._extension"] = E
+    sys.modules["miue.ops._extension"] = E
 import miue
 import miue.ops  # a second import path through _backend: still one warning
 from miue.cli import main
@@ -151,7 +151,7 @@ def test_import_after_a_failed_build_gives_the_build_error(tmp_path):
 
 def test_loaded_extension_status():
     import miue
-    from miue._extension import extension_status
+    from miue.ops._extension import extension_status
 
     if "cpp" not in miue.available_backends():
         pytest.skip("the compiled extension is not built here")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import miue
-from miue import reference as R
+from miue.ops import reference as R
 
 from _util import make_features
 from _util import cpu_backends

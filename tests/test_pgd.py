@@ -1,6 +1,6 @@
 """pgd_linf_step_ and project_linf_ (SPEC §2.4): every backend bitwise equal to the formula.
 
-The formula is written here, independently of miue.reference, in fp32 eager ops:
+The formula is written here, independently of miue.ops.reference, in fp32 eager ops:
     d = clamp(delta - step·sign(grad), -eps, eps);  delta = clamp(clean + d, lo, hi) - clean
 with uint8 clean read as the fp32 division value / 255.
 """

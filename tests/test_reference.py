@@ -1,4 +1,4 @@
-"""The float64 oracle itself (miue.reference): against direct transcriptions of the
+"""The float64 oracle itself (miue.ops.reference): against direct transcriptions of the
 formulas in SPEC §2 and against autograd (gradcheck)."""
 
 import math
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch.autograd.gradcheck import GradcheckError
 
 import miue
-from miue import reference as R
+from miue.ops import reference as R
 
 from _util import make_features
 

@@ -4,7 +4,7 @@ Tolerances: fp32 within 1e-5 relative of the float64 reference for the loss and 
 gradient (‖Δg‖ ≤ 1e-5‖g‖), with absolute floors of 1e-7 (loss) and 1e-6 times the
 gradient's natural scale (tests/_util.py::grad_floor) for values that are exactly zero
 (B = 1, one class, D = 1). fp16/bf16: no worse than twice the
-error of the same-precision eager PyTorch version (miue.reference.eager_supcon_loss run in
+error of the same-precision eager PyTorch version (miue.ops.reference.eager_supcon_loss run in
 that dtype), plus 1e-5 (loss) or, for the gradient, what the dtype cannot represent
 (its smallest normal number per element).
 """
@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import miue
-from miue import reference as R
+from miue.ops import reference as R
 
 from _util import cases_for, grad_floor, loss_and_grad, make_features, rel_err, supcon_dz_bound
 from _util import cpu_backends

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from miue._imagedata import as_nchw_uint8_or_float  # noqa: F401  (re-exported by miue.craft)
-from miue._validate import class_labels
+from miue.ops._validate import class_labels
 
 log = logging.getLogger("miue.craft")
 

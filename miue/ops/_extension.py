@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # miue/, where miue._C is built
 BUILD_INFO = os.path.join(PACKAGE_DIR, "_build_info.json")
 
 

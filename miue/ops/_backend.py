@@ -2,7 +2,7 @@
 
 Three implementations stand behind every ``miue::`` op:
 
-``reference``  pure PyTorch (:mod:`miue.reference`), any device; the oracle.
+``reference``  pure PyTorch (:mod:`miue.ops.reference`), any device; the oracle.
 ``cpp``        the compiled extension ``miue._C`` (ops in the ``miue_C`` namespace):
                C++ CPU kernels, plus CUDA kernels when built with CUDA.
 ``triton``     Triton kernels (:mod:`miue.kernels`): CUDA tensors, or CPU tensors when
@@ -33,7 +33,7 @@ import warnings
 
 import torch
 
-from miue._extension import cpp_has_cuda, load_extension
+from miue.ops._extension import cpp_has_cuda, load_extension
 
 BACKENDS = ("reference", "cpp", "triton")
 AUTO = "auto"
@@ -159,11 +159,11 @@ def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtyp
 def implementation(name: str):
     """The module that implements the ops for backend ``name``."""
     if name == "reference":
-        from miue import reference
+        from miue.ops import reference
 
         return reference
     if name == "cpp":
-        from miue import _cpp
+        from miue.ops import _cpp
 
         return _cpp
     if name == "triton":

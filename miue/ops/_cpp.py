@@ -1,14 +1,14 @@
 """The ``cpp`` backend: thin adapters over the compiled ops ``torch.ops.miue_C.*``.
 
 Kernels live in ``csrc/cpu/*.cpp`` (CPU, OpenMP) and ``csrc/cuda/*.cu`` (CUDA); their
-schemas are in ``csrc/miue.cpp``. Signatures match :mod:`miue.reference`.
+schemas are in ``csrc/miue.cpp``. Signatures match :mod:`miue.ops.reference`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from miue._extension import load_extension
+from miue.ops._extension import load_extension
 
 load_extension()
 _ops = torch.ops.miue_C

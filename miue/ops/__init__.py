@@ -7,9 +7,13 @@ and (for the differentiable ones) a registered autograd formula, so it works und
 that runs it as its last (string) argument; the Python functions below validate their
 arguments, pick the backend (:func:`miue.resolve_backend`) and call the op.
 
-Where things live, per op ``X``: the oracle is ``miue.reference.X*``; the C++ kernels are
-``csrc/cpu/X.cpp`` and ``csrc/cuda/X.cu``; the Triton kernels are ``kernels/X.py``; the
-tests are ``tests/test_X.py``.
+This package holds the ops stack: the argument checks (``_validate``), the backend registry
+and dispatcher (``_backend``), the float64 oracle (``reference``), and the adapters of the
+compiled extension ``miue._C`` (``_extension`` loads it, ``_cpp`` calls it). The kernels stay
+where the project's layout puts them. Per op ``X``: the oracle is ``miue.ops.reference.X*``,
+the C++ kernels are ``csrc/cpu/X.cpp`` and ``csrc/cuda/X.cu`` (schemas in ``csrc/miue.cpp``),
+the Triton kernels are ``kernels/X.py`` (installed as ``miue.kernels``), and the tests are
+``tests/test_X.py``.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import contextlib
 import torch
 from torch import Tensor
 
-from miue import _validate as V
-from miue._backend import implementation, resolve_backend
-from miue.reference import acc_dtype
+from miue.ops import _validate as V
+from miue.ops._backend import implementation, resolve_backend
+from miue.ops.reference import acc_dtype
 
 def _kernel_region(t: Tensor):
     """Autocast off while a backend runs: the kernels take bf16/fp16 inputs and accumulate in

@@ -1,7 +1,7 @@
 """Pure-PyTorch reference implementations (the oracle; docs/ops.md).
 
 Each function here is the ``reference`` backend of one ``miue::`` op and has the same
-signature as its counterparts in :mod:`miue._cpp` (C++/CUDA) and :mod:`miue.kernels`
+signature as its counterparts in :mod:`miue.ops._cpp` (C++/CUDA) and :mod:`miue.kernels`
 (Triton). They run on any device and in any floating dtype; called on float64 inputs
 they are the float64 oracle the tests compare every backend against. They favour clarity
 over memory: ``supcon_*`` materialises the B×B logits (never B×B×D).
