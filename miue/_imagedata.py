@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from miue._labels import label_array
+
 CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: what a channel axis can hold
 
 
@@ -85,16 +87,14 @@ class ImageData:
         images, labels = np.asarray(self.images), np.asarray(self.labels)
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"ImageData {self.name!r}: images must be uint8 (N, C, H, W), got {images.dtype} {images.shape}")
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"ImageData {self.name!r}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
-        if len(labels) != len(images):
-            raise ValueError(f"ImageData {self.name!r}: {len(labels)} labels for {len(images)} images")
         self.classes = [str(c) for c in self.classes]
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.classes)):
-            raise ValueError(f"ImageData {self.name!r}: labels must lie in [0, {len(self.classes)}), "
-                             f"got [{labels.min()}, {labels.max()}]")
+        try:
+            labels = label_array(labels, "labels", n=len(images), of="images", num_classes=len(self.classes),
+                                 what="classes")
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"ImageData {self.name!r}: {exc}") from None
         self.images = np.ascontiguousarray(images)
-        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.labels)

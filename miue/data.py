@@ -47,27 +47,23 @@ _DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 
 from miue._imagedata import DatasetError, ImageData, image_layout  # noqa: E402  (defined there for miue.folder too)
+from miue._labels import label_array  # noqa: E402
 
 
 # --------------------------------------------------------------------------- shared checks
 
 
 def _check_labels(labels, n: int, where: str, num_classes: int | None = None) -> np.ndarray:
-    """Labels as int64 ``(n,)``: integer valued, >= 0, one per image (and < num_classes if given)."""
+    """A file's labels as int64 ``(n,)`` under the one label rule (:mod:`miue._labels`), or a
+    DatasetError naming the file. A stored (N, 1) or (1, N) vector is a file format's
+    layout (MATLAB), flattened here before the rule runs."""
     labels = np.asarray(labels)
-    if labels.ndim == 2 and 1 in labels.shape:  # (N, 1) or (1, N) column/row vectors
+    if labels.ndim == 2 and 1 in labels.shape:
         labels = labels.reshape(-1)
-    if labels.ndim != 1:
-        raise DatasetError(f"{where}: labels must be 1-D, got shape {labels.shape}")
-    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
-        raise DatasetError(f"{where}: labels must be integers, got dtype {labels.dtype}")
-    if len(labels) != n:
-        raise DatasetError(f"{where}: {len(labels)} labels for {n} images (expected one label per image)")
-    if n and labels.min() < 0:
-        raise DatasetError(f"{where}: labels must be >= 0, found {labels.min()}")
-    if num_classes is not None and n and labels.max() >= num_classes:
-        raise DatasetError(f"{where}: label {labels.max()} out of range for {num_classes} classes")
-    return labels.astype(np.int64)
+    try:
+        return label_array(labels, "labels", n=n, of="images", num_classes=num_classes, what="classes")
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{where}: {exc}") from None
 
 
 def _nonempty(images: np.ndarray, where: str) -> None:

@@ -18,7 +18,7 @@ with no surrogate network (docs/crafting.md: shortcut baselines).
          apart by nothing); that one pixel is set in every image of the class. It ignores ε.
 
 Every function is deterministic for its seed and returns float32 tensors; the released uint8
-images are made by :func:`miue.craft.release` (L∞ methods never leave ε) or, for ``ops``,
+images are made by :func:`miue.craft.quantize_images` (L∞ methods never leave ε) or, for ``ops``,
 by :func:`ops_images`.
 """
 
@@ -26,16 +26,21 @@ from __future__ import annotations
 
 import torch
 
+from miue._labels import class_labels
+
 SHORTCUTS = ("ar", "lsp", "ops")
 
 
-def _check(labels: torch.Tensor, shape, eps: float | None):
-    if labels.dim() != 1 or labels.numel() == 0:
-        raise ValueError(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
+def _check(labels, shape, eps: float | None) -> torch.Tensor:
+    """The labels under the one label rule (miue/_labels.py), non-empty; the image shape and eps."""
+    labels = class_labels(labels, "labels")
+    if labels.numel() == 0:
+        raise ValueError("labels must not be empty")
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"shape must be (C, H, W) with positive sizes, got {tuple(shape)}")
     if eps is not None and not (0 < eps <= 1):
         raise ValueError(f"eps must lie in (0, 1], got {eps}")
+    return labels
 
 
 def ar_filters(num_classes: int, channels: int, seed: int = 0, max_gain: float = 1e3) -> torch.Tensor:
@@ -77,8 +82,7 @@ def _ar_process(b: torch.Tensor, init: torch.Tensor) -> torch.Tensor:
 
 def ar_noise(labels: torch.Tensor, shape, eps: float, seed: int = 0, filters: torch.Tensor | None = None) -> torch.Tensor:
     """δ for every image (N, C, H, W), |δ| ≤ eps, from its class's AR process."""
-    labels = torch.as_tensor(labels).long().reshape(-1)
-    _check(labels, shape, eps)
+    labels = _check(labels, shape, eps)
     C, H, W = shape
     K = int(labels.max()) + 1
     b = ar_filters(K, C, seed) if filters is None else filters.double()
@@ -98,8 +102,7 @@ def lsp_noise(labels: torch.Tensor, shape, eps: float, seed: int = 0, grid: int 
     """δ for every image (N, C, H, W), |δ| ≤ eps: patch-constant, linearly separable by class."""
     from sklearn.datasets import make_classification
 
-    labels = torch.as_tensor(labels).long().reshape(-1)
-    _check(labels, shape, eps)
+    labels = _check(labels, shape, eps)
     C, H, W = shape
     K = int(labels.max()) + 1
     p_h, p_w = -(-H // grid), -(-W // grid)
@@ -127,9 +130,9 @@ def ops_pixels(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     """Per class: the (row, col) position and the extreme colour (C values, each 0 or 1) of its
     one-pixel shortcut. images: N×C×H×W uint8 or float in [0, 1]."""
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    labels = torch.as_tensor(labels).long().reshape(-1)
-    if x.dim() != 4 or x.shape[0] != labels.numel():
-        raise ValueError(f"images must be N×C×H×W with one label each, got {tuple(x.shape)} and {labels.numel()} labels")
+    if x.dim() != 4:
+        raise ValueError(f"images must be N×C×H×W, got shape {tuple(x.shape)}")
+    labels = class_labels(labels, "labels", n=x.shape[0], of="images")
     N, C, H, W = x.shape
     K = int(labels.max()) + 1
     if C > 10:
@@ -162,7 +165,7 @@ def ops_images(images: torch.Tensor, labels: torch.Tensor, pos=None, col=None) -
     """The released uint8 images with each class's one pixel set (N×C×H×W uint8 in, out)."""
     if images.dtype != torch.uint8:
         raise TypeError(f"ops_images expects uint8 images, got {images.dtype}")
-    labels = torch.as_tensor(labels).long().reshape(-1)
+    labels = class_labels(labels, "labels", n=images.shape[0], of="images")
     if pos is None or col is None:
         pos, col = ops_pixels(images, labels)
     out = images.clone()

@@ -29,7 +29,7 @@ from miue import defenses as Dfn
 from miue.defenses import random_crop  # noqa: F401  (the victims' crop; re-exported)
 from miue._amp import resolve_amp
 from miue._malloc import tune_if_opted_in
-from miue.ops._validate import class_labels
+from miue._labels import class_labels
 from miue._imagedata import as_nchw_uint8_or_float
 from miue.models import ARCHS, build_model
 
@@ -169,13 +169,9 @@ def evaluate(
     channels_last = bool(channels_last) if channels_last is not None else device.type == "cpu"
 
     x_train = _to_uint8(as_nchw_uint8_or_float(train_images, "train_images"))
-    y_train = class_labels(train_labels, "train_labels")
+    y_train = class_labels(train_labels, "train_labels", n=x_train.shape[0], of="train_images")
     x_test = _to_uint8(as_nchw_uint8_or_float(test_images, "test_images"))
-    y_test = class_labels(test_labels, "test_labels")
-    if y_train.shape[0] != x_train.shape[0]:
-        raise ValueError(f"train_labels has {y_train.shape[0]} entries but train_images has {x_train.shape[0]}")
-    if y_test.shape[0] != x_test.shape[0]:
-        raise ValueError(f"test_labels has {y_test.shape[0]} entries but test_images has {x_test.shape[0]}")
+    y_test = class_labels(test_labels, "test_labels", n=x_test.shape[0], of="test_images")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(f"test_images {tuple(x_test.shape[1:])} differ in shape from train_images "
                          f"{tuple(x_train.shape[1:])}")
@@ -190,9 +186,6 @@ def evaluate(
         x_train = torch.where(poisoned.view(-1, 1, 1, 1), x_train, x_clean)
     if x_train.shape[0] == 0 or x_test.shape[0] == 0:
         raise ValueError("train_images and test_images must not be empty")
-    for name, y in (("train_labels", y_train), ("test_labels", y_test)):
-        if y.min().item() < 0:
-            raise ValueError(f"{name} must be >= 0, found {y.min().item()}")
     highest = max(y_train.max().item(), y_test.max().item())
     C = num_classes or int(highest) + 1
     if highest >= C:

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import miue
-from miue import _amp, reference
+from miue import _amp
+from miue.ops import reference
 from miue.craft import craft_fast
 
 native = pytest.mark.skipif(not _amp.cpu_bf16_supported(), reason="this CPU has no native bf16")

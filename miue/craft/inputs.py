@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from miue._imagedata import as_nchw_uint8_or_float  # noqa: F401  (re-exported by miue.craft)
-from miue.ops._validate import class_labels
+from miue._labels import class_labels
 
 log = logging.getLogger("miue.craft")
 
@@ -46,11 +46,7 @@ def prepare_inputs(images, labels, num_classes: int | None):
         x = as_nchw_uint8_or_float(images)
     if labels is None:
         raise ValueError("labels are required (or pass a Dataset yielding (image, label))")
-    y = class_labels(labels, "labels")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"labels has {y.shape[0]} entries but images has {x.shape[0]}")
-    if y.min().item() < 0:
-        raise ValueError(f"labels must be >= 0, found {y.min().item()}")
+    y = class_labels(labels, "labels", n=x.shape[0], of="images")
     inferred = int(y.max().item()) + 1
     if num_classes is None or num_classes == 0:
         num_classes = inferred

@@ -15,9 +15,9 @@ import os
 
 import torch
 
-_state = {"validate": os.environ.get("MIUE_VALIDATE", "1").lower() not in ("0", "false", "no", "off")}
+from miue._labels import check_label_meta, label_range_message
 
-_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+_state = {"validate": os.environ.get("MIUE_VALIDATE", "1").lower() not in ("0", "false", "no", "off")}
 
 
 def set_validation(enabled: bool) -> bool:
@@ -60,16 +60,10 @@ def check_features(features, *, min_rows: int = 0) -> torch.Tensor:
 
 
 def check_labels(labels, features: torch.Tensor) -> torch.Tensor:
-    """Labels: 1-D integer tensor of length B on the features' device; returned as int32/int64."""
+    """Labels: 1-D integer tensor of length B on the features' device (the rule of
+    :mod:`miue._labels`, metadata only); returned as int32/int64."""
     check_tensor(labels, "labels")
-    if labels.dtype == torch.bool or labels.dtype not in _INT_DTYPES:
-        raise TypeError(f"labels must be an integer tensor (int32 or int64), got dtype {labels.dtype}")
-    if labels.dim() != 1:
-        raise ValueError(f"labels must be a 1-D tensor, got shape {tuple(labels.shape)}")
-    if labels.shape[0] != features.shape[0]:
-        raise ValueError(
-            f"labels has {labels.shape[0]} entries but features has {features.shape[0]} rows (B must match)"
-        )
+    check_label_meta("labels", labels.dtype, labels.shape, features.shape[0], of="features")
     if labels.device != features.device:
         raise ValueError(f"labels are on {labels.device} but features are on {features.device}; move them to one device")
     if labels.dtype not in (torch.int32, torch.int64):
@@ -77,23 +71,6 @@ def check_labels(labels, features: torch.Tensor) -> torch.Tensor:
     # the kernels index labels as a dense array: a strided view (targets[:, 0]) or an expanded
     # tensor (stride 0) is copied here, once for every backend
     return labels.contiguous()
-
-
-def class_labels(labels, name: str = "labels") -> torch.Tensor:
-    """Class labels given as a tensor, an array or a list, as a flat int64 CPU tensor: the one
-    conversion of the crafting inputs and the victims. Strings, objects, floats and booleans
-    are refused by ``name`` (torch's own conversion error names no argument); the range and
-    length are the caller's to check."""
-    if not isinstance(labels, torch.Tensor):
-        import numpy as np
-
-        arr = np.asarray(labels)
-        if arr.dtype.kind not in "iu":  # strings, objects, floats, booleans: not class indices
-            raise TypeError(f"{name} must be integers, got an array of {arr.dtype}")
-        labels = torch.as_tensor(arr)
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"{name} must be integers, got dtype {labels.dtype}")
-    return labels.cpu().reshape(-1).long()
 
 
 def check_num_classes(num_classes) -> int:
@@ -111,11 +88,8 @@ def check_label_range(labels: torch.Tensor, num_classes: int, validate: bool | N
         return
     lo, hi = (int(v) for v in torch.aminmax(labels))
     if lo < 0 or hi >= num_classes:
-        bad = lo if lo < 0 else hi
-        raise ValueError(
-            f"labels must lie in [0, num_classes={num_classes}); found {bad}. "
-            "Pass validate=False to ignore such rows instead."
-        )
+        raise ValueError(label_range_message("labels", lo, hi, num_classes)
+                         + ". Pass validate=False to ignore such rows instead.")
 
 
 def check_positive(value, name: str) -> float:
