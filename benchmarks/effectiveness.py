@@ -268,7 +268,7 @@ class Study:
             return self.train.images
         if pid in self._poison_cache:
             return self._poison_cache[pid]
-        from miue.craft import CraftResult, craft_fast, release
+        from miue.craft import CraftResult, craft_fast, quantize_images
 
         path = os.path.join(self.cache, "poisons", pid.replace("/", "_") + ".npz")
         if os.path.exists(path):
@@ -290,7 +290,7 @@ class Study:
                 labels = torch.from_numpy(self.train.labels)
                 delta = pattern[labels]
                 clean = torch.from_numpy(self.train.images)
-                result = CraftResult(delta=delta, images=release(clean, delta, EPS), labels=labels,
+                result = CraftResult(delta=delta, images=quantize_images(clean, delta, EPS), labels=labels,
                                      config={"method": "ref-cw", "eps": EPS}, history=[])
             else:
                 # the surrogate's schedule is pinned here, not left to the preset's current default

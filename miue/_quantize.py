@@ -2,7 +2,7 @@
 
 A released pixel may move by at most ``eps_steps(eps)`` = floor(ε·255) units of 1/255 from its
 uint8 original (the 1e-6 absorbs ε = k/255 given as a float). :func:`quantize` is used by the
-crafting results (``miue.craft.release``), the int8 δ store and the native-size release.
+crafting results (``miue.craft.quantize_images``), the int8 δ store and the native-size release.
 """
 
 from __future__ import annotations

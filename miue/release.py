@@ -13,7 +13,7 @@ files, plus the run's ε, configuration and its hash, and every skipped source p
   ``resize="stretch"`` or without resizing; the central crop after the default resize), zero
   outside it, then added and rounded; every released pixel stays within ε of its original
   (bilinear interpolation of values in [-ε, ε] stays in [-ε, ε], and the step is clamped to
-  ±floor(ε·255) as in :func:`miue.craft.result.release`).
+  ±floor(ε·255) as in :func:`miue.craft.quantize_images`).
 
 Safety: the release never goes into the source tree (nor the source into it); an existing release
 or any other non-empty folder is refused unless ``overwrite=True``. Each PNG is written to a hidden

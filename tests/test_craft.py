@@ -1,4 +1,4 @@
-"""Tests of the crafting engine (miue.craft.craft_fast, CraftResult, release) and its files.
+"""Tests of the crafting engine (miue.craft.craft_fast, CraftResult, quantize_images) and its files.
 
 Everything runs on the CPU with tiny data (64-200 images of 1×12×12 or 3×8×8), the
 ``demo`` preset (a 16-wide CNN) or ``paper`` with ``arch="cnn-small"``, 1-4 rounds of 1-3
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 import miue.craft as craft_mod
 from miue._io import ResultFileError
-from miue.craft import CraftResult, craft_fast, release
+from miue.craft import CraftResult, craft_fast, quantize_images
 from miue.presets import OBJECTIVES, TRAINING_FREE
 
 EPS8 = 8 / 255
@@ -153,19 +153,29 @@ def test_release_trunc_differs_from_round(eps, kind):
     assert_result(r_trunc, clean, y, eps, rounding="trunc", box=True)
 
 
-def test_release_function_uint8_clamps_to_floor_eps():
+def test_old_release_name_warns_and_still_works():
+    import miue.craft
+
+    with pytest.warns(DeprecationWarning, match="quantize_images"):
+        old = miue.craft.release
+    assert old is quantize_images
+    with pytest.raises(AttributeError):
+        getattr(miue.craft, "no_such_name")  # noqa: B009
+
+
+def test_quantize_images_uint8_clamps_to_floor_eps():
     clean = torch.tensor([[[[0, 10, 250, 255]]]], dtype=torch.uint8)
     eps = 0.03  # eps·255 = 7.65: k = 7
     delta = torch.tensor([[[[0.03, 0.03, 0.03, -0.03]]]])
-    out = release(clean, delta, eps, "round")
+    out = quantize_images(clean, delta, eps, "round")
     assert out.tolist() == [[[[7, 17, 255, 248]]]]
-    out = release(clean, delta, eps, "trunc")
+    out = quantize_images(clean, delta, eps, "trunc")
     assert out.tolist() == [[[[7, 17, 255, 248]]]]
     d2 = torch.full((1, 1, 1, 4), 5.6 / 255)
-    assert release(clean, d2, EPS8, "round").tolist() == [[[[6, 16, 255, 255]]]]
-    assert release(clean, d2, EPS8, "trunc").tolist() == [[[[5, 15, 255, 255]]]]
+    assert quantize_images(clean, d2, EPS8, "round").tolist() == [[[[6, 16, 255, 255]]]]
+    assert quantize_images(clean, d2, EPS8, "trunc").tolist() == [[[[5, 15, 255, 255]]]]
     with pytest.raises(ValueError):
-        release(clean, delta, eps, "floor")
+        quantize_images(clean, delta, eps, "floor")
 
 
 # --------------------------------------------------------------------------- 2. determinism
@@ -733,14 +743,14 @@ def test_eps_on_the_uint8_grid_is_one_rule():
     """floor(ε·255) whole steps, ε = k/255 given as a float included (miue/_quantize.py); the
     crafting results' release is that quantisation."""
     from miue._quantize import eps_steps, quantize
-    from miue.craft import release
+    from miue.craft import quantize_images
 
     assert [eps_steps(k / 255) for k in range(0, 17)] == list(range(0, 17))
     assert eps_steps(8.5 / 255) == 8 and eps_steps(0.0) == 0
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8, generator=g)
     delta = (torch.rand(4, 3, 5, 5, generator=g) - 0.5) * 0.2
-    out = release(clean, delta, 8 / 255)
+    out = quantize_images(clean, delta, 8 / 255)
     assert torch.equal(out, quantize(clean, delta, 8 / 255))
     assert (out.int() - clean.int()).abs().max().item() <= 8
 

@@ -12,15 +12,26 @@ Where things are:
 ``checkpoint.py``   checkpoint files, resume checks, ``extend=True``
 ``interrupt.py``    Ctrl-C: finish the round, checkpoint, :class:`CraftInterrupted`
 ``distributed.py``  ranks, shards, the collectives a multi-process run needs
-``result.py``       :class:`CraftResult` (save/load/export) and :func:`release`
+``result.py``       :class:`CraftResult` (save/load/export) and :func:`quantize_images` (clean + δ
+                    on the uint8 grid; not to be confused with :mod:`miue.release`, which writes
+                    a released image tree)
 """
 
 from miue.craft.checkpoint import CHECKPOINT_NAME, METRICS_NAME
 from miue.craft.engine import Engine as _Engine  # noqa: F401  (tests patch miue.craft._Engine)
 from miue.craft.inputs import as_nchw_uint8_or_float, prepare_inputs
 from miue.craft.interrupt import CraftInterrupted
-from miue.craft.result import CraftResult, release
+from miue.craft.result import CraftResult, quantize_images
 from miue.craft.run import craft_fast
 
-__all__ = ["craft_fast", "CraftResult", "CraftInterrupted", "release", "as_nchw_uint8_or_float", "prepare_inputs",
-           "CHECKPOINT_NAME", "METRICS_NAME"]
+__all__ = ["craft_fast", "CraftResult", "CraftInterrupted", "quantize_images", "as_nchw_uint8_or_float",
+           "prepare_inputs", "CHECKPOINT_NAME", "METRICS_NAME"]
+
+
+def __getattr__(name):
+    if name == "release":  # the old name, easily confused with the module miue.release
+        import warnings
+
+        warnings.warn("miue.craft.release is renamed miue.craft.quantize_images", DeprecationWarning, stacklevel=2)
+        return quantize_images
+    raise AttributeError(f"module 'miue.craft' has no attribute {name!r}")

@@ -58,7 +58,7 @@ class CraftResult:
         return directory
 
 
-def release(clean: torch.Tensor, delta: torch.Tensor, eps: float, rounding: str = "round") -> torch.Tensor:
-    """Quantise clean + δ to uint8 (miue/_quantize.py, the one rule): for uint8 clean images the
+def quantize_images(clean: torch.Tensor, delta: torch.Tensor, eps: float, rounding: str = "round") -> torch.Tensor:
+    """The protected uint8 images: clean + δ quantised to uint8 (miue/_quantize.py, the one rule): for uint8 clean images the
     result stays within eps of them, the step in units of 1/255 clamped to ±floor(eps·255)."""
     return quantize(clean, delta, eps, rounding)

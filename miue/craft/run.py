@@ -20,7 +20,7 @@ from miue.craft.distributed import dist_info, gather_delta, shard
 from miue.craft.engine import Engine
 from miue.craft.inputs import prepare_inputs
 from miue.craft.interrupt import CraftInterrupted, GracefulInterrupt
-from miue.craft.result import CraftResult, release
+from miue.craft.result import CraftResult, quantize_images
 from miue.presets import OBJECTIVES, TRAINING_FREE, CraftConfig, make_config
 
 log = logging.getLogger("miue.craft")
@@ -150,7 +150,7 @@ def _training_free(cfg: CraftConfig, clean: torch.Tensor, y: torch.Tensor, ran: 
         make = shortcuts.ar_noise if cfg.objective == "ar" else shortcuts.lsp_noise
         delta = make(y, tuple(clean.shape[1:]), cfg.eps, seed=cfg.seed)
         ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
-        images = release(clean, delta, cfg.eps, cfg.release_rounding)
+        images = quantize_images(clean, delta, cfg.eps, cfg.release_rounding)
         extra = {"norm": "Linf"}
     config = {**cfg.to_dict(), **extra, "precision": "fp32"}
     return CraftResult(delta=delta, images=images, labels=y, history=[{"round": 1, "objective": cfg.objective}],
@@ -217,7 +217,7 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
         # clamped exactly to ±ε ((c + δ) - c may round a few ulps past ε)
         ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
     if not (cfg.storage == "disk" and not cfg.classwise):
-        images_out = release(clean, delta, cfg.eps, cfg.release_rounding)
+        images_out = quantize_images(clean, delta, cfg.eps, cfg.release_rounding)
     config = {**cfg.to_dict(), **(ran or {})}
     if cfg.cuda_graphs:  # asked for: say what ran ("captured", "failed (...)" or "not used")
         config["cuda_graphs_status"] = eng.graph_status or "not used (no full PGD batch, or a step that cannot be captured)"
@@ -249,7 +249,7 @@ def _finish_on_disk(store, clean: torch.Tensor, cfg: CraftConfig, directory: str
         c = clean[s:s + rows]
         ops.project_linf_(d, c, cfg.eps).clamp_(-cfg.eps, cfg.eps)
         delta[s:s + rows] = d
-        images[s:s + rows] = release(c, d, cfg.eps, cfg.release_rounding)
+        images[s:s + rows] = quantize_images(c, d, cfg.eps, cfg.release_rounding)
     return delta, images
 
 
