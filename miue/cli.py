@@ -111,42 +111,41 @@ def _init_distributed(device):
 def _cmd_craft(args) -> int:
     import miue
 
+    if args.native_size and not args.png_dir:
+        raise ValueError("--native-size applies to the released PNGs: pass --png-dir too")
+    opts = {}
+    if args.arch:
+        opts["arch"] = args.arch
+    if args.train_steps is not None:
+        opts["train_steps"] = args.train_steps
+    if args.amp is not None:
+        opts["amp"] = args.amp == "on"
+    craft_opts = dict(eps=args.eps, preset=args.preset, objective=args.objective, recipe=args.recipe,
+                      rounds=args.rounds, pgd_steps=args.pgd_steps, batch_size=args.batch_size, backend=args.backend,
+                      classwise=args.classwise, seed=args.seed, extend=args.extend,
+                      release_rounding=args.release_rounding, delta_dtype=args.delta_dtype, **opts)
+    from miue.data import image_folder_split, is_image_folder
+
+    if args.checkpoint_dir and is_image_folder(args.dataset) and not args.per_class and world_size() == 1:
+        # an image folder with a checkpoint directory is the data owner's job: protect() decodes it once
+        # into a memory-mapped cache there, keeps δ memory-mapped beside the checkpoints, and writes the
+        # mirrored release when --png-dir is given
+        from miue.protect import protect
+
+        summary = protect(image_folder_split(args.dataset, "train"), args.png_dir, work_dir=args.checkpoint_dir,
+                          checkpoint_dir=args.checkpoint_dir, result_path=args.out, device=args.device,
+                          native_size=args.native_size, overwrite=args.overwrite, progress=not args.quiet,
+                          **_folder_opts(args), **craft_opts)
+        if args.png_dir:
+            _print_release(args.png_dir, summary["n_files"], summary["n_skipped"])
+        _print_result(summary["result"], summary["n_images"], args, summary["last_round"])
+        return 0
+
     rank, device, started = _init_distributed(args.device)
     try:
-        disk = {}
-        from miue.data import image_folder_split, is_image_folder
-
-        if args.checkpoint_dir and is_image_folder(args.dataset) and not args.per_class and world_size() == 1:
-            # an image folder with a checkpoint directory: decoded once into a memory-mapped cache there,
-            # δ memory-mapped beside the checkpoints (host memory flat in N; reused on resume)
-            from miue.folder import cached_folder
-
-            data = cached_folder(image_folder_split(args.dataset, "train"), os.path.join(args.checkpoint_dir, "cache"),
-                                 progress=not args.quiet, **_folder_opts(args))
-            disk = {"storage": "disk", "num_classes": data.num_classes}
-            if data.source["skipped"]:
-                from miue.folder import skipped_summary
-
-                logging.getLogger("miue.data").warning("%s: %s", args.dataset, skipped_summary(data.source["skipped"]))
-        else:
-            data = _load(args.dataset, "train", args.per_class, args.seed, _folder_opts(args))
-        if args.native_size and not args.png_dir:
-            raise ValueError("--native-size applies to the released PNGs: pass --png-dir too")
-        opts = {}
-        if args.arch:
-            opts["arch"] = args.arch
-        if args.train_steps is not None:
-            opts["train_steps"] = args.train_steps
-        if args.amp is not None:
-            opts["amp"] = args.amp == "on"
-        result = miue.craft_fast(
-            data.images, data.labels, eps=args.eps, preset=args.preset, objective=args.objective, recipe=args.recipe,
-            rounds=args.rounds,
-            pgd_steps=args.pgd_steps, batch_size=args.batch_size, device=device, backend=args.backend,
-            classwise=args.classwise, seed=args.seed, checkpoint_dir=args.checkpoint_dir, extend=args.extend,
-            progress=not args.quiet and rank == 0, release_rounding=args.release_rounding, delta_dtype=args.delta_dtype,
-            **opts, **disk,
-        )
+        data = _load(args.dataset, "train", args.per_class, args.seed, _folder_opts(args))
+        result = miue.craft_fast(data.images, data.labels, device=device, checkpoint_dir=args.checkpoint_dir,
+                                 progress=not args.quiet and rank == 0, **craft_opts)
         if rank != 0:  # every rank holds the gathered result; rank 0 writes it
             return 0
         result.config["dataset"] = args.dataset
@@ -158,19 +157,26 @@ def _cmd_craft(args) -> int:
             m = write_release(args.png_dir, data.source, result.images, result.labels, data.classes, eps=args.eps,
                               config=result.config, delta=result.delta, native_size=args.native_size,
                               overwrite=args.overwrite, progress=not args.quiet)
-            print(f"wrote {m['n_files']} released images under {args.png_dir} (manifest.json"
-                  + (f"; {m['n_skipped']} source paths skipped, listed there" if m["n_skipped"] else "") + ")")
+            _print_release(args.png_dir, m["n_files"], m["n_skipped"])
         elif args.png_dir:
             result.export_png(args.png_dir, class_names=data.classes)
-        last = result.history[-1] if result.history else {}
-        print(f"wrote {path}: {len(result.labels)} images, eps {args.eps:.5f}, objective {args.objective}"
-              + (f", final objective loss {last['objective_loss']:.4f}" if "objective_loss" in last else ""))
+        _print_result(path, len(result.labels), args, result.history[-1] if result.history else {})
         return 0
     finally:
         if started:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def _print_release(png_dir: str, n_files: int, n_skipped: int) -> None:
+    print(f"wrote {n_files} released images under {png_dir} (manifest.json"
+          + (f"; {n_skipped} source paths skipped, listed there" if n_skipped else "") + ")")
+
+
+def _print_result(path: str, n: int, args, last: dict) -> None:
+    print(f"wrote {path}: {n} images, eps {args.eps:.5f}, objective {args.objective}"
+          + (f", final objective loss {last['objective_loss']:.4f}" if "objective_loss" in last else ""))
 
 
 def _cmd_protect(args) -> int:

@@ -432,6 +432,32 @@ def test_craft_png_dir_mirrors_folder(tmp_path, capsys):
     assert "--png-dir" in capsys.readouterr().err
 
 
+def test_craft_folder_with_checkpoint_dir_and_png_dir_is_protect(tmp_path, monkeypatch):
+    """`miue craft FOLDER --checkpoint-dir D --png-dir P` is `protect(FOLDER, P, work_dir=D)`:
+    the same call, and the same released files as `miue protect` with that work folder."""
+    import miue.protect
+    from miue.cli import main
+
+    src = tmp_path / "photos"
+    _photos(src)
+    common = ["--image-size", "16", "--preset", "cnn", "--rounds", "1", "--pgd-steps", "1", "--quiet"]
+    calls = []
+    real = miue.protect.protect
+    monkeypatch.setattr(miue.protect, "protect", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    ck, out = tmp_path / "ck", str(tmp_path / "png")
+    assert main(["craft", str(src), "--out", str(tmp_path / "a.npz"), "--checkpoint-dir", str(ck), "--png-dir", out,
+                 *common]) == 0
+    (args, kw), = calls
+    assert args == (str(src), out) and kw["work_dir"] == kw["checkpoint_dir"] == str(ck)
+    assert (ck / "delta.bin").exists()  # the checkpoints stay in the given directory
+    monkeypatch.undo()
+    assert main(["protect", str(src), str(tmp_path / "png2"), "--work-dir", str(tmp_path / "w2"), *common]) == 0
+    m1, m2 = (json.load(open(os.path.join(d, MANIFEST))) for d in (out, str(tmp_path / "png2")))
+    assert [r["sha256_released"] for r in m1["files"]] == [r["sha256_released"] for r in m2["files"]]
+    with pytest.raises(ValueError, match="result_path"):  # no release and no result: nothing would be kept
+        real(str(src), None, work_dir=str(ck))
+
+
 def test_craft_folder_with_checkpoint_dir_uses_the_disk_cache(tmp_path):
     from miue.cli import main
     from miue.craft import CraftResult
