@@ -63,65 +63,6 @@ Image folders of any size: `--image-size`, `--resize-only` and `--skip-bad` on `
 """
 
 
-MEANING = {
- "preset": "the preset the values came from",
- "objective": "what δ optimises (objectives table below); default `miue`",
- "eps": "L∞ budget in [0, 1] units (SPEC: 8/255)",
- "rounds": "rounds E: each trains the surrogate, then runs the PGD steps (official: 100)",
- "pgd_steps": "signed-gradient PGD steps on every δ per round (official: 10)",
- "pgd_batch_size": "PGD batch (official: 512)",
- "train_batch_size": "surrogate training batch (official: 128)",
- "train_epochs": "surrogate epochs per round when `train_steps` is 0 (official: 1)",
- "train_steps": "surrogate SGD steps per round (0: `train_epochs` epochs of the data)",
- "stop_train_acc": "an ablation's rule: stop once the surrogate's running train accuracy of a round reaches it "
-                   "(0: off; EM's published rule is `stop_eval_acc`)",
- "pgd_bn": "batch norm during PGD: `eval` (official) or `train`",
- "rem_eps": "REM's adversarial radius (0: ε/2, the REM paper's)",
- "rem_steps": "REM's inner PGD steps (the REM code: 7)",
- "recipe": "`published`: the objective's authors' recipe on the preset's surrogate (em, tap, rem, pil); `matched`: "
-           "its loss on the preset's schedule",
- "rem_step_size": "REM's ρ step (0: `rem_eps`/4; published: ε/10)",
- "schedule": "`rounds` (train, then PGD on every δ) or `per-batch` (REM's published loop)",
- "train_order": "`shuffle` (a fresh permutation per round) or `sequential` (one fixed order, a carried-over cursor)",
- "train_augment": "surrogate training augmentation: `flip` (as `flip` says), `none`, `crop-flip`, `shift-flip`",
- "attack_augment": "differentiable augmentation of x + δ in every PGD step (TAP: `shift-flip`)",
- "lr_schedule": "`cosine` (official), `constant`, `multistep` (epochs), `step` (training steps)",
- "lr_milestones": "`multistep` milestones in surrogate epochs",
- "lr_gamma": "`multistep`/`step` factor",
- "lr_step_every": "`step`: training steps between decays",
- "nesterov": "Nesterov momentum",
- "grad_clip": "clip the surrogate's gradient norm (0: off)",
- "stop_eval_acc": "EM's published stop: end once the eval-mode surrogate classifies more than this of the poisoned "
-                  "set after a PGD pass (0: off)",
- "input_norm": "the surrogate's input normalisation: `imagenet` (official), `cifar`, `half`, `none`",
- "delta_init": "`zero` (official), `uniform` or `normal` in the ε ball",
- "restarts": "attacks after training: best of this many random starts per PGD batch",
- "eot_samples": "REM's published loop: augmentations per δ step",
- "pil_lambda": "PIL: weight of CE(f(−δ), y) against KL(U ‖ f(x + δ))",
- "arch": "surrogate architecture (official: ResNet-18)",
- "lr": "surrogate SGD learning rate (official: 0.1)",
- "momentum": "SGD momentum (official: 0.9)",
- "weight_decay": "SGD weight decay (official: 1e-4)",
- "lr_min": "end of the cosine schedule (official: 1e-6)",
- "alpha_start": "PGD step α in round 1 (official: 0.2/255)",
- "alpha_end": "α approached in round E (official: 4/(255·`pgd_steps`), 0.4/255 at 10 steps)",
- "temperature": "supcon τ (official: 0.1)",
- "flip": "post-augmentation horizontal flips (official: on)",
- "classwise": "one δ per class",
- "amp": "bf16 autocast of the surrogate where native",
- "channels_last": "channels_last memory format",
- "compile": "`torch.compile` of the surrogate",
- "cuda_graphs": "CUDA graph of the PGD step (CUDA only)",
- "delta_dtype": "how δ is stored: float32, float16, int8 (1/255 units)",
- "storage": "where images and δ live: auto, device, host (streamed), disk (memory-mapped δ)",
- "release_rounding": "uint8 release: round, or trunc (the official code)",
- "seed": "seed of every random choice",
- "backend": "force an ops backend (None: automatic)",
- "checkpoint_every": "checkpoint every k rounds",
- "num_classes": "class count (0: from the labels)",
-}
-
-
 def _fmt(v) -> str:
     """A value as the table shows it: on/off, fractions of 1/255 for small multiples of it."""
     if isinstance(v, bool):
@@ -138,7 +79,8 @@ def _fmt(v) -> str:
 
 
 def config_table() -> str:
-    """Markdown table: every CraftConfig field, its value in each preset, its meaning."""
+    """Markdown table: every CraftConfig field, its value in each preset, and its meaning (the
+    field's own documentation, ``doc`` in its metadata: miue/presets.py)."""
     import dataclasses
 
     from miue.presets import PRESETS, CraftConfig, make_config
@@ -147,7 +89,7 @@ def config_table() -> str:
     rows = ["| field | " + " | ".join(f"`{p}`" for p in PRESETS) + " | meaning (source value) |",
             "|---|" + "---|" * len(PRESETS) + "---|"]
     for f in dataclasses.fields(CraftConfig):
-        rows.append(f"| `{f.name}` | " + " | ".join(_fmt(cfgs[p][f.name]) for p in PRESETS) + f" | {MEANING[f.name]} |")
+        rows.append(f"| `{f.name}` | " + " | ".join(_fmt(cfgs[p][f.name]) for p in PRESETS) + f" | {f.metadata['doc']} |")
     return "\n".join(rows)
 
 

@@ -116,13 +116,7 @@ class Engine:
         self.train_passes = 1 if cfg.train_steps > 0 else cfg.train_epochs  # train_epoch() calls per round
         self.train_images_per_round = (self.train_steps * self.train_bs * world if cfg.train_steps > 0
                                        else n_global * cfg.train_epochs)
-        if cfg.pgd_bn not in ("eval", "train"):
-            raise ValueError(f"pgd_bn must be 'eval' or 'train', got {cfg.pgd_bn!r}")
-        if cfg.train_steps < 0 or not (0 <= cfg.stop_train_acc <= 1):
-            raise ValueError(f"train_steps must be >= 0 and stop_train_acc in [0, 1], got {cfg.train_steps!r}, "
-                             f"{cfg.stop_train_acc!r}")
-        self.obj = objectives.get(cfg.objective)
-        _check_schedule(cfg)
+        self.obj = objectives.get(cfg.objective)  # cfg's values were checked where it was made (CraftConfig)
         self.cursor = 0  # train_order="sequential": the next position in the fixed order; per-batch: the step
         self._order = None  # train_order="sequential": the run's fixed order, drawn on first use
         self._epoch_perm = (None, None)  # per-batch: (epoch, its permutation)
@@ -141,8 +135,6 @@ class Engine:
         disk = cfg.storage == "disk" and not cfg.classwise
         delta0 = torch.empty((self.N,) + shape, device="meta") if disk else torch.zeros((0 if cfg.classwise else self.N,) + shape)
         bytes_needed = clean.numel() * clean.element_size() + delta0.numel() * 4
-        if cfg.storage not in ("auto", "device", "host", "disk"):
-            raise ValueError(f"storage must be 'auto', 'device', 'host' or 'disk', got {cfg.storage!r}")
         resident = cfg.storage == "device" or (cfg.storage == "auto" and fits_on_device(bytes_needed, device))
         if not resident and cfg.storage != "disk":
             log.info("dataset does not fit on %s: streaming batches from pinned host memory", device)
@@ -691,38 +683,3 @@ class Engine:
 
 def _one(_epoch):
     return 1.0
-
-
-SCHEDULE_CHOICES = {
-    "schedule": ("rounds", "per-batch"), "train_order": ("shuffle", "sequential"),
-    "train_augment": ("flip", "none", "crop-flip", "shift-flip"), "attack_augment": ("none", "crop-flip", "shift-flip"),
-    "lr_schedule": ("cosine", "constant", "multistep", "step"), "input_norm": ("imagenet", "cifar", "half", "none"),
-    "delta_init": ("zero", "uniform", "normal"),
-}
-
-
-def _check_schedule(cfg: CraftConfig) -> None:
-    """The recipe fields' choices and ranges (a clear error naming the field)."""
-    for name, choices in SCHEDULE_CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise ValueError(f"{name} must be one of {choices}, got {getattr(cfg, name)!r}")
-    for name in ("grad_clip", "stop_eval_acc", "rem_step_size", "lr_gamma"):
-        v = getattr(cfg, name)
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-    if cfg.stop_eval_acc > 1:
-        raise ValueError(f"stop_eval_acc must lie in [0, 1], got {cfg.stop_eval_acc!r}")
-    for name in ("restarts", "eot_samples"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if cfg.lr_schedule == "step" and cfg.lr_step_every < 1:
-        raise ValueError(f"lr_schedule='step' needs lr_step_every >= 1, got {cfg.lr_step_every!r}")
-    if cfg.schedule == "per-batch" and not objectives.get(cfg.objective).inner_max:
-        raise ValueError(f"schedule='per-batch' is REM's published loop (an inner maximisation); objective "
-                         f"{cfg.objective!r} runs in rounds")
-    if cfg.delta_dtype == "int8":
-        small = [a for a in (cfg.alpha_start, cfg.alpha_end) if 0 < a < 1 / 255 - 1e-12]
-        if small:
-            raise ValueError(f"delta_dtype='int8' stores δ in units of 1/255 and would round a PGD step of "
-                             f"{min(small) * 255:.3g}/255 away every batch: use float16/float32, or steps >= 1/255")

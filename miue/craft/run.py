@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import numbers
 
 import torch
 import torch.nn as nn
@@ -21,7 +19,7 @@ from miue.craft.engine import Engine
 from miue.craft.inputs import prepare_inputs
 from miue.craft.interrupt import CraftInterrupted, GracefulInterrupt
 from miue.craft.result import CraftResult, quantize_images
-from miue.presets import OBJECTIVES, TRAINING_FREE, CraftConfig, make_config
+from miue.presets import TRAINING_FREE, CraftConfig, check_field, make_config
 
 log = logging.getLogger("miue.craft")
 
@@ -64,8 +62,8 @@ def craft_fast(
     eps: L∞ budget in [0, 1] units (8/255 by default).
     preset: "paper" (docs/crafting.md exactly), "fast" (paper + bf16/channels_last/compile/CUDA
         graphs on CUDA), "demo" (ResNet-8 surrogate, 50 PGD steps per image, bf16: minutes on
-        a CPU), "cpu" (the same surrogate at 200 steps: the strongest CPU configuration
-        measured) or "cnn" (a small CNN at 25 steps: the cheapest; EM beats MI-UE with it).
+        a CPU), "cpu" (the same surrogate at 200 steps) or "cnn" (a small CNN at 25 steps:
+        the cheapest). What each achieved: docs/effectiveness.md.
         See miue/presets.py.
     objective: "miue" (supcon loss), "miue-linear" (intra-class cosine loss), "em"
         (error-minimising cross-entropy), "tap" (targeted adversarial poisoning: a surrogate
@@ -90,34 +88,26 @@ def craft_fast(
         refusing it: the α and learning-rate schedules follow the new total from the
         checkpoint's round on, and ``result.config["schedule_changes"]`` records where.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    # every crafting setting is checked once, where the configuration is made (CraftConfig.check);
+    # here only what is not configuration: the batch size's two names, extend, the device, the data
     if "pgd_batch_size" in options:  # the CraftConfig field behind batch_size: accepted under either name
         if batch_size is not None:
             raise TypeError("give the PGD batch once: batch_size or pgd_batch_size, not both")
         batch_size = options.pop("pgd_batch_size")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not (0 < eps <= 1):
-        raise ValueError(f"eps must be a number in (0, 1], got {eps!r}")
-    for name, v in (("rounds", rounds), ("pgd_steps", pgd_steps), ("batch_size", batch_size),
-                    ("train_batch_size", train_batch_size), ("checkpoint_every", checkpoint_every)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if delta_dtype is not None and delta_dtype not in ("float32", "float16", "int8"):
-        raise ValueError(f"delta_dtype must be 'float32', 'float16' or 'int8', got {delta_dtype!r}")
     if not isinstance(extend, bool):
         raise TypeError(f"extend must be True or False, got {extend!r}")
-    if release_rounding not in ("round", "trunc"):
-        raise ValueError(f"release_rounding must be 'round' or 'trunc', got {release_rounding!r}")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    clean, y, C = prepare_inputs(images, labels, num_classes)
+    for name, value in (("eps", eps), ("objective", objective), ("recipe", recipe), ("classwise", classwise),
+                        ("release_rounding", release_rounding), ("seed", seed), ("checkpoint_every", checkpoint_every)):
+        if value is None:  # make_config reads None as "the preset's value"; these arguments have no such default
+            check_field(name, value)
     cfg = make_config(
-        preset, objective=objective, recipe=recipe, eps=float(eps), rounds=rounds, pgd_steps=pgd_steps, pgd_batch_size=batch_size,
+        preset, objective=objective, recipe=recipe, eps=eps, rounds=rounds, pgd_steps=pgd_steps, pgd_batch_size=batch_size,
         train_batch_size=train_batch_size, amp=amp, channels_last=channels_last, compile=compile,
         cuda_graphs=cuda_graphs, classwise=classwise, delta_dtype=delta_dtype, release_rounding=release_rounding,
-        seed=seed, backend=backend, checkpoint_every=checkpoint_every, num_classes=C, **options,
+        seed=seed, backend=backend, checkpoint_every=checkpoint_every, num_classes=num_classes or 0, **options,
     )
-    if cfg.delta_dtype == "int8" and cfg.eps * 255 > 127:
-        raise ValueError("delta_dtype='int8' holds |δ| ≤ 127/255; use float16/float32 for a larger eps")
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clean, y, cfg.num_classes = prepare_inputs(images, labels, num_classes)
     if device.type != "cuda":  # CUDA graphs are CUDA-only (channels_last helps oneDNN too)
         cfg.cuda_graphs = False
     # bf16 autocast: on CUDA, and on CPUs with native bf16 (AMX / avx512_bf16); else fp32, logged once

@@ -8,8 +8,9 @@ import os
 import numpy as np
 import torch
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
-DELTA_DTYPES = tuple(_DTYPES)  # delta_dtype choices (CraftConfig, CLI)
+from miue.presets import DELTA_DTYPES  # the choices of CraftConfig.delta_dtype (and the CLI)
+
+_DTYPES = dict(zip(DELTA_DTYPES, (torch.float32, torch.float16, torch.int8), strict=True))
 
 
 def file_tensor(path: str, shape: tuple, dtype: torch.dtype, fresh: bool) -> torch.Tensor:
