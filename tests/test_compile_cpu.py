@@ -13,6 +13,9 @@ preset's path) on the CPU with inductor, against the eager engine.
   absolute difference to stay below 1% of ε. (Measured here: see the assertion messages.)
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -80,6 +83,29 @@ def test_craft_compile_matches_eager():
     for he, hc in zip(eager.history, compiled.history):
         for key in ("objective_loss", "train_loss"):
             assert abs(he[key] - hc[key]) <= 1e-3 * abs(he[key]) + 1e-5, (key, he[key], hc[key])
+
+
+def test_resolve_backend_is_marked_constant_as_torch_marks_it():
+    """miue.ops._backend marks resolve_backend without importing torch._dynamo (import time):
+    the mark must be the one torch.compiler.assume_constant_result gives on this torch."""
+    from miue.ops._backend import _constant_result, resolve_backend
+
+    def f():
+        return 0
+
+    def g():
+        return 0
+
+    marked = torch.compiler.assume_constant_result(f)
+    ours = _constant_result(g)
+    torch_marks = {k: v for k, v in vars(marked).items()}
+    assert torch_marks and torch_marks == {k: v for k, v in vars(ours).items()}
+    assert {k: v for k, v in vars(resolve_backend).items() if k in torch_marks} == torch_marks
+
+
+def test_import_miue_leaves_dynamo_unloaded():
+    code = "import sys, miue; assert 'torch._dynamo' not in sys.modules, 'import miue imported torch._dynamo'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_backend_choice_under_compile(monkeypatch):

@@ -29,6 +29,7 @@ import contextvars
 import functools
 import importlib.util
 import os
+import sys
 import warnings
 
 import torch
@@ -124,6 +125,16 @@ def supports_dtype(name: str, dtype: torch.dtype | None) -> bool:
     return dtype is None or allowed is None or dtype in allowed
 
 
+def _constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing torch._dynamo (a third of
+    ``import miue``'s time) when nothing has imported it yet: the mark is the attribute that
+    function sets (torch 2.1 to 2.14; tests/test_compile_cpu.py checks it on the installed torch)."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 def _auto(device: torch.device, dtype: torch.dtype | None = None) -> str:
     order = ("triton", "cpp", "reference") if device.type == "cuda" else ("cpp", "reference")
     for name in order:
@@ -132,7 +143,7 @@ def _auto(device: torch.device, dtype: torch.dtype | None = None) -> str:
     return "reference"
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtype | None = None) -> str:
     """The concrete backend an op on ``device`` runs with (see the module docstring);
     ``dtype``: the features' dtype of a loss op (the auto choice skips backends without it;
