@@ -81,17 +81,12 @@ def _load(dataset: str, split: str, subset: int | None, seed: int, folder_opts: 
     return data
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _init_distributed(device):
+def _init_distributed(device, world: int):
     """Under torchrun (WORLD_SIZE > 1): start the default process group (NCCL on GPUs, gloo
     on the CPU) and pick this rank's device. Returns (rank, device, started_here)."""
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or not dist.is_available():
         return 0, device, False
     started = False
@@ -126,7 +121,8 @@ def _cmd_craft(args) -> int:
                       release_rounding=args.release_rounding, delta_dtype=args.delta_dtype, **opts)
     from miue.data import image_folder_split, is_image_folder
 
-    if args.checkpoint_dir and is_image_folder(args.dataset) and not args.per_class and world_size() == 1:
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's
+    if args.checkpoint_dir and is_image_folder(args.dataset) and not args.per_class and world <= 1:
         # an image folder with a checkpoint directory is the data owner's job: protect() decodes it once
         # into a memory-mapped cache there, keeps δ memory-mapped beside the checkpoints, and writes the
         # mirrored release when --png-dir is given
@@ -141,7 +137,7 @@ def _cmd_craft(args) -> int:
         _print_result(summary["result"], summary["n_images"], args, summary["last_round"])
         return 0
 
-    rank, device, started = _init_distributed(args.device)
+    rank, device, started = _init_distributed(args.device, world)
     try:
         data = _load(args.dataset, "train", args.per_class, args.seed, _folder_opts(args))
         result = miue.craft_fast(data.images, data.labels, device=device, checkpoint_dir=args.checkpoint_dir,
