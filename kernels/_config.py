@@ -202,7 +202,7 @@ def launch(kernel, grid: tuple, args: tuple, meta: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def record_launches():
     """Collects ``(kernel, grid, args, meta)`` for every launch instead of running it (used by
-    benchmarks/aot_check.py with ``meta`` tensors: nothing is allocated or computed)."""
+    miue/aot.py with ``meta`` tensors: nothing is allocated or computed)."""
     global _RECORDING
     prev, _RECORDING = _RECORDING, []
     try:

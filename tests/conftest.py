@@ -42,22 +42,22 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _demo_preset_epoch_rounds(request):
+@pytest.fixture
+def epoch_rounds():
     """The CPU presets (``cnn``, ``demo``, ``cpu``) train their surrogate a fixed number of SGD
     steps per round whatever the data's size (235 or 79 steps of 256 images). On the 32- to
-    2,000-image sets of most tests that would be most of their run time and test nothing they
-    check, so they run the presets with one epoch per round (``train_steps=0``). Tests marked
-    ``demo_preset`` (the end-to-end check, the preset tests) get the presets as shipped;
-    spawned processes always do. Set and restored by hand, not with ``monkeypatch``: tests that
-    call ``monkeypatch.undo()`` keep it."""
+    2,000-image sets of the crafting tests that would be most of their run time and test nothing
+    they check, so those tests run the presets with one epoch per round (``train_steps=0``) and
+    ask for it: a module with ``pytestmark = pytest.mark.usefixtures("epoch_rounds")``, a test
+    with ``@pytest.mark.usefixtures("epoch_rounds")``. Tests that do not ask (the end-to-end
+    check, the preset tests) get the presets as shipped; spawned processes always do. Set and
+    restored by hand, not with ``monkeypatch``: tests that call ``monkeypatch.undo()`` keep it."""
     from miue.presets import PRESET_VALUES
 
     names = ("cnn", "demo", "cpu")
     shipped = {n: PRESET_VALUES[n]["train_steps"] for n in names}
-    if request.node.get_closest_marker("demo_preset") is None:
-        for n in names:
-            PRESET_VALUES[n]["train_steps"] = 0
+    for n in names:
+        PRESET_VALUES[n]["train_steps"] = 0
     try:
         yield
     finally:

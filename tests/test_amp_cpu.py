@@ -17,6 +17,8 @@ from miue import _amp
 from miue.ops import reference
 from miue.craft import craft_fast
 
+pytestmark = pytest.mark.usefixtures("epoch_rounds")  # the cpu presets with one surrogate epoch per round (conftest.py)
+
 native = pytest.mark.skipif(not _amp.cpu_bf16_supported(), reason="this CPU has no native bf16")
 
 

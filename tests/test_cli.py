@@ -21,6 +21,8 @@ from miue.cli import build_parser, main
 from miue.defenses import DEFENSES
 from miue.models import ARCHS
 
+pytestmark = pytest.mark.usefixtures("epoch_rounds")  # crafting tests: one epoch per round (conftest)
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread(one_thread):

@@ -25,6 +25,8 @@ from miue._io import ResultFileError
 from miue.craft import CraftResult, craft_fast, quantize_images
 from miue.presets import OBJECTIVES, TRAINING_FREE
 
+pytestmark = pytest.mark.usefixtures("epoch_rounds")  # the cpu presets with one surrogate epoch per round (conftest.py)
+
 EPS8 = 8 / 255
 
 

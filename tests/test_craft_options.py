@@ -34,6 +34,7 @@ class _Counting(nn.Module):
         return self.fc(self.body(x))
 
 
+@pytest.mark.usefixtures("epoch_rounds")
 def test_train_steps_fixes_surrogate_steps_per_round():
     x, y = _data(64)
     _Counting.train_calls = 0
@@ -50,7 +51,6 @@ def test_train_steps_fixes_surrogate_steps_per_round():
 
 
 @pytest.mark.slow
-@pytest.mark.demo_preset
 @pytest.mark.parametrize("n", [32, 96])
 def test_cnn_preset_budget_does_not_depend_on_the_data_size(n):
     """The shipped cnn preset (the demo preset before issue 25): 235 surrogate steps of 256
@@ -64,12 +64,14 @@ def test_cnn_preset_budget_does_not_depend_on_the_data_size(n):
     assert r.config["train_steps"] == 235 and r.config["train_batch_size"] == 256
 
 
+@pytest.mark.usefixtures("epoch_rounds")
 def test_tests_run_the_cpu_presets_with_epoch_rounds():
-    """conftest's default for unmarked tests (the ones above count on it)."""
+    """conftest's ``epoch_rounds`` fixture, for the tests that ask for it (the ones above count on it)."""
     assert make_config("cnn").train_steps == make_config("demo").train_steps == make_config("cpu").train_steps == 0
 
 
 
+@pytest.mark.usefixtures("epoch_rounds")
 def test_stop_train_acc_ends_crafting_and_resumes_stopped(tmp_path):
     x, y = _data(64)
     kw = dict(preset="cnn", rounds=3, pgd_steps=1, progress=False, device="cpu", stop_train_acc=1e-9,
@@ -81,6 +83,7 @@ def test_stop_train_acc_ends_crafting_and_resumes_stopped(tmp_path):
     assert len(again.history) == 1 and torch.equal(again.delta, r.delta)
 
 
+@pytest.mark.usefixtures("epoch_rounds")
 def test_pgd_bn_train_keeps_running_statistics():
     x, y = _data(64)
     cfg = make_config("cnn", rounds=1, pgd_steps=2, pgd_bn="train", num_classes=4)
@@ -104,6 +107,7 @@ def test_bad_options_are_named(bad):
         craft_fast(x, y, preset="cnn", rounds=1, progress=False, device="cpu", **bad)
 
 
+@pytest.mark.usefixtures("epoch_rounds")
 def test_pgd_batch_size_is_accepted_under_its_config_name():
     """The ablation `pgd_batch=1024` passes the CraftConfig field name; it must mean the same as
     batch_size (it used to clash with it inside craft_fast with a bare TypeError)."""

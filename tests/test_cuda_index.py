@@ -5,14 +5,15 @@ within CUDA's limits, that the first and last element / row of the grid are the 
 values (no wrap of a uint32 product), and that the kernels' launch geometry (csrc/cuda:
 256 threads, PGD 4 elements per thread, one warp per row) covers every element exactly once
 at the edges. Also: every <<<>>> launch in csrc/cuda is followed by
-C10_CUDA_KERNEL_LAUNCH_CHECK() (the static check of benchmarks/aot_check.py)."""
+C10_CUDA_KERNEL_LAUNCH_CHECK() (the static check of miue.aot, run by benchmarks/aot_check.py)."""
 
-import importlib.util
 import os
 import shutil
 import subprocess
 
 import pytest
+
+from miue import aot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CXX = shutil.which("g++") or shutil.which("c++")
@@ -87,9 +88,6 @@ def test_kernel_geometry_matches_the_sources():
 
 
 def test_every_launch_is_checked(tmp_path):
-    spec = importlib.util.spec_from_file_location("aot_check", os.path.join(ROOT, "benchmarks", "aot_check.py"))
-    aot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(aot)
     files = sorted(os.path.join(ROOT, "csrc", "cuda", f) for f in os.listdir(os.path.join(ROOT, "csrc", "cuda")) if f.endswith(".cu"))
     assert files
     assert aot.check_launches(files) == []

@@ -35,7 +35,7 @@ import torch
 from miue.craft import craft_fast
 from miue.demo import method_spec
 
-pytestmark = [pytest.mark.demo_preset, pytest.mark.slow]  # the preset as shipped (235 surrogate steps per round)
+pytestmark = pytest.mark.slow  # the preset as shipped (235 surrogate steps per round): no epoch_rounds fixture
 
 # method (an objective, with "-matched" for its loss on the preset's schedule) -> (victim preset,
 # minimum drop in accuracy points below the clean victim; measured drop)

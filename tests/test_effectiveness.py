@@ -261,7 +261,6 @@ def test_defenses_stage_follows_defenses_option_and_methods_filter():
         eff.main(["--defenses", "grayscale", "--out", "/nonexistent"])
 
 
-@pytest.mark.demo_preset
 def test_demo_and_cpu_presets_are_the_study_cells_they_are_named_after():
     """demo = the study's 50-step cell and cpu = its 200-step cell of the ResNet-8 surrogate in
     bf16: the same values as the runner's config for that cell, except the surrogate schedule

@@ -22,6 +22,8 @@ from miue.data import DatasetError, class_balanced_subset, load_dataset
 from miue.folder import Preprocess, cached_folder, decode_folder, scan_folder
 from miue.release import MANIFEST, MARKER, native_delta, release_paths, write_release
 
+pytestmark = pytest.mark.usefixtures("epoch_rounds")  # crafting tests: one epoch per round (conftest)
+
 RNG = np.random.default_rng(0)
 
 

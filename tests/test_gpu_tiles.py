@@ -14,17 +14,15 @@ widened to fp32 (the interpreter has no bf16 arithmetic); both must be no worse 
 the same-precision eager PyTorch error, and within 1e-3 (loss) / 3e-2 (gradient) relative.
 The PGD and normalisation configurations do not depend on the tile set; they run here too.
 
-The last tests check that the shapes benchmarks/aot_check.py compiles cover every GPU
+The last tests check that the shapes miue.aot compiles (benchmarks/aot_check.py) cover every GPU
 configuration the launchers can choose.
 """
-
-import importlib.util
-import os
 
 import pytest
 import torch
 
 import miue
+from miue import aot
 from miue.ops import reference as R
 
 from _util import grad_floor, intra_dz_bound, loss_and_grad, make_features, supcon_dz_bound
@@ -32,8 +30,6 @@ from _util import cpu_backends
 
 pytestmark = pytest.mark.skipif("triton" not in cpu_backends() or not miue.ops._backend.triton_interpret(),
                                 reason="needs the triton backend under TRITON_INTERPRET=1")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -166,13 +162,6 @@ def test_pgd_uint8_clean(gpu_tiles, delta_dtype):
 # --------------------------------------------------------------------------- aot coverage
 
 
-def _aot():
-    spec = importlib.util.spec_from_file_location("aot_check", os.path.join(ROOT, "benchmarks", "aot_check.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D", "IN_REGS")
 
 
@@ -182,11 +171,10 @@ def _tiles(cfg):
 
 def test_aot_shapes_cover_every_gpu_config():
     """Every tile configuration the supcon launchers choose on a GPU for B up to 65,536 and D
-    up to 4,096 is one that aot_check compiles (so a new threshold in _config without a
+    up to 4,096 is one that miue.aot compiles (so a new threshold in _config without a
     matching aot shape fails here)."""
     from miue.kernels import _config
 
-    aot = _aot()
     fwd_aot, bwd_aot = set(), set()
     for dt in aot.FEATURE_DTYPES:
         for B in aot.SUPCON_B:
@@ -211,11 +199,10 @@ def test_aot_shapes_cover_every_gpu_config():
 
 
 def test_aot_specialisation_of_arguments():
-    """aot_check types a launch's arguments as Triton's JIT does (pointers by dtype, i32/i64,
+    """miue.aot types a launch's arguments as Triton's JIT does (pointers by dtype, i32/i64,
     an int equal to 1 folded, multiples of 16 hinted)."""
     from miue.kernels import _config, pgd
 
-    aot = _aot()
     meta = lambda shape, dt: torch.empty(shape, dtype=dt, device="meta")  # noqa: E731
     n = 50_000 * 3 * 224 * 224
     with _config.record_launches() as launches:

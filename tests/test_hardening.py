@@ -36,6 +36,9 @@ import miue
 from miue._io import ResultFileError
 from miue.data import DatasetError, load_dataset
 
+# the cpu presets with one surrogate epoch per round (conftest.py); the spawned crafts below get them as shipped
+pytestmark = pytest.mark.usefixtures("epoch_rounds")
+
 CRAFT_SCRIPT = textwrap.dedent("""
     import sys, torch, miue
     torch.set_num_threads(1)

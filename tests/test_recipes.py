@@ -15,6 +15,8 @@ from miue import objectives
 from miue.craft.engine import Engine
 from miue.presets import PRESET_VALUES, CraftConfig, make_config
 
+pytestmark = pytest.mark.usefixtures("epoch_rounds")  # the cpu presets with one surrogate epoch per round (conftest.py)
+
 EPS = 8 / 255
 
 

@@ -6,6 +6,8 @@ import torch
 
 from miue import shortcuts as S
 
+pytestmark = pytest.mark.usefixtures("epoch_rounds")  # the cpu presets with one surrogate epoch per round (conftest.py)
+
 EPS = 8 / 255
 
 
