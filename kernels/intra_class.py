@@ -66,7 +66,7 @@ def intra_class_fwd(features: torch.Tensor, labels: torch.Tensor, num_classes: i
 def intra_class_bwd(grad, z, inv_norm, class_sum, class_count, labels):
     check_dtype(z, "z")
     B, D = z.shape
-    z = z.contiguous()
+    z, inv_norm, labels = z.contiguous(), inv_norm.contiguous(), labels.contiguous()  # indexed as dense arrays
     class_sum = class_sum.contiguous()
     pairs = _pairs(class_count)
     scale = torch.where(pairs > 0, -2.0 * grad.float() / pairs.clamp_min(1).float(), torch.zeros((), device=z.device))

@@ -32,10 +32,11 @@ def _normalize_kernel(
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    if I64:  # row * D past 2**31
-        rows = rows.to(tl.int64)
-    row_ok = rows < B
     cols = tl.arange(0, BLOCK_D)
+    if I64:  # row * D, or a column's offset c * stride_fd (column-major features), past 2**31
+        rows = rows.to(tl.int64)
+        cols = cols.to(tl.int64)
+    row_ok = rows < B
     sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         c = d0 + cols
@@ -67,8 +68,10 @@ def _segment_scan_kernel(
     k = tl.program_id(0)
     dblk = tl.program_id(1)
     pos = k * CHUNK + tl.arange(0, CHUNK)
-    if I64:
+    cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    if I64:  # pos * D, or cols * stride_fd (column-major features), past 2**31
         pos = pos.to(tl.int64)
+        cols = cols.to(tl.int64)
     ok = pos < B
     key = tl.load(key_ptr + pos, mask=ok, other=C)
     prev = tl.load(key_ptr + pos - 1, mask=ok & (pos > k * CHUNK), other=-1)
@@ -77,7 +80,6 @@ def _segment_scan_kernel(
     end = ok & (key != nxt) & (key < C)
     row = tl.load(order_ptr + pos, mask=ok, other=0)  # int64 (torch.sort's indices)
     inv = tl.load(inv_ptr + row, mask=ok, other=0.0)
-    cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
     x = tl.load(f_ptr + row[:, None] * stride_fb + cols[None, :] * stride_fd, mask=ok[:, None] & cm[None, :], other=0.0)
     z = x.to(tl.float32) * inv[:, None]
@@ -89,7 +91,7 @@ def _segment_scan_kernel(
 @triton.jit
 def _segment_sum_kernel(run_ptr, offsets_ptr, counts_ptr, sum_ptr, D, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr,
                         I64: tl.constexpr):
-    c = tl.program_id(0)
+    c = tl.program_id(0).to(tl.int64)  # c * D: C·D can pass 2**31 when B·D does not
     dblk = tl.program_id(1)
     cols = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
     cm = cols < D
@@ -127,6 +129,7 @@ def class_sums(features: torch.Tensor, inv: torch.Tensor, labels: torch.Tensor, 
     B, D = features.shape
     C = num_classes
     dev = features.device
+    inv = inv.contiguous()  # indexed as a dense array
     counted = (inv > 0) & (labels >= 0) & (labels < C)
     key = torch.where(counted, labels.long(), torch.full_like(labels, C, dtype=torch.int64))
     key_sorted, order = torch.sort(key, stable=True)

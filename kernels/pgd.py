@@ -12,8 +12,9 @@ device, and each is passed its own way: a device scalar is read by the kernel (s
 CUDA graph replays with the value the tensor holds at replay time); a CPU scalar is passed by
 value as fp32, or, for an fp64 delta on a GPU (a by-value float is fp32), written into a
 device scalar by a fill kernel (no host-to-device copy: that would be an unpinned transfer,
-refused or recorded from a freed host buffer inside a CUDA-graph capture). Nothing is copied
-between host and device here.
+refused or recorded from a freed host buffer inside a CUDA-graph capture). The box [lo, hi]
+goes by value (fp32), or, for an fp64 delta, through two fill kernels into delta's memory.
+Nothing is copied between host and device here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ._common import INTERP, cast_rne
 
 
 @triton.jit
-def _pgd_kernel(delta_ptr, grad_ptr, clean_ptr, step_ptr, eps_ptr, step_val, eps_val, lo, hi, n,
+def _pgd_kernel(delta_ptr, grad_ptr, clean_ptr, step_ptr, eps_ptr, bounds_ptr, step_val, eps_val, lo, hi, n,
                 DO_STEP: tl.constexpr, STEP_IN_MEMORY: tl.constexpr, EPS_IN_MEMORY: tl.constexpr,
                 CLEAN_U8: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -41,6 +42,9 @@ def _pgd_kernel(delta_ptr, grad_ptr, clean_ptr, step_ptr, eps_ptr, step_val, eps
         eps = tl.load(eps_ptr).to(ct)
     else:
         eps = eps_val
+    if F64:  # the box [lo, hi] from memory: a by-value float is fp32 on a GPU
+        lo = tl.load(bounds_ptr)
+        hi = tl.load(bounds_ptr + 1)
     t = tl.load(delta_ptr + offs, mask=ok, other=0.0).to(ct)
     if DO_STEP:
         g = tl.load(grad_ptr + offs, mask=ok, other=0.0).to(ct)
@@ -76,6 +80,17 @@ def _scalar_arg(value: torch.Tensor, delta: torch.Tensor):
     return torch.full((), float(value), dtype=torch.float64, device=delta.device), 0.0, True
 
 
+def _bounds_arg(lo: float, hi: float, delta: torch.Tensor) -> torch.Tensor:
+    """The box for an fp64 delta, as float64 in delta's memory (written by fill kernels, no
+    host-to-device copy); for other dtypes lo and hi go by value and the pointer is unused."""
+    if delta.dtype != torch.float64:
+        return delta
+    bounds = torch.empty(2, dtype=torch.float64, device=delta.device)
+    bounds[0].fill_(float(lo))
+    bounds[1].fill_(float(hi))
+    return bounds
+
+
 def _launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
     n = delta.numel()
     if n == 0:
@@ -84,7 +99,8 @@ def _launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
     eps_t, eps_v, eps_mem = _scalar_arg(eps, delta)
     cfg = _config.pgd_config(delta.dtype, clean.dtype, do_step, step_mem, eps_mem)
     _config.launch(_pgd_kernel, (triton.cdiv(n, cfg["BLOCK"]),),
-                   (delta, grad if grad is not None else delta, clean, step_t, eps_t, step_v, eps_v, float(lo), float(hi), n),
+                   (delta, grad if grad is not None else delta, clean, step_t, eps_t, _bounds_arg(lo, hi, delta), step_v,
+                    eps_v, float(lo), float(hi), n),
                    cfg)
 
 

@@ -213,6 +213,7 @@ def supcon_fwd(features: torch.Tensor, labels: torch.Tensor, temperature: float,
     """(loss, z, inv_norm, P, N): see miue.ops.reference.supcon_fwd."""
     check_dtype(features)
     B, D = features.shape
+    labels = labels.contiguous()  # indexed as a dense array (free when it is one already)
     z, inv = normalize(features)
     scale = LOG2E / temperature
     cfg = _config.supcon_fwd_config(B, D, z.dtype)
@@ -234,7 +235,7 @@ def supcon_bwd(grad, z, inv_norm, P, N, labels, temperature: float):
     """dL/dfeatures: see miue.ops.reference.supcon_bwd."""
     check_dtype(z, "z")
     B, D = z.shape
-    z = z.contiguous()
+    z, inv_norm, labels = z.contiguous(), inv_norm.contiguous(), labels.contiguous()  # indexed as dense arrays
     A = P + N
     q = N / (A * P)
     ra = 1.0 / A

@@ -351,7 +351,7 @@ def test_deterministic_class_sums(backend):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("objective", ["miue", "em"])
+@pytest.mark.parametrize("objective", ["miue", "em", "pil"])
 def test_craft_with_cuda_graphs_matches_eager(objective, caplog, monkeypatch):
     """craft_fast(cuda_graphs=True) replays a captured PGD step on full batches (the last,
     partial batch runs eagerly): the same δ as the eager engine up to rare sign flips of
@@ -497,3 +497,77 @@ def test_rows_past_2_31_elements(backend):
     assert int(counts.sum()) == B
     del f, z
     torch.cuda.empty_cache()
+
+
+# =========================================================================== the 2026-12-06 review
+# The GPU halves of tests/test_graph_path.py and of the review's kernel fixes in test_gpu_paths.py.
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_supcon_fp32_stays_ieee_with_tf32_allowed_and_cublaslt(backend, monkeypatch):
+    """TF32 allowed by the user and cuBLASLt preferred: the fp32 Grams must stay IEEE (the cpp
+    backend's NoTF32Guard, the Triton kernels' input_precision="ieee"), within the fp32 contract."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    prev = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    try:
+        f, y = make_features(512, 512, num_classes=10, seed=5, spread=0.5)
+        f, y = f.to(DEV), y.to(DEV)
+        loss, grad = loss_grad(lambda x: miue.supcon_loss(x, y, backend=backend), f)
+    finally:
+        torch.backends.cuda.preferred_blas_library(prev)
+    ref_loss, ref_grad = loss_grad(lambda x: miue.supcon_loss(x, y, backend="reference"), f.double())
+    assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item()) + 1e-7
+    floor = grad_floor(f, supcon_dz_bound(512, 0.1))
+    assert (grad.double() - ref_grad).norm().item() <= 1e-5 * ref_grad.norm().item() + floor
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_craft_with_cuda_graphs_on_a_second_device(caplog):
+    """craft_fast(device="cuda:1") with cuda:0 current: the graph is captured on cuda:1 (before
+    the fix it was captured on cuda:0's stream and could replay nothing)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (1024, 3, 16, 16), dtype=torch.uint8, generator=g)
+    y = torch.arange(1024) % 10
+    kw = dict(preset="paper", arch="cnn-small", rounds=1, pgd_steps=3, batch_size=512, device="cuda:1",
+              progress=False, seed=3, compile=False, amp=False)
+    with torch.cuda.device(0):
+        eager = miue.craft_fast(x, y, cuda_graphs=False, **kw)
+        with caplog.at_level("WARNING", logger="miue.craft"):
+            graphed = miue.craft_fast(x, y, cuda_graphs=True, **kw)
+    assert "CUDA-graph capture" not in caplog.text and graphed.config["cuda_graphs_status"] == "captured"
+    assert ((graphed.delta - eager.delta).abs() > 1e-6).float().mean().item() < 1e-2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_column_major_features_past_2_31(backend):
+    """Column-major features whose third column starts at element 2**31 (4 GiB of fp16): every
+    backend normalises them as their dense copy (Triton's column offsets are int64 there)."""
+    free, _ = torch.cuda.mem_get_info()
+    B, D, S = 4, 3, 2**30
+    if free < 6 * S:
+        pytest.skip("needs about 6.5 GB free")
+    store = torch.empty((D - 1) * S + B, dtype=torch.float16, device=DEV)
+    f = store.as_strided((B, D), (1, S))
+    dense = torch.randn(B, D, dtype=torch.float16, device=DEV)
+    f.copy_(dense)
+    y = torch.tensor([0, 1, 0, 1], device=DEV)
+    got = miue.grouped_normalize(f, y, 2, backend=backend)
+    want = miue.grouped_normalize(dense, y, 2, backend=backend)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    del store, f
+    torch.cuda.empty_cache()
+
+
+def test_pgd_fp64_box_is_exact_on_the_card():
+    """An fp64 delta clamped to a box fp32 cannot hold (lo = −0.1): Triton gives the float64
+    reference's bits (before the fix lo and hi went by value as fp32)."""
+    g = torch.Generator().manual_seed(1)
+    d0 = ((torch.rand(5000, generator=g, dtype=torch.float64) - 0.5) * 0.4).to(DEV)
+    clean = (torch.rand(5000, generator=g, dtype=torch.float64) * 0.3 - 0.05).to(DEV)
+    grad = torch.randn(5000, generator=g, dtype=torch.float64).to(DEV)
+    d, ref = d0.clone(), d0.clone()
+    miue.pgd_linf_step_(d, grad, clean, 0.01, 0.2, -0.1, 0.7, backend="triton")
+    miue.pgd_linf_step_(ref, grad, clean, 0.01, 0.2, -0.1, 0.7, backend="reference")
+    assert torch.equal(d, ref)

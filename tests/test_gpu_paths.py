@@ -83,6 +83,36 @@ def test_pgd_scalars_are_passed_per_scalar_without_copies(no_host_to_device_copy
 
 @needs_triton
 @pytest.mark.parametrize("delta_dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_pgd_box_of_an_fp64_delta_reaches_the_kernel_in_fp64(no_host_to_device_copy, delta_dtype):
+    """A Python float kernel argument is fp32 on a GPU (the interpreter keeps it fp64, so the
+    bits below cannot show it): an fp64 delta's box [lo, hi] must come from float64 memory,
+    filled on delta's device without a copy. Before the fix lo = −0.1 was clamped at fp32(−0.1)."""
+    from miue.kernels import _config, pgd
+
+    n, lo, hi = 5000, -0.1, 0.7
+    delta = meta((n,), delta_dtype)
+    scalar = torch.tensor(0.01, dtype=torch.float64)
+    with _config.record_launches() as launches:
+        pgd.pgd_linf_step_(delta, meta((n,), delta_dtype), meta((n,), delta_dtype), scalar, scalar, lo, hi)
+    (kernel, _, args, m), = launches
+    bounds = dict(zip(kernel.arg_names, args))["bounds_ptr"]
+    if delta_dtype == torch.float64:
+        assert m["F64"] and bounds.dtype == torch.float64 and bounds.shape == (2,) and bounds.device.type == "meta"
+        # and the interpreter reads them: the same bits as the float64 reference
+        g = torch.Generator().manual_seed(1)
+        d0 = (torch.rand(300, generator=g, dtype=torch.float64) - 0.5) * 0.4
+        clean = torch.rand(300, generator=g, dtype=torch.float64) * 0.3 - 0.05
+        grad = torch.randn(300, generator=g, dtype=torch.float64)
+        d, ref = d0.clone(), d0.clone()
+        miue.pgd_linf_step_(d, grad, clean, 0.01, 0.2, lo, hi, backend="triton")
+        miue.pgd_linf_step_(ref, grad, clean, 0.01, 0.2, lo, hi, backend="reference")
+        assert torch.equal(d, ref)
+    else:
+        assert bounds is delta  # unused: fp32 lo and hi go by value
+
+
+@needs_triton
+@pytest.mark.parametrize("delta_dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_pgd_mixed_scalar_placements_compute_the_same(delta_dtype):
     """By value and in memory give the same bits (the interpreter runs both branches)."""
 
@@ -275,6 +305,27 @@ def test_int64_offsets_chosen_past_2_31():
         assert {"_normalize_kernel", "_segment_scan_kernel", "_supcon_fwd_kernel", "_supcon_bwd_kernel",
                 "_project_kernel", "_intra_bwd_kernel"} <= kernels
         assert all(flag == expect for _, flag in rows), rows
+
+
+@needs_triton
+def test_column_offsets_past_2_31_on_column_major_features():
+    """Column-major features with a column stride of 2**30: the third column starts at element
+    2**31, so ``c * stride_fd`` must be int64 as well as the row offsets (before the fix the
+    interpreter read wrapped offsets, as a GPU would). 4 GiB of address space, a few pages used."""
+    from miue.kernels import normalize as kn
+
+    B, D, S = 4, 3, 2**30
+    store = torch.empty((D - 1) * S + B, dtype=torch.float16)  # never touched but for 12 elements
+    f = store.as_strided((B, D), (1, S))
+    dense = torch.randn(B, D, generator=torch.Generator().manual_seed(0)).half()
+    f.copy_(dense)
+    y = torch.tensor([0, 1, 0, 1])
+    z, inv = kn.normalize(f)
+    z_ref, inv_ref = kn.normalize(dense)
+    assert torch.equal(z, z_ref) and torch.equal(inv, inv_ref)
+    sums, counts = kn.class_sums(f, inv, y, 2)
+    sums_ref, _ = kn.class_sums(dense, inv_ref, y, 2)
+    assert torch.equal(sums, sums_ref) and counts.tolist() == [2, 2]
 
 
 @needs_triton

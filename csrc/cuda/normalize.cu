@@ -9,7 +9,10 @@
 //   - default: fused into the normalisation kernel with atomicAdd (order-dependent rounding);
 //   - deterministic mode: rows are stably sorted by label (invalid rows sent past the last
 //     class), class offsets come from a binary search, and one block per (class, column chunk)
-//     adds the class's rows in increasing row order: bitwise the CPU's sums.
+//     adds the class's rows in increasing row order: the same sums on every run (deterministic),
+//     not bitwise the CPU's: the warp reduces the sum of squares in another order than the
+//     CPU's partial sums, and nvcc may fuse the double multiply-adds, so r and z can differ from
+//     the CPU's by an ulp.
 #include "common.cuh"
 
 namespace miue {

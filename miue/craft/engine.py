@@ -40,7 +40,7 @@ from miue._amp import resolve_amp
 from miue._malloc import tune_if_opted_in
 from miue._quantize import eps_steps
 from miue.craft.distributed import all_reduce_sum
-from miue.craft.graphs import GraphedPGDStep
+from miue.craft.graphs import GraphedPGDStep, graphs_possible
 from miue.craft.store import DeltaStore, fits_on_device
 from miue.models import FeatureModel, build_model
 from miue.presets import CraftConfig
@@ -601,12 +601,12 @@ class Engine:
     def _graphed_step(self, d, clean_f, c_box, y):
         """The CUDA graph of one sample-wise PGD step for full batches (``cuda_graphs``), built
         on first use; None when graphs are off or capture failed (the step then runs eagerly)."""
-        if not (self.cfg.cuda_graphs and self.device.type == "cuda") or self._graph_failed or self.obj.inner_max \
+        if not (self.cfg.cuda_graphs and graphs_possible(self.device)) or self._graph_failed or self.obj.inner_max \
                 or self.cfg.attack_augment != "none":
             return None  # (REM's starts and the augmentations draw random numbers on the host: not capturable)
         if self._graph is None or self._graph.c_box.dtype != c_box.dtype:
             try:
-                step = lambda *a: self._pgd_step(*a, (0.0, 1.0))  # noqa: E731
+                step = lambda *a: self._pgd_step(*a, self._box)  # noqa: E731  (the eager path's box)
                 self._graph = GraphedPGDStep(step, self.device, self.cfg.eps, d, clean_f, c_box, y)
                 self.graph_status = "captured"
             except Exception as exc:  # noqa: BLE001 - any capture failure: fall back, do not lose the run

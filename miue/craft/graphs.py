@@ -5,6 +5,11 @@ from __future__ import annotations
 import torch
 
 
+def graphs_possible(device: torch.device) -> bool:
+    """Whether the PGD step can be captured on ``device`` (CUDA only)."""
+    return device.type == "cuda"
+
+
 class GraphedPGDStep:
     """One sample-wise PGD step (surrogate forward, objective, backward w.r.t. δ, fused signed
     step and projection) captured once as a CUDA graph on static batch buffers, then replayed
@@ -12,9 +17,16 @@ class GraphedPGDStep:
     The step size is a device scalar, so one capture serves every round.
 
     ``step(d, clean_f, c_box, y, alpha, eps)`` is the eager step: it updates ``d`` in place and
-    returns the objective value."""
+    returns the objective value. Capture and replay run with ``device`` current, whichever GPU
+    the caller has current (``torch.cuda.graph`` captures on the current device's stream)."""
 
     def __init__(self, step, device: torch.device, eps: float, d, clean_f, c_box, y):
+        self.device = device
+        with torch.cuda.device(device):
+            self._capture(step, eps, d, clean_f, c_box, y)
+
+    def _capture(self, step, eps, d, clean_f, c_box, y):
+        device = self.device
         self.d, self.clean_f, self.c_box, self.y = d.clone(), clean_f.clone(), c_box.clone(), y.clone()
         self.alpha = torch.zeros((), dtype=torch.float64, device=device)  # 0 during warm-up: δ unchanged
         # ε on the device, filled by a kernel: a CPU scalar would make the PGD launch copy it to
@@ -36,6 +48,10 @@ class GraphedPGDStep:
 
     def run(self, d, clean_f, c_box, y, alpha: float, steps: int) -> torch.Tensor:
         """``steps`` steps on the batch δ ``d`` (updated in place); the summed objective."""
+        with torch.cuda.device(self.device):
+            return self._run(d, clean_f, c_box, y, alpha, steps)
+
+    def _run(self, d, clean_f, c_box, y, alpha, steps):
         self.d.copy_(d)
         self.clean_f.copy_(clean_f)
         self.c_box.copy_(c_box)
