@@ -349,3 +349,26 @@ def test_int64_path_gives_the_same_bits(monkeypatch, tiles):
         results.append(out)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@needs_triton
+def test_triton_launchers_accept_strided_labels_and_norms():
+    """The kernels index labels and inv_norm as dense arrays: the launchers make them dense, so
+    strided views (every other entry of a longer tensor) give the dense inputs' bits."""
+    from miue.kernels import intra_class, supcon
+
+    B, D, C = 20, 16, 3
+    f, y = make_features(B, D, num_classes=C, seed=4)
+    y_strided = torch.stack([y, torch.full_like(y, 99)], 1).reshape(-1)[::2]
+    assert not y_strided.is_contiguous() and torch.equal(y_strided, y)
+    loss, z, inv, P, N = supcon.supcon_fwd(f, y, 0.1, 1e-8)
+    loss_s, *_ = supcon.supcon_fwd(f, y_strided, 0.1, 1e-8)
+    assert torch.equal(loss, loss_s)
+    inv_strided = torch.stack([inv, torch.zeros_like(inv)], 1).reshape(-1)[::2]
+    one = torch.ones(())
+    want = supcon.supcon_bwd(one, z, inv, P, N, y, 0.1)
+    assert torch.equal(supcon.supcon_bwd(one, z, inv_strided, P, N, y_strided, 0.1), want)
+    _, z2, inv2, sums, counts = intra_class.intra_class_fwd(f, y, C)
+    inv2_strided = torch.stack([inv2, torch.zeros_like(inv2)], 1).reshape(-1)[::2]
+    want = intra_class.intra_class_bwd(one, z2, inv2, sums, counts, y)
+    assert torch.equal(intra_class.intra_class_bwd(one, z2, inv2_strided, sums, counts, y_strided), want)
