@@ -1069,9 +1069,11 @@ def compare_lines(data: dict) -> list[str]:
                 p = welch_p(a, b)
                 cells.append("–" if p is None else f"{'−' if np.mean(a) < np.mean(b) else '+'} {_fmt_p(p)}")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    verdicts = compare_verdicts(data)
-    if verdicts:
-        lines += ["", "MI-UE (demo) against each row, on the mean of the defended victims:", ""] + verdicts
+    for ref in COMPARE_REFERENCE:
+        verdicts = compare_verdicts(data, ref)
+        if verdicts:
+            lines += ["", f"{SUMMARY_LABELS[ref].replace('`', '')} against each row, on the mean of the defended "
+                          "victims:", ""] + verdicts
     peaks = [c for c in cols if any("peak:" + c in r for r in table.values())]
     if peaks:
         lines += ["", "Peak accuracy over the victim's epochs (what an early-stopping defense reports), mean over "
@@ -1084,10 +1086,12 @@ def compare_lines(data: dict) -> list[str]:
 
 def compare_verdicts(data: dict, ref: str = "miue-demo") -> list[str]:
     """One line per baseline row and judged column ("mean", "mean+<defense>"): MI-UE's and the
-    row's mean ± std (n), the difference, Welch's p and what it says at p < 0.05."""
+    row's mean ± std (n), the difference, Welch's p and what it says at p < 0.05. ``ref`` is the
+    MI-UE row judged (a reference other than the demo's is named in every line)."""
     table = compare_rows(data)
     if ref not in table:
         return []
+    me = "MI-UE" if ref == "miue-demo" else SUMMARY_LABELS.get(ref, ref).replace("`", "")
     names = {"mean": "no defense"}
     out = []
     for row in [r for r in COMPARE if r in table and r != ref]:
@@ -1100,11 +1104,11 @@ def compare_verdicts(data: dict, ref: str = "miue-demo") -> list[str]:
             if p is None:
                 word = "no spread measured on one side"
             elif p >= 0.05:
-                word = "not separated at p < 0.05 (" + ("MI-UE" if ma < mb else row) + " lower on these seeds)"
+                word = "not separated at p < 0.05 (" + (me if ma < mb else row) + " lower on these seeds)"
             else:
-                word = "MI-UE lower (better)" if ma < mb else f"{row} lower (better than MI-UE)"
+                word = f"{me} lower (better)" if ma < mb else f"{row} lower (better than {me})"
             what = names[col] if col in names else "under " + DEFENSE_LABELS.get(col.split("+", 1)[1], col)
-            out.append(f"- {what}, {row}: MI-UE {100 * ma:.1f} ± {100 * sa:.1f} (n = {len(a)}) vs "
+            out.append(f"- {what}, {row}: {me} {100 * ma:.1f} ± {100 * sa:.1f} (n = {len(a)}) vs "
                        f"{100 * mb:.1f} ± {100 * sb:.1f} (n = {len(b)}), difference {100 * (mb - ma):+.1f}"
                        + (f", Welch p = {_fmt_p(p)}" if p is not None else "") + f": {word}")
     return out
@@ -1145,12 +1149,22 @@ def compare_summary(data: dict, ref: str = "miue-demo") -> str:
     return "\n".join(lines)
 
 
+def all_verdicts(data: dict) -> str:
+    """The demo preset's verdicts, then (once measured) the `cpu` preset's under a heading line."""
+    out = compare_verdicts(data)
+    for ref in COMPARE_REFERENCE[1:]:
+        more = compare_verdicts(data, ref)
+        if more:
+            out += ["", f"{SUMMARY_LABELS[ref]} against each row:", ""] + more
+    return "\n".join(out)
+
+
 def write_docs(data: dict, root: str) -> list[str]:
     """Splice the compare stage's summary, tables and verdicts into README.md and
     docs/effectiveness.md between their markers (``--write-docs``)."""
     parts = {"readme-compare": compare_summary(data), "compare-summary": compare_summary(data),
              "compare-table": "\n".join(compare_lines(data)[2:]),
-             "compare-verdicts": "\n".join(compare_verdicts(data))}
+             "compare-verdicts": all_verdicts(data)}
     written = []
     for rel in ("README.md", os.path.join("docs", "effectiveness.md")):
         path = os.path.join(root, rel)

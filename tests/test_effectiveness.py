@@ -554,3 +554,14 @@ def test_compare_table_means_per_seed_and_welch_p():
     verdicts = eff.compare_verdicts(data)
     assert len(verdicts) == 2 and verdicts[0].startswith("- no defense, em-published: MI-UE 27.0 ± 1.7 (n = 3)")
     assert verdicts[0].endswith("MI-UE lower (better)") and verdicts[1].startswith("- under JPEG-10, em-published")
+    assert eff.compare_verdicts(data, "miue-cpu") == [] and "MI-UE (cpu)" not in eff.all_verdicts(data)
+    # the cpu preset's row, once measured, gets its own verdicts, named in every line
+    for cs, (a, b) in miue.items():
+        pid = eff.compare_id("miue-cpu", cs)
+        add(pid, "cnn-sgd", a - 0.1)
+        add(pid, "cnn-adam", b - 0.1)
+    cpu = eff.compare_verdicts(data, "miue-cpu")
+    assert cpu[0].startswith("- no defense, miue-demo: MI-UE (cpu) 17.0 ± 1.7 (n = 3) vs 27.0 ± 1.7 (n = 3)")
+    assert cpu[0].endswith("MI-UE (cpu) lower (better)")
+    assert "MI-UE (`cpu`) against each row:" in eff.all_verdicts(data)
+    assert "MI-UE (cpu) against each row" in "\n".join(eff.compare_lines(data))
