@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/timeout") and not o
 def _env(out, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
     env.update(OUT=str(out), PYTHON="/bin/true")  # no interpreter: the fakes stand in for the stages
+    env["GPU_CHECK_SLACK"] = "1"  # the card's time-outs (without a GPU the script triples them)
     for name in STAGES:
         env[f"GPU_CHECK_FAKE_{name}"] = "exit 0"
         env[f"GPU_CHECK_BUDGET_{name}"] = "10"
@@ -90,6 +91,23 @@ def test_summary_of_a_run(tmp_path):
     (tmp_path / "stages.tsv").write_text("\n".join(tsv[:1] + [tsv[3]]) + "\n")
     r = _run(["--summary"], {**os.environ, "OUT": str(tmp_path)})
     assert r.returncode == 0 and "gpu_check: OK" in r.stdout
+
+
+@pytest.mark.parametrize("slack", [None, "1"])
+def test_no_gpu_rehearsal_triples_the_time_outs(tmp_path, slack):
+    """Without a GPU the stages get 3× the card's time-outs (CI's 2 busy cores are no card: a
+    preflight that imports torch took 22 s of its 30 there); GPU_CHECK_SLACK=1 gives the plan's."""
+    budgets = {f"GPU_CHECK_BUDGET_{n}": "2" for n in STAGES}
+    env = _env(tmp_path, GPU_CHECK_FAKE_graphs="sleep 8", **budgets)
+    if slack is None:
+        del env["GPU_CHECK_SLACK"]
+    r = _run([], env)
+    rows = _rows(tmp_path)
+    if slack is None:  # graphs may run until (2 + 2 + 2) × 3 = 18 s into the run
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert rows["graphs"][0] == "PASS" and "time-outs × 3 without a GPU" in r.stdout
+    else:  # until 6 s: cut
+        assert rows["graphs"][0] == "TIMEOUT" and "time-outs ×" not in r.stdout
 
 
 def test_runner_statuses_timeout_only_and_pack(tmp_path):
