@@ -3,6 +3,10 @@ reading them), plain against accelerated, interleaved, in one run; prints a tabl
 
 Loops (each plain vs accelerated as docs/compat.md tells a user of that codebase):
 
+``miue``  the official MI-UE loop (gen_miue.py ``error_minimizing``) with ``utils.nt_xent`` patched and
+          its four update lines changed to one (in this process: the code change alone; the
+          allocator tuning of ``python -m miue.compat`` comes on top); fp32, the share of δ that
+          differs reported (float64 is bitwise: tests/test_compat_replicas.py).
 ``em``    Unlearnable-Examples' sample-wise EM loop, ``python ue_samplewise.py`` against
           ``python -m miue.compat ue_samplewise.py`` (fresh processes: the allocator tuning is
           process-wide); the returned noise compared bitwise.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -41,16 +46,20 @@ sys.path.insert(0, REPLICAS)
 
 import cp_losses  # noqa: E402
 import cp_main  # noqa: E402
+import miue_gen  # noqa: E402
+import miue_utils  # noqa: E402
 import supcon_losses  # noqa: E402
 import tap_forge  # noqa: E402
 
 import miue.compat as mc  # noqa: E402
 
-FULL = {"em": dict(n=1024, size=32, rounds=1, num_steps=20, width=16, batch=512),
+FULL = {"miue": dict(n=1024, size=32, batch=512, iters=10, width=16),
+        "em": dict(n=1024, size=32, rounds=1, num_steps=20, width=16, batch=512),
         "cp": dict(n=50_000, size=32, batch=512, num_steps=5, width=32, model_steps=1, max_batches=2),
         "tap": dict(n=1024, size=32, attackiter=2, pbatch=512, width=16),
         "update_n": 50_000, "supcon_b": 512, "repeats": 3}
-QUICK = {"em": dict(n=64, size=16, rounds=1, num_steps=3, width=8, batch=32),
+QUICK = {"miue": dict(n=128, size=16, batch=64, iters=2, width=8),
+         "em": dict(n=64, size=16, rounds=1, num_steps=3, width=8, batch=32),
          "cp": dict(n=4096, size=16, batch=128, num_steps=2, width=8, model_steps=1, max_batches=2),
          "tap": dict(n=128, size=16, attackiter=1, pbatch=64, width=8),
          "update_n": 4096, "supcon_b": 128, "repeats": 1}
@@ -63,6 +72,43 @@ def _cp_accelerated(delta, step_size):
 def _tap_accelerated(delta_slice, poison_imgs, tau, dm, ds, eps):
     return mc.pgd_update_(delta_slice, delta_slice.grad, poison_imgs, tau, eps / ds / 255,
                           lo=-dm / ds, hi=(1 - dm) / ds, box="delta")
+
+
+def _miue_update(delta, data, alpha, eps):
+    mc.pgd_update_(delta, delta.grad, data, alpha, eps)
+    delta.grad = None
+
+
+def _interleaved(repeats, plain_fn, fast_fn):
+    """(plain seconds, accelerated seconds, last plain result, last accelerated result), the two
+    alternating which goes first, after one untimed run of each (first-call costs)."""
+    plain, fast, out = [], [], {}
+    plain_fn(), fast_fn()
+    for i in range(repeats):
+        for name in (("plain", "fast") if i % 2 == 0 else ("fast", "plain")):
+            t0 = time.perf_counter()
+            out[name] = (plain_fn if name == "plain" else fast_fn)()
+            (plain if name == "plain" else fast).append(time.perf_counter() - t0)
+    return plain, fast, out["plain"], out["fast"]
+
+
+def _miue_fast(cfg):
+    original = miue_gen.update
+    miue_gen.update = _miue_update
+    try:
+        with mc.patch(miue_utils, quiet=True), mc.patch(miue_gen, ["nt_xent"], quiet=True):
+            return miue_gen.run(**cfg)
+    finally:
+        miue_gen.update = original
+
+
+def loop_miue(cfg, repeats):
+    plain, fast, a, b = _interleaved(repeats, lambda: miue_gen.run(**cfg), lambda: _miue_fast(cfg))
+    differ = int((a != b).sum())
+    return {"plain_s": plain, "accelerated_s": fast,
+            "how": "utils.nt_xent patched; 4 update lines -> mc.pgd_update_(δ, δ.grad, x, α, ε)",
+            "result": "poison bitwise equal" if differ == 0 else
+            f"{differ:,} of {a.numel():,} δ elements differ ({100 * differ / a.numel():.2g}%, fp32 signs)"}
 
 
 def _em_run(args: dict, accelerated: bool, out: str) -> float:
@@ -86,51 +132,56 @@ def loop_em(cfg, repeats, tmp):
             "result": "noise bitwise equal" if same else "NOISE DIFFERS"}
 
 
+def _cp_fast(cfg, with_loss, timings):
+    original = cp_main.update_delta
+    cp_main.update_delta = _cp_accelerated
+    handle = mc.patch(cp_losses, quiet=True) if with_loss else None
+    try:
+        return cp_main.run(timings=timings, **cfg)
+    finally:
+        cp_main.update_delta = original
+        if handle:
+            handle.undo()
+
+
+def _timed_update(fn, sink: list):
+    """fn(timings) -> δ, recording the loop's own update seconds in ``sink``."""
+    def run():
+        t: dict = {}
+        out = fn(t)
+        sink.append(t["update_s"])
+        return out
+    return run
+
+
 def loop_cp(cfg, repeats):
     rows = {}
     for name, with_loss in (("cp", False), ("cp+loss", True)):
-        plain, fast, upd_p, upd_f = [], [], [], []
-        for _ in range(repeats):
-            tp: dict = {}
-            t0 = time.perf_counter()
-            d_plain = cp_main.run(timings=tp, **cfg)
-            plain.append(time.perf_counter() - t0)
-            upd_p.append(tp["update_s"])
-            original = cp_main.update_delta
-            cp_main.update_delta = _cp_accelerated
-            handle = mc.patch(cp_losses, quiet=True) if with_loss else None
-            try:
-                tf: dict = {}
-                t0 = time.perf_counter()
-                d_fast = cp_main.run(timings=tf, **cfg)
-                fast.append(time.perf_counter() - t0)
-                upd_f.append(tf["update_s"])
-            finally:
-                cp_main.update_delta = original
-                if handle:
-                    handle.undo()
-        differ = (d_plain != d_fast).float().mean().item()
-        rows[name] = {"plain_s": plain, "accelerated_s": fast, "update_plain_s": upd_p, "update_accelerated_s": upd_f,
+        upd_p, upd_f = [], []
+        plain, fast, d_plain, d_fast = _interleaved(
+            repeats, _timed_update(lambda t: cp_main.run(timings=t, **cfg), upd_p),
+            _timed_update(functools.partial(_cp_fast, cfg, with_loss), upd_f))
+        differ = int((d_plain != d_fast).sum())
+        rows[name] = {"plain_s": plain, "accelerated_s": fast, "update_plain_s": upd_p[1:],
+                      "update_accelerated_s": upd_f[1:],
                       "how": "update line -> mc.pgd_update_(δ, δ.grad, None, step, None, lo=-1, hi=1)"
                              + (" and mc.patch(losses)" if with_loss else ""),
-                      "result": "δ bitwise equal" if differ == 0 else f"{100 * differ:.4f}% of δ differ"}
+                      "result": "δ bitwise equal" if differ == 0 else
+                      f"{differ:,} of {d_plain.numel():,} δ elements differ ({100 * differ / d_plain.numel():.2g}%)"}
     return rows
 
 
+def _tap_fast(cfg):
+    original = tap_forge.pgd_step
+    tap_forge.pgd_step = _tap_accelerated
+    try:
+        return tap_forge.forge(**cfg)
+    finally:
+        tap_forge.pgd_step = original
+
+
 def loop_tap(cfg, repeats):
-    plain, fast = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a = tap_forge.forge(**cfg)
-        plain.append(time.perf_counter() - t0)
-        original = tap_forge.pgd_step
-        tap_forge.pgd_step = _tap_accelerated
-        try:
-            t0 = time.perf_counter()
-            b = tap_forge.forge(**cfg)
-            fast.append(time.perf_counter() - t0)
-        finally:
-            tap_forge.pgd_step = original
+    plain, fast, a, b = _interleaved(repeats, lambda: tap_forge.forge(**cfg), lambda: _tap_fast(cfg))
     return {"plain_s": plain, "accelerated_s": fast, "how": "_pgd_step body -> mc.pgd_update_(..., box='delta')",
             "result": "δ bitwise equal" if torch.equal(a, b) else "δ DIFFERS"}
 
@@ -207,13 +258,16 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="CI-sized: tiny loops, one repeat, no torch.compile")
     p.add_argument("--json", help="write the results here")
-    p.add_argument("--only", nargs="+", choices=("em", "cp", "tap", "ops"), default=["em", "cp", "tap", "ops"])
+    p.add_argument("--only", nargs="+", choices=("miue", "em", "cp", "tap", "ops"),
+                   default=["miue", "em", "cp", "tap", "ops"])
     a = p.parse_args(argv)
     cfg = QUICK if a.quick else FULL
     from miue.demo import _machine
 
     res = {"date": datetime.date.today().isoformat(), "quick": a.quick, "machine": _machine(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "config": cfg, "loops": {}, "ops": {}}
+    if "miue" in a.only:  # in this process, before anything tunes its allocator
+        res["loops"]["miue"] = loop_miue(cfg["miue"], cfg["repeats"])
     with tempfile.TemporaryDirectory() as tmp:
         if "em" in a.only:
             res["loops"]["em"] = loop_em(cfg["em"], cfg["repeats"], tmp)

@@ -1,9 +1,7 @@
-"""miue.compat: drop-in replacements for hand-written losses and PGD updates, and the worked
-example in examples/ (a classic crafting loop accelerated by three changed lines)."""
+"""miue.compat: the official MI-UE loss and the classic PGD update as drop-in replacements, and
+``patch`` on a module (tests/test_compat_blocks.py has the other building blocks,
+tests/test_compat_replicas.py the loops of the codebases)."""
 
-import os
-import sys
-import time
 import types
 
 import pytest
@@ -11,11 +9,6 @@ import torch
 
 import miue.compat as C
 from miue.ops.reference import official_supcon_loss
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-sys.path.insert(0, EXAMPLES)
-import em_loop  # noqa: E402
-from accelerate_em_loop import Net  # noqa: E402
 
 
 def classic_update(delta, grad, data, alpha, eps, minimize=True):
@@ -75,21 +68,3 @@ def test_patch_and_undo():
         C.patch(mod, ["sharpen"])
     with pytest.raises(LookupError, match="pgd_update_: not defined here"):
         C.patch(mod, ["pgd_update_"], strict=True)
-
-
-def test_example_accelerated_loop_gives_the_same_delta():
-    """The classic loop and the patched loop on fixed float64 inputs: the fused loss's
-    gradient agrees with autograd's to ~1e-12, so the signs and the updates coincide."""
-    torch.manual_seed(0)
-    model = Net(channels=1, dtype=torch.float64).eval().requires_grad_(False)
-    x = torch.rand(96, 1, 8, 8, dtype=torch.float64)
-    y = torch.arange(96) % 4
-    t0 = time.perf_counter()
-    classic = em_loop.craft(model, x, y, steps=4, batch_size=48)
-    t1 = time.perf_counter()
-    with C.patch(em_loop) as h:
-        assert "nt_xent" in h.patched and "pgd_update" in h.patched
-        fused = em_loop.craft(model, x, y, steps=4, batch_size=48)
-    assert em_loop.nt_xent is not C.nt_xent  # undone
-    assert fused.abs().max() > 0 and torch.equal(classic, fused)
-    print(f"classic {t1 - t0:.3f} s, fused {time.perf_counter() - t1:.3f} s")

@@ -5,7 +5,7 @@ Marking examples. Every fenced ``python`` / ``bash`` / ``sh`` block must be prec
 
 * ``<!-- test: skip: REASON -->``: not run here, with the reason (e.g. the 15-minute main job,
   which CI runs in its quick mode);
-* ``<!-- test: run -->``: run as written, in a fresh temporary folder (``examples/`` linked in);
+* ``<!-- test: run -->``: run as written, in a fresh temporary folder (``tests/replicas/`` linked in as ``replicas/``);
   or with options, one per line before the closing ``-->``:
 
   - ``replace: OLD => NEW``: run with every OLD replaced by NEW (to make a real example tiny,
@@ -132,7 +132,7 @@ def test_example_runs(page, line, lang, code, kind, text, tmp_path):
     for s in setups:
         assert s == "photos", f"{where}: unknown setup {s!r}"
         _photos(str(tmp_path / "photos"))
-    os.symlink(os.path.join(ROOT, "examples"), tmp_path / "examples")
+    os.symlink(os.path.join(ROOT, "tests", "replicas"), tmp_path / "replicas")
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if lang == "python":

@@ -124,9 +124,10 @@ def _params(fn, drop_self: bool):
 
 
 def _signature_problem(original, replacement, kind: str) -> str | None:
-    """Why ``replacement`` cannot take the original's calls (None when it can). Functions: by
-    position (the original's parameters fit ours, ours' required ones are the original's);
-    classes: ``__init__`` and ``forward`` by name; methods: by name and position."""
+    """Why ``replacement`` cannot stand in for ``original`` (None when it can): the original's
+    positional parameters must be ours, by name and position, and a parameter ours requires must
+    be required there too (``nt_xent(x, y=None, t=0.5)``, the SimCLR pair loss of other codebases,
+    is not MI-UE's ``nt_xent(x, y, t=0.1)``). Classes: their ``__init__`` and ``forward``."""
     if kind == "class":
         if not isinstance(original, type):
             return f"is a {type(original).__name__}, not a class"
@@ -144,13 +145,13 @@ def _signature_problem(original, replacement, kind: str) -> str | None:
         po, pn = _params(orig, kind != "function"), _params(new, kind != "function")
         if po is None or pn is None:
             continue
-        label = f"{what}{'(' if what else '('}{', '.join(p.name for p in po)})"
-        required_new = [p for p in pn if p.default is inspect.Parameter.empty]
-        if len(po) > len(pn) or len(required_new) > len(po):
-            return f"takes {label}, which {replacement.__name__ if hasattr(replacement, '__name__') else 'ours'} " \
-                   f"cannot ({len(pn)} parameters, {len(required_new)} required)"
-        if kind != "function" and [p.name for p in po] != [p.name for p in pn[:len(po)]]:
-            return f"takes {label}; ours takes ({', '.join(p.name for p in pn)})"
+        theirs = f"{what}({', '.join(str(p) for p in po)})"
+        ours = f"({', '.join(str(p) for p in pn)})"
+        if len(po) > len(pn) or [p.name for p in po] != [p.name for p in pn[:len(po)]]:
+            return f"takes {theirs}; ours takes {ours}"
+        required = lambda ps: [p.name for p in ps if p.default is inspect.Parameter.empty]  # noqa: E731
+        if required(pn) != required(po):
+            return f"takes {theirs}, ours {ours}: not the same function"
     return None
 
 
