@@ -186,58 +186,85 @@ def loop_tap(cfg, repeats):
             "result": "δ bitwise equal" if torch.equal(a, b) else "δ DIFFERS"}
 
 
-def _time(fn, repeats, inner=3):
+def _time(fn, repeats, device, inner=3):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()
+    sync()
     out = []
     for _ in range(repeats * inner):
         t0 = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t0)
     return statistics.median(out)
 
 
-def ops_alone(n_update, b_supcon, repeats, compile_too):
+def ops_alone(n_update, b_supcon, repeats, compile_too, device):
+    """Each op alone on ``device``: the variants' results checked against the official lines
+    first (the updates bitwise, the loss to 1e-5 relative), then timed."""
     g = torch.Generator().manual_seed(0)
-    rows = {}
+    rows, problems = {}, []
     # Contrastive Poisoning's update of the whole unit-space δ
-    delta = torch.rand(n_update, 3, 32, 32, generator=g) * 2 - 1
-    grad = torch.randn(n_update, 3, 32, 32, generator=g)
+    delta0 = (torch.rand(n_update, 3, 32, 32, generator=g) * 2 - 1).to(device)
+    grad = torch.randn(n_update, 3, 32, 32, generator=g).to(device)
     grad[512:] = 0
+    delta = delta0.clone()
 
-    def official():
-        delta.add_(-0.1 * torch.sign(grad)).clamp_(-1, 1)
+    def official(d=delta):
+        d.add_(-0.1 * torch.sign(grad)).clamp_(-1, 1)
 
-    def good_eager():
-        delta.sub_(grad.sign().mul_(0.1)).clamp_(-1, 1)
+    def good_eager(d=delta):
+        d.sub_(grad.sign().mul_(0.1)).clamp_(-1, 1)
 
-    def ours():
-        mc.pgd_update_(delta, grad, None, 0.1, None, lo=-1, hi=1)
+    def ours(d=delta):
+        mc.pgd_update_(d, grad, None, 0.1, None, lo=-1, hi=1)
 
     variants = {"official-style eager": official, "good eager": good_eager, "miue.compat": ours}
     if compile_too:
         variants["torch.compile(official)"] = torch.compile(official)
-    rows["update-cp"] = {k: _time(f, repeats) for k, f in variants.items()}
+    want = delta0.clone()
+    official(want)
+    for k, f in variants.items():
+        got = delta0.clone()
+        f(got)
+        if not torch.equal(got, want):
+            problems.append(f"update-cp {k}: not bitwise the official update")
+    rows["update-cp"] = {k: _time(f, repeats, device) for k, f in variants.items()}
     rows["update-cp"]["elements"] = delta.numel()
     # TAP's per-channel update on one batch of 512
-    dm, ds = tap_forge.DM, tap_forge.DS
-    x_n = (torch.rand(512, 3, 32, 32, generator=g) - dm) / ds
-    d = (torch.rand(512, 3, 32, 32, generator=g) - 0.5) * 0.1
-    gt = torch.randn(512, 3, 32, 32, generator=g)
+    dm, ds = tap_forge.DM.to(device), tap_forge.DS.to(device)
+    x_n = ((torch.rand(512, 3, 32, 32, generator=g).to(device) - dm) / ds)
+    d0 = ((torch.rand(512, 3, 32, 32, generator=g) - 0.5) * 0.1).to(device)
+    gt = torch.randn(512, 3, 32, 32, generator=g).to(device)
     tau0 = 8 / 255 / ds * 0.05
-    box = d.clone().requires_grad_(True)
-    box.grad = gt
 
-    def tap_official():
-        tap_forge.pgd_step(box, x_n, tau0, dm, ds, 8.0)
+    def leaf():
+        b = d0.clone().requires_grad_(True)
+        b.grad = gt
+        return b
 
-    def tap_ours():
-        mc.pgd_update_(box, box.grad, x_n, tau0, 8 / ds / 255, lo=-dm / ds, hi=(1 - dm) / ds, box="delta")
+    def tap_official(b):
+        tap_forge.pgd_step(b, x_n, tau0, dm, ds, 8.0)
 
-    rows["update-tap"] = {"official-style eager": _time(tap_official, repeats), "miue.compat": _time(tap_ours, repeats)}
+    def tap_ours(b):
+        mc.pgd_update_(b, b.grad, x_n, tau0, 8 / ds / 255, lo=-dm / ds, hi=(1 - dm) / ds, box="delta")
+
+    a, b = leaf(), leaf()
+    tap_official(a)
+    tap_ours(b)
+    if not torch.equal(a.detach(), b.detach()):
+        problems.append("update-tap miue.compat: not bitwise the official update")
+    box_a, box_b = leaf(), leaf()
+    rows["update-tap"] = {"official-style eager": _time(lambda: tap_official(box_a), repeats, device),
+                          "miue.compat": _time(lambda: tap_ours(box_b), repeats, device)}
     # SupContrast's loss, forward + backward
-    f = torch.nn.functional.normalize(torch.randn(b_supcon, 2, 128, generator=g), dim=-1)
-    y = torch.randint(0, 10, (b_supcon,), generator=g)
+    f = torch.nn.functional.normalize(torch.randn(b_supcon, 2, 128, generator=g), dim=-1).to(device)
+    y = torch.randint(0, 10, (b_supcon,), generator=g).to(device)
     ref_loss, our_loss = supcon_losses.SupConLoss(0.5), mc.SupConLoss(0.5)
+    want = float(ref_loss(f.double(), y))
+    got = float(our_loss(f, y))
+    if abs(got - want) > 1e-5 * abs(want):
+        problems.append(f"supcon miue.compat: {got} vs the float64 formula's {want}")
 
     def step(loss_fn):
         def run():
@@ -248,9 +275,9 @@ def ops_alone(n_update, b_supcon, repeats, compile_too):
     variants = {"official-style eager": step(ref_loss), "miue.compat": step(our_loss)}
     if compile_too:
         variants["torch.compile(official)"] = step(torch.compile(ref_loss))
-    rows["supcon"] = {k: _time(fn, repeats) for k, fn in variants.items()}
+    rows["supcon"] = {k: _time(fn, repeats, device) for k, fn in variants.items()}
     rows["supcon"]["features"] = [b_supcon, 2, 128]
-    return rows
+    return rows, problems
 
 
 def main(argv=None) -> int:
@@ -258,6 +285,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--quick", action="store_true", help="CI-sized: tiny loops, one repeat, no torch.compile")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--device", default="cpu", help="device of the ops-alone stage (the loops run on the CPU)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--only", nargs="+", choices=("miue", "em", "cp", "tap", "ops"),
                    default=["miue", "em", "cp", "tap", "ops"])
     a = p.parse_args(argv)
@@ -275,8 +304,14 @@ def main(argv=None) -> int:
         res["loops"].update(loop_cp(cfg["cp"], cfg["repeats"]))
     if "tap" in a.only:
         res["loops"]["tap"] = loop_tap(cfg["tap"], cfg["repeats"])
+    problems = []
     if "ops" in a.only:
-        res["ops"] = ops_alone(cfg["update_n"], cfg["supcon_b"], cfg["repeats"], compile_too=not a.quick)
+        res["ops"], problems = ops_alone(cfg["update_n"], cfg["supcon_b"], cfg["repeats"],
+                                         compile_too=not (a.quick or a.no_compile), device=torch.device(a.device))
+        res["ops_device"] = a.device
+    problems += [f"{name}: {r['result']}" for name, r in res["loops"].items()
+                 if "DIFFERS" in r["result"] or (name != "cp+loss" and name != "miue" and "differ" in r["result"])]
+    res["problems"] = problems
     print(f"bench_compat{' (QUICK: not evidence)' if a.quick else ''}: {res['machine']['cpu']}, "
           f"{res['threads']} threads, torch {res['torch']}")
     print("\n| loop | plain s | accelerated s | speed-up | how | result |\n|---|---:|---:|---:|---|---|")
@@ -288,7 +323,7 @@ def main(argv=None) -> int:
             up, uf = statistics.median(r["update_plain_s"]), statistics.median(r["update_accelerated_s"])
             print(f"| {name}: its δ updates | {up:.2f} | {uf:.2f} | {up / uf:.2f}x | (inside the loop) | |")
     if res["ops"]:
-        print("\n| op alone | variant | ms | vs official |\n|---|---|---:|---:|")
+        print(f"\n| op alone ({a.device}) | variant | ms | vs official |\n|---|---|---:|---:|")
         for name, r in res["ops"].items():
             base = r["official-style eager"]
             for k, v in r.items():
@@ -299,7 +334,8 @@ def main(argv=None) -> int:
         with open(a.json, "w") as fh:
             json.dump(res, fh, indent=1)
         print("wrote", a.json)
-    return 0
+    print("# verification: " + ("every result as the original's" if not problems else "PROBLEMS: " + "; ".join(problems)))
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ COMPARE = {
     "miue-cpu": ("cpu", "miue", "published", {}),
     "em-published": ("demo", "em", "published", {}),
     "em-matched": ("demo", "em", "matched", {}),
+    # EM's loss on the cpu preset's 200-step schedule: the loss-only ablation at MI-UE cpu's budget (issue 46)
+    "em-matched-cpu": ("cpu", "em", "matched", {}),
     "pil": ("demo", "pil", "published", {}),
     # the authors' TAP with one restart instead of 8 (their README's cheaper setting): 8 restarts of
     # 250 steps are 2,000 steps per image, about 3 h per craft of 10,000 images on 2 cores
@@ -139,6 +141,9 @@ COMPARE_REFERENCE = ("miue-demo", "miue-cpu")  # Welch's p of every other row ag
 COMPARE_VICTIMS = ("cnn-sgd", "cnn-adam", "resnet-sgd", "mlp-adam")
 COMPARE_DEFENSES = ("jpeg", "jpeg75", "resize", "coin")  # on COMPARE_DEFENDED victims
 COMPARE_DEFENDED = ("cnn-sgd", "cnn-adam")
+# the declared comparison's headline defenses (issue 46, docs/effectiveness.md): on every victim, not
+# only COMPARE_DEFENDED; the other COMPARE_DEFENSES stay on COMPARE_DEFENDED (secondary)
+COMPARE_HEADLINE_DEFENSES = ("jpeg", "jpeg75")
 DEFENSE_LABELS = {"jpeg": "JPEG-10", "jpeg75": "JPEG-75", "jpeg90": "JPEG-90", "resize": "the 2x resize", "coin": "COIN"}
 
 QUICK_COMPARE_ROWS = ("miue-demo", "em-published", "em-matched", "pil", "tap-published-r1", "random")
@@ -441,30 +446,40 @@ class Study:
 
     def stage_compare(self):
         """The seeded comparison: every COMPARE row (``--compare-rows``) for every crafting seed,
-        judged by the victims (``--victims``, default COMPARE_VICTIMS) without a defense and by
-        COMPARE_DEFENDED under each of ``--defenses`` (default COMPARE_DEFENSES); victim seed 0.
-        Crafting seed by crafting seed, so that a cut run has whole seeds."""
+        judged by the victims (``--victims``, default COMPARE_VICTIMS) without a defense and under
+        COMPARE_HEADLINE_DEFENSES, and by COMPARE_DEFENDED under the other ``--defenses`` (default
+        COMPARE_DEFENSES), each for every victim seed (``--victim-seeds``, default 0). Crafting seed
+        by crafting seed, victim seed 0 of a poison before its others, so that a cut run has whole
+        seeds."""
         rows = getattr(self.args, "compare_rows", None) or list(COMPARE)
         victims = self.victims if self.victims_given else list(COMPARE_VICTIMS)
         defenses = QUICK["defenses"] if self.quick else (getattr(self.args, "defenses", None) or list(COMPARE_DEFENSES))
+        vseeds = list(dict.fromkeys(getattr(self.args, "victim_seeds", None) or [0]))
         if self.quick:
             rows = [r for r in rows if r in QUICK_COMPARE_ROWS]
-        print(f"== compare: {' '.join(rows)}; crafting seeds {self._craft_seeds()}; victims {' '.join(victims)}; "
-              f"defenses {' '.join(defenses)} on {' '.join(v for v in COMPARE_DEFENDED if v in victims)}", flush=True)
-        for victim in victims:
-            self.run_cell("clean", "clean", None, victim, 0)
-        for d in defenses:
-            for victim in [v for v in COMPARE_DEFENDED if v in victims]:
-                self.run_cell("clean", "clean", None, victim, 0, defense=d)
+
+        def judged(d):  # the victims that judge a poison under defense d
+            return [v for v in victims if d in COMPARE_HEADLINE_DEFENSES or v in COMPARE_DEFENDED]
+
+        print(f"== compare: {' '.join(rows)}; crafting seeds {self._craft_seeds()}; victim seeds {vseeds}; "
+              f"victims {' '.join(victims)}; defenses "
+              + "; ".join(f"{d} on {' '.join(judged(d))}" for d in defenses), flush=True)
+        for seed in vseeds:
+            for victim in victims:
+                self.run_cell("clean", "clean", None, victim, seed)
+            for d in defenses:
+                for victim in judged(d):
+                    self.run_cell("clean", "clean", None, victim, seed, defense=d)
         for cs in self._craft_seeds():
             self.craft_seed = cs
             for row in rows:
                 pid = compare_id(row, cs)
-                for victim in victims:
-                    self.run_cell(pid, row, None, victim, 0)
-                for d in defenses:
-                    for victim in [v for v in COMPARE_DEFENDED if v in victims]:
-                        self.run_cell(pid, row, None, victim, 0, defense=d)
+                for seed in vseeds:
+                    for victim in victims:
+                        self.run_cell(pid, row, None, victim, seed)
+                    for d in defenses:
+                        for victim in judged(d):
+                            self.run_cell(pid, row, None, victim, seed, defense=d)
         self.craft_seed = 0
 
     def _seeds(self, victim):
@@ -998,12 +1013,14 @@ def plots(data: dict, out: str) -> list[str]:
 
 
 def compare_rows(data: dict) -> dict:
-    """row -> column -> {seed: accuracy} for the compare stage's poisons (and clean); a column is a
-    victim (no defense) or ``victim+defense``; also ``peak:`` columns (the best epoch's accuracy)."""
-    out = {}
+    """row -> column -> {crafting seed: accuracy} for the compare stage's poisons (and clean); a
+    column is a victim (no defense) or ``victim+defense``; also ``peak:`` columns (the best epoch's
+    accuracy). A crafting seed's value is the mean over the victim seeds measured for it (issue 46:
+    the crafting seed is the unit; victim seeds are averaged within it)."""
+    runs = {}
     for cid, c in data["cells"].items():
         pid = c["poison"]
-        if c["seed"] != 0 or cid.count("|") > 3:  # (the plateau check's 2E cells carry a tag)
+        if cid.count("|") > 3:  # (the plateau check's 2E cells carry a tag)
             continue
         if pid == "clean":
             row, cs = "clean", 0
@@ -1012,9 +1029,12 @@ def compare_rows(data: dict) -> dict:
         else:
             continue
         col = c["victim"] + (f"+{c['defense']}" if c["defense"] else "")
-        out.setdefault(row, {}).setdefault(col, {})[cs] = c["test_acc"]
+        runs.setdefault((row, col, cs), []).append(c["test_acc"])
         if "peak_test_acc" in c:
-            out[row].setdefault("peak:" + col, {})[cs] = c["peak_test_acc"]
+            runs.setdefault((row, "peak:" + col, cs), []).append(c["peak_test_acc"])
+    out = {}
+    for (row, col, cs), vals in runs.items():
+        out.setdefault(row, {}).setdefault(col, {})[cs] = float(np.mean(vals))
     # the mean over the defended victims (the demo's two), per crafting seed that has both, per defense
     for r in out.values():
         for d in [None] + sorted({c.split("+", 1)[1] for c in r if "+" in c and not c.startswith("peak:")}):
@@ -1025,6 +1045,138 @@ def compare_rows(data: dict) -> dict:
                     r["mean" + (f"+{d}" if d else "")] = {cs: float(np.mean([r[c][cs] for c in cols]))
                                                           for cs in sorted(seeds)}
     return out
+
+
+# ----------------------------------------------------------------------------- the declared comparison (issue 46)
+# Declared in docs/effectiveness.md ("The declared comparison") before its results. The endpoint:
+# per crafting seed, the victims' clean-test accuracy averaged over the four COMPARE_VICTIMS and
+# the DECLARED_VICTIM_SEEDS (a crafting seed counts only once all of them are measured), without a
+# defense and under JPEG-10 (primary), under JPEG-75 (secondary). The family: DECLARED_PAIRS x the
+# primary columns, Holm-corrected; Welch's t on the crafting seeds decides, an exact permutation
+# test is reported beside it, and the effect is the difference in points with Welch's 95% interval.
+DECLARED_VICTIM_SEEDS = (0, 1)
+DECLARED_PRIMARY = (None, "jpeg")
+DECLARED_SECONDARY = ("jpeg75",)
+DECLARED_PAIRS = (("miue-cpu", "em-published"), ("miue-cpu", "em-matched-cpu"), ("miue-cpu", "pil"),
+                  ("miue-demo", "em-published"), ("miue-demo", "em-matched"), ("miue-demo", "pil"))
+DECLARED_MIN_SEEDS = 5
+
+
+def declared_values(data: dict) -> dict:
+    """row -> defense (None, "jpeg", "jpeg75") -> {crafting seed: endpoint value}: the mean over the
+    four victims and both victim seeds, for the crafting seeds that have all eight cells."""
+    cells = {}
+    for c in data["cells"].values():
+        pid = c["poison"]
+        if not pid.startswith("cmp-") or c.get("seed") not in DECLARED_VICTIM_SEEDS:
+            continue
+        row, cs = split_craft_seed(pid[4:])
+        cells[(row, c["defense"], cs, c["victim"], c["seed"])] = c["test_acc"]
+    out = {}
+    for (row, d, cs) in {(r, d, cs) for r, d, cs, _, _ in cells}:
+        keys = [(row, d, cs, v, s) for v in COMPARE_VICTIMS for s in DECLARED_VICTIM_SEEDS]
+        if all(k in cells for k in keys):
+            out.setdefault(row, {}).setdefault(d, {})[cs] = float(np.mean([cells[k] for k in keys]))
+    return out
+
+
+def permutation_p(a, b) -> float | None:
+    """Exact two-sided permutation p of the difference in means (every split of the pooled values)."""
+    import itertools
+
+    if len(a) < 2 or len(b) < 2:
+        return None
+    pooled, n = list(a) + list(b), len(a)
+    obs = abs(np.mean(a) - np.mean(b))
+    hits = total = 0
+    for idx in itertools.combinations(range(len(pooled)), n):
+        rest = [pooled[i] for i in range(len(pooled)) if i not in idx]
+        total += 1
+        hits += abs(np.mean([pooled[i] for i in idx]) - np.mean(rest)) >= obs - 1e-12
+    return hits / total
+
+
+def welch_interval(a, b, level: float = 0.95) -> tuple[float, float] | None:
+    """Welch's interval for mean(b) - mean(a) (Satterthwaite degrees of freedom)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    se = np.sqrt(va + vb)
+    if se == 0:
+        return None
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    t = stats.t.ppf(0.5 + level / 2, df)
+    d = np.mean(b) - np.mean(a)
+    return float(d - t * se), float(d + t * se)
+
+
+def holm(ps: list) -> list:
+    """Holm's step-down adjusted p-values (None stays None and is not counted in the family)."""
+    idx = sorted((i for i, p in enumerate(ps) if p is not None), key=lambda i: ps[i])
+    m, out, run = len(idx), [None] * len(ps), 0.0
+    for k, i in enumerate(idx):
+        run = max(run, min(1.0, (m - k) * ps[i]))
+        out[i] = run
+    return out
+
+
+def declared_comparison(data: dict) -> dict:
+    """Every declared test: the primary family (Holm-corrected) and the secondary column (Holm
+    within itself), each with both sides' values, the difference with its interval, Welch's and
+    the permutation p, and the verdict the words must follow."""
+    vals = declared_values(data)
+    tests = []
+    for d in DECLARED_PRIMARY + DECLARED_SECONDARY:
+        for ref, row in DECLARED_PAIRS:
+            a = list(vals.get(ref, {}).get(d, {}).values())
+            b = list(vals.get(row, {}).get(d, {}).values())
+            tests.append({"ref": ref, "row": row, "defense": d, "primary": d in DECLARED_PRIMARY,
+                          "a": a, "b": b, "welch_p": welch_p(a, b), "perm_p": permutation_p(a, b),
+                          "diff": float(np.mean(b) - np.mean(a)) if a and b else None,
+                          "ci": welch_interval(a, b),
+                          "complete": len(a) >= DECLARED_MIN_SEEDS and len(b) >= DECLARED_MIN_SEEDS})
+    for primary in (True, False):
+        group = [t for t in tests if t["primary"] == primary]
+        for t, adj in zip(group, holm([t["welch_p"] for t in group])):
+            t["holm_p"] = adj
+    for t in tests:
+        me, them = SUMMARY_LABELS.get(t["ref"], t["ref"]), SUMMARY_LABELS.get(t["row"], t["row"])
+        if not t["complete"]:
+            t["verdict"] = f"not judged yet (n = {len(t['a'])} and {len(t['b'])} of {DECLARED_MIN_SEEDS} crafting seeds)"
+        elif t["holm_p"] is None or t["holm_p"] >= 0.05:
+            t["verdict"] = "not separated"
+        else:
+            t["verdict"] = f"{me} better" if t["diff"] > 0 else f"{them} better than {me}"
+    return {"values": vals, "tests": tests}
+
+
+def declared_lines(data: dict) -> list[str]:
+    res = declared_comparison(data)
+    if not any(res["values"].values()):
+        return []
+    names = {None: "no defense", "jpeg": "JPEG-10", "jpeg75": "JPEG-75"}
+    lines = [f"Endpoint: victim clean-test accuracy (%), per crafting seed the mean over "
+             f"{', '.join(COMPARE_VICTIMS)} and victim seeds {' and '.join(map(str, DECLARED_VICTIM_SEEDS))}; "
+             f"mean ± std over crafting seeds (n). Difference: the row minus MI-UE in points, with Welch's 95% "
+             f"interval (positive: MI-UE lower, i.e. better). Holm over the {len(DECLARED_PAIRS) * len(DECLARED_PRIMARY)} "
+             f"primary tests (no defense, JPEG-10); JPEG-75 is secondary (Holm within it). A verdict needs "
+             f"n >= {DECLARED_MIN_SEEDS} on both sides.", "",
+             "| column | MI-UE row | baseline | MI-UE | baseline | difference [95% CI] | Welch p | Holm p | "
+             "permutation p | verdict |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for t in res["tests"]:
+        def fmt(xs):
+            m, sd = _mean_std(xs)
+            return "–" if m is None else f"{100 * m:.1f} ± {100 * sd:.1f} (n={len(xs)})"
+        diff = "–" if t["diff"] is None else f"{100 * t['diff']:+.1f}" + (
+            f" [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}]" if t["ci"] else "")
+        lines.append(f"| {names[t['defense']]}{'' if t['primary'] else ' (secondary)'} | "
+                     f"{SUMMARY_LABELS.get(t['ref'], t['ref'])} | {SUMMARY_LABELS.get(t['row'], t['row'])} | "
+                     f"{fmt(t['a'])} | {fmt(t['b'])} | {diff} | "
+                     + " | ".join("–" if t[k] is None else _fmt_p(t[k]) for k in ("welch_p", "holm_p", "perm_p"))
+                     + f" | {t['verdict']} |")
+    return lines
 
 
 def compare_lines(data: dict) -> list[str]:
@@ -1115,8 +1267,9 @@ def compare_verdicts(data: dict, ref: str = "miue-demo") -> list[str]:
 
 
 SUMMARY_LABELS = {"miue-demo": "MI-UE (`demo`)", "miue-cpu": "MI-UE (`cpu`)", "em-published": "EM (published)",
-                  "em-matched": "EM (MI-UE's schedule)", "pil": "PIL (published)",
-                  "tap-published-r1": "TAP (published, 1 restart)", "rem-published": "REM (published)",
+                  "em-matched": "EM (MI-UE's schedule)",
+                  "em-matched-cpu": "EM (MI-UE `cpu`'s schedule)", "pil": "PIL (published)",
+                  "tap-published-r1": "TAP (1 of 8 restarts)", "rem-published": "REM (published)",
                   "random": "random noise", "clean": "clean"}
 
 
@@ -1163,6 +1316,7 @@ def write_docs(data: dict, root: str) -> list[str]:
     """Splice the compare stage's summary, tables and verdicts into README.md and
     docs/effectiveness.md between their markers (``--write-docs``)."""
     parts = {"readme-compare": compare_summary(data), "compare-summary": compare_summary(data),
+             "declared-results": "\n".join(declared_lines(data)) or "(no crafting seed complete yet)",
              "compare-table": "\n".join(compare_lines(data)[2:]),
              "compare-verdicts": all_verdicts(data)}
     written = []
@@ -1227,6 +1381,9 @@ def report(out: str) -> None:
     with open(os.path.join(out, "results.json")) as fh:
         data = json.load(fh)
     md = markdown(data) + "\n".join(compare_lines(data)) + "\n"
+    declared = declared_lines(data)
+    if declared:
+        md += "\n## The declared comparison (issue 46; docs/effectiveness.md declares it)\n\n" + "\n".join(declared) + "\n"
     with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write(md)
     written = plots(data, out)
@@ -1282,6 +1439,9 @@ def main(argv=None) -> int:
     p.add_argument("--craft-seeds", nargs="+", type=int, default=[0],
                    help="crafting seeds of the budgets and frontier stages' poisons (default 0; ids of the "
                         "others get '+csN'): the spread over crafting seeds, not only victim seeds")
+    p.add_argument("--victim-seeds", nargs="+", type=int, default=[0],
+                   help="victim seeds of the compare stage's cells (default 0; issue 46 declares 0 1: the victim's "
+                        "own variance, averaged within a crafting seed)")
     p.add_argument("--train-per-class", type=int, default=2000, help="class-balanced training subset (default 2000/class)")
     p.add_argument("--surrogate-steps", type=int, default=0,
                    help="surrogate SGD steps per crafting round (default 0: one epoch of the subset per round, "

@@ -15,6 +15,8 @@
 #   bench_ops  each variant verified against the float64 reference, then timed (short)
 #   bench_craft  one round of `paper` and of `fast` on 10,000 CIFAR-shaped images, with and
 #              without CUDA graphs, stating whether capture worked
+#   bench_compat miue.compat's drop-in updates and SupConLoss on the card, each checked against the
+#              original codebase's lines (bitwise for the updates), then timed beside them
 #
 # A stage may run until the plan's cumulative deadline (its own budget plus what earlier stages
 # left unused), never into a later stage's budget; the whole run stays under 540 s. A stage cut
@@ -28,7 +30,7 @@
 # a check of the installed extension (CI builds it in scripts/test.sh), each test stage's
 # selection of test_cuda.py (collected, every test skips; a selection that selects nothing fails),
 # the sanitizer stages' selections (collected only), bench_ops --smoke with verification and a
-# tiny bench_craft --capture-check. About 1-2 minutes on 2 busy cores.
+# tiny bench_craft --capture-check, bench_compat --quick --only ops. About 1-2 minutes on 2 busy cores.
 #
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh               # run (on the GPU machine, or here)
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh --pack        # then only summary.txt, gpu_check.log and
@@ -38,7 +40,7 @@
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh --summary     # the summary of a run in $OUT again
 #
 # Writes under $OUT (default ./gpu_out): env.txt (versions, the card), <stage>.log for each stage,
-# warmup.log, bench_ops.{json,md}, bench_craft.{json,md}, stages.tsv, gpu_check.json,
+# warmup.log, bench_ops.{json,md}, bench_craft.{json,md}, bench_compat.json, stages.tsv, gpu_check.json,
 # summary.txt, gpu_check.log (the console) and gpu_check.tar.gz (all of it). Exits 1 when a stage
 # failed, timed out or was cut, else 0. Commit what it writes under benchmarks/results/<card>-<date>/.
 set -uo pipefail
@@ -56,13 +58,14 @@ PLAN=(
   "preflight|30|all|versions, import miue, the card (name, capability, free memory), nvcc, compute-sanitizer"
   "build|110|all|pip install -e . with the CUDA kernels for the card's arch (sm_90), MAX_JOBS=nproc; Triton warm-up beside it"
   "graphs|45|all|Triton compiled not interpreted; CUDA-graph capture of the PGD step; craft_fast with cuda_graphs"
-  "compile|55|all|torch.compile(fullgraph=True) of each op, per backend; mode=reduce-overhead"
+  "compile|45|all|torch.compile(fullgraph=True) of each op, per backend; mode=reduce-overhead"
   "craft|35|all|one small craft_fast per backend (triton, cpp) against the reference backend"
   "ops|70|all|every other test of test_cuda.py (op tests against the float64 reference, opcheck, ...)"
-  "memcheck|60|30|compute-sanitizer memcheck, PYTORCH_NO_CUDA_MEMORY_CACHING=1: small supcon/intra/normalize/pgd cases"
-  "racecheck|40|20|compute-sanitizer racecheck: one supcon and one grouped-normalize case"
+  "memcheck|50|30|compute-sanitizer memcheck, PYTORCH_NO_CUDA_MEMORY_CACHING=1: small supcon/intra/normalize/pgd cases"
+  "racecheck|35|20|compute-sanitizer racecheck: one supcon and one grouped-normalize case"
   "bench_ops|35|all|bench_ops.py: fp32+bf16, each variant verified against the float64 reference, then timed"
   "bench_craft|60|all|bench_craft.py --capture-check: paper and fast, 10,000 images, CUDA graphs on/off"
+  "bench_compat|25|all|bench_compat.py --only ops on the card: miue.compat's updates and SupConLoss checked against the originals, then timed"
 )
 
 # test_cuda.py selections (-k): by test function name; tests/test_gpu_check.py checks the names
@@ -486,6 +489,21 @@ stage_bench_craft() {
   p=$(grep -E '^# PROBLEMS:' "$OUT/$STAGE.log" | tail -1 | sed 's/^# PROBLEMS: //')
   note "exit $rc; ${p:-${c:-cut before the summary: see bench_craft.json for the runs that finished}}"
   return 1
+}
+
+stage_bench_compat() {
+  local args
+  if [ "$HAS_GPU" = 1 ]; then
+    args=(--only ops --device cuda --no-compile)
+  else
+    args=(--quick --only ops)
+  fi
+  (cd tests && "$PY" ../benchmarks/bench_compat.py "${args[@]}" --json "$OUT/bench_compat.json")
+  local rc=$?
+  local v
+  v=$(grep -E '^# verification:' "$OUT/$STAGE.log" | tail -1 | sed 's/^# verification: //')
+  note "${v:-exit $rc before its verification line}"
+  return $rc
 }
 
 # ------------------------------------------------------------------------------- arguments

@@ -500,21 +500,28 @@ def test_precision_lines_pair_the_half_width_resnet_too():
 
 def test_compare_stage_order_and_ids():
     """Clean victims and clean under each defense first, then crafting seed by crafting seed every
-    row, its victims, then the defended victims under each defense."""
+    row, its victims, then its victims under each defense, victim seed by victim seed. The headline
+    defenses (JPEG-10, JPEG-75) judge every victim, the others only the defended two."""
     study = eff.Study.__new__(eff.Study)
     study.args = type("A", (), {"compare_rows": ["miue-demo", "em-published"], "craft_seeds": [0, 1],
-                                "defenses": ["jpeg"]})()
+                                "defenses": ["jpeg", "coin"], "victim_seeds": [0, 1]})()
     study.victims, study.victims_given, study.quick, study.craft_seed = ["cnn-sgd", "mlp-adam"], True, False, 0
     seen = []
     study.run_cell = lambda pid, method, budget, victim, seed, defense=None, **kw: seen.append(
-        (pid, method, victim, defense, study.craft_seed))
+        (pid, method, victim, defense, study.craft_seed, seed))
     study.stage_compare()
-    assert seen[:3] == [("clean", "clean", "cnn-sgd", None, 0), ("clean", "clean", "mlp-adam", None, 0),
-                        ("clean", "clean", "cnn-sgd", "jpeg", 0)]
-    assert seen[3:6] == [("cmp-miue-demo", "miue-demo", "cnn-sgd", None, 0), ("cmp-miue-demo", "miue-demo", "mlp-adam",
-                                                                               None, 0),
-                         ("cmp-miue-demo", "miue-demo", "cnn-sgd", "jpeg", 0)]
-    assert ("cmp-em-published+cs1", "em-published", "cnn-sgd", "jpeg", 1) in seen and len(seen) == 3 + 2 * 2 * 3
+    per_seed = 2 + 2 + 1  # the victims; both under jpeg; cnn-sgd under coin (mlp-adam is not a defended victim)
+    assert seen[:per_seed] == [("clean", "clean", "cnn-sgd", None, 0, 0), ("clean", "clean", "mlp-adam", None, 0, 0),
+                               ("clean", "clean", "cnn-sgd", "jpeg", 0, 0), ("clean", "clean", "mlp-adam", "jpeg", 0, 0),
+                               ("clean", "clean", "cnn-sgd", "coin", 0, 0)]
+    assert seen[per_seed][5] == 1  # then victim seed 1 of the clean cells
+    first = 2 * per_seed
+    assert seen[first:first + 3] == [("cmp-miue-demo", "miue-demo", "cnn-sgd", None, 0, 0),
+                                     ("cmp-miue-demo", "miue-demo", "mlp-adam", None, 0, 0),
+                                     ("cmp-miue-demo", "miue-demo", "cnn-sgd", "jpeg", 0, 0)]
+    assert ("cmp-em-published+cs1", "em-published", "mlp-adam", "jpeg", 1, 1) in seen
+    assert not any(v == "mlp-adam" and d == "coin" for _, _, v, d, _, _ in seen)
+    assert len(seen) == 2 * per_seed + 2 * 2 * 2 * per_seed
     assert eff.compare_id("pil", 0) == "cmp-pil" and eff.split_craft_seed("cmp-pil+cs2"[4:]) == ("pil", 2)
     for row, (preset, objective, recipe, _opts) in eff.COMPARE.items():  # every row is a real craft_fast call
         from miue.presets import make_config
@@ -565,3 +572,48 @@ def test_compare_table_means_per_seed_and_welch_p():
     assert cpu[0].endswith("MI-UE (cpu) lower (better)")
     assert "MI-UE (`cpu`) against each row:" in eff.all_verdicts(data)
     assert "MI-UE (cpu) against each row" in "\n".join(eff.compare_lines(data))
+
+
+def test_holm_permutation_and_welch_interval_match_hand_values():
+    assert eff.holm([0.01, 0.04, 0.03, None]) == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06), None]
+    assert eff.holm([0.5, 0.2]) == [pytest.approx(0.5), pytest.approx(0.4)]
+    # 3 against 3, fully separated: 2 of the 20 splits are as extreme, so p = 0.1 (never below)
+    assert eff.permutation_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
+    assert eff.permutation_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
+    assert eff.permutation_p([1], [2, 3]) is None
+    from scipy import stats
+
+    a, b = [0.20, 0.24, 0.22], [0.40, 0.30, 0.35]
+    lo, hi = eff.welch_interval(a, b)
+    r = stats.ttest_ind(b, a, equal_var=False)
+    ci = r.confidence_interval(0.95)
+    assert (lo, hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def _declared_data(miue, em, seeds=(0, 1), victims=None):
+    cells = {}
+    for row, values in (("miue-cpu", miue), ("em-published", em)):
+        for cs, acc in enumerate(values):
+            for v in victims or eff.COMPARE_VICTIMS:
+                for s in seeds:
+                    for d in (None, "jpeg"):
+                        cid, c = _cell(eff.compare_id(row, cs), v, s, acc + 0.01 * s, method=row, defense=d)
+                        cells[cid] = c
+    return {"setup": {"train_images": 100}, "cells": cells, "poisons": {}}
+
+
+def test_declared_comparison_averages_victim_seeds_corrects_and_waits_for_five_seeds():
+    data = _declared_data([0.20, 0.22, 0.21, 0.23, 0.19], [0.40, 0.42, 0.45, 0.38, 0.41])
+    vals = eff.declared_values(data)
+    assert vals["miue-cpu"][None][0] == pytest.approx(0.205)  # both victim seeds averaged in
+    res = eff.declared_comparison(data)
+    t = next(t for t in res["tests"] if t["ref"] == "miue-cpu" and t["row"] == "em-published" and t["defense"] is None)
+    assert t["complete"] and t["diff"] == pytest.approx(0.202) and t["holm_p"] >= t["welch_p"]
+    assert t["verdict"] == "MI-UE (`cpu`) better" and t["perm_p"] == pytest.approx(2 / 252)
+    text = "\n".join(eff.declared_lines(data))
+    assert "+20.2 [" in text and "MI-UE (`cpu`) better" in text
+    # four crafting seeds: no verdict, whatever p says
+    few = eff.declared_comparison(_declared_data([0.20, 0.22, 0.21, 0.23], [0.40, 0.42, 0.45, 0.38]))
+    assert all("not judged yet" in t["verdict"] for t in few["tests"] if t["a"] and t["b"])
+    # a crafting seed without its second victim seed does not count
+    assert eff.declared_values(_declared_data([0.2] * 5, [0.4] * 5, seeds=(0,))) == {}

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.sh")
-STAGES = ["preflight", "build", "graphs", "compile", "craft", "ops", "memcheck", "racecheck", "bench_ops", "bench_craft"]
+STAGES = ["preflight", "build", "graphs", "compile", "craft", "ops", "memcheck", "racecheck", "bench_ops", "bench_craft", "bench_compat"]
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/timeout") and not os.path.exists("/bin/timeout"),
                                 reason="needs coreutils timeout")
@@ -85,7 +85,7 @@ def test_summary_of_a_run(tmp_path):
     assert any(re.match(r"\s+graphs\s+TIMEOUT", ln) for ln in lines)
     assert any(re.match(r"\s+memcheck\s+NOT RUN\s+3/45\s+compute-sanitizer refused", ln) for ln in lines)
     assert any(re.match(r"\s+bench_craft\s+NOT RUN\s+0/60\s+not reached", ln) for ln in lines)
-    assert "1 passed, 2 failed, 7 not run" in r.stdout and "FAILED: build graphs" in r.stdout
+    assert "1 passed, 2 failed, 8 not run" in r.stdout and "FAILED: build graphs" in r.stdout
     assert len(lines) <= 24  # one screen
 
     (tmp_path / "stages.tsv").write_text("\n".join(tsv[:1] + [tsv[3]]) + "\n")
@@ -129,7 +129,7 @@ def test_runner_statuses_timeout_only_and_pack(tmp_path):
     assert rows["graphs"][0] == "TIMEOUT" and 1 <= rows["graphs"][1] <= 12
     assert rows["memcheck"][0] == "NOT RUN" and "refused the device" in rows["memcheck"][3]
     assert rows["racecheck"][0] == "NOT RUN" and "refused the device" in rows["racecheck"][3]
-    assert all(rows[n][0] == "PASS" for n in ("compile", "craft", "ops", "bench_ops", "bench_craft"))
+    assert all(rows[n][0] == "PASS" for n in ("compile", "craft", "ops", "bench_ops", "bench_craft", "bench_compat"))
     assert elapsed < 25
     summary = (tmp_path / "summary.txt").read_text()
     assert "FAILED: build graphs" in summary and summary in r.stdout
@@ -138,7 +138,7 @@ def test_runner_statuses_timeout_only_and_pack(tmp_path):
     out2 = tmp_path / "only"
     r = _run(["--only", "preflight,ops", "--pack"], _env(out2))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "2 passed, 0 failed, 8 not run" in r.stdout
+    assert "2 passed, 0 failed, 9 not run" in r.stdout
     assert sorted(os.listdir(out2)) == ["gpu_check.log", "gpu_check.tar.gz", "summary.txt"]
     listing = subprocess.run(["tar", "tzf", str(out2 / "gpu_check.tar.gz")], capture_output=True, text=True).stdout
     assert "stages.tsv" in listing and "ops.log" in listing
