@@ -17,6 +17,8 @@ Result file layout (``CraftResult.save``), ``.npz`` or ``.pt`` by extension (no 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -98,23 +100,89 @@ def load_checkpoint(path: str) -> dict:
         ) from None
 
 
-def check_writable(directory: str, min_free_bytes: int = 0) -> None:
+class StorageError(OSError):
+    """A write stage could not store its files (a full disk, a quota, a read-only or failing
+    device): the message names the stage, the folder and the bytes needed and free."""
+
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
+
+
+def _free(directory: str) -> int:
+    """Free bytes where ``directory`` (or its nearest existing parent) lives."""
+    d = os.path.abspath(directory)
+    while not os.path.exists(d) and os.path.dirname(d) != d:
+        d = os.path.dirname(d)
+    return shutil.disk_usage(d).free
+
+
+def require_space(directory: str, needed: int, what: str) -> None:
+    """Raise :class:`StorageError` unless ``directory`` has ``needed`` bytes free."""
+    free = _free(directory)
+    if free < needed:
+        raise StorageError(errno.ENOSPC, f"{what}: {directory!r} has {free / 2**20:.0f} MiB free, "
+                                         f"{needed / 2**20:.0f} MiB are needed; free some space (or choose "
+                                         "another folder) and run again: it resumes")
+
+
+@contextlib.contextmanager
+def storage_errors(directory: str, needed: int, what: str):
+    """Turn a write that fails for want of storage (ENOSPC, EDQUOT, EIO, EROFS, EFBIG) into one
+    :class:`StorageError` naming ``what``, ``directory`` and the bytes needed and free."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        try:
+            free = f"{_free(directory) / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise StorageError(exc.errno, f"{what}: writing to {directory!r} failed ({exc.strerror}); about "
+                                      f"{needed / 2**20:.0f} MiB are needed, {free}. Nothing half-written is "
+                                      "kept under a final name: free some space (or choose another folder) "
+                                      "and run again: it resumes") from None
+
+
+def preallocate(path: str, nbytes: int, what: str) -> None:
+    """Create ``path`` with ``nbytes`` allocated on disk, so that a memory map of it cannot meet a
+    full disk later (a write through a map that cannot be backed kills the process with SIGBUS).
+    Raises :class:`StorageError` naming ``what`` when the space is not there."""
+    directory = os.path.dirname(os.path.abspath(path))
+    require_space(directory, nbytes, what)
+    with storage_errors(directory, nbytes, what):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                if nbytes:
+                    os.posix_fallocate(fd, 0, nbytes)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                os.ftruncate(fd, nbytes)  # a file system without fallocate: the free-space check stands
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+
+
+def check_writable(directory: str, min_free_bytes: int = 0, what: str = "output directory") -> None:
     """Fail now, not after hours of compute, when ``directory`` cannot take our files."""
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"output directory {directory!r} cannot be created: {exc.strerror}") from None
+        raise OSError(f"{what} {directory!r} cannot be created: {exc.strerror}") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=directory)
         os.write(fd, b"x" * 4096)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise OSError(f"output directory {directory!r} is not writable: {exc.strerror}") from None
-    free = shutil.disk_usage(directory).free
-    if free < min_free_bytes:
-        raise OSError(f"output directory {directory!r} has {free / 2**20:.0f} MiB free, "
-                      f"{min_free_bytes / 2**20:.0f} MiB are needed")
+        raise OSError(f"{what} {directory!r} is not writable: {exc.strerror}") from None
+    require_space(directory, min_free_bytes, what)
 
 
 def _checksum(delta: np.ndarray, images: np.ndarray, labels: np.ndarray) -> str:

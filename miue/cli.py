@@ -122,16 +122,21 @@ def _cmd_craft(args) -> int:
     from miue.data import image_folder_split, is_image_folder
 
     world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's
-    if args.checkpoint_dir and is_image_folder(args.dataset) and not args.per_class and world <= 1:
-        # an image folder with a checkpoint directory is the data owner's job: protect() decodes it once
-        # into a memory-mapped cache there, keeps δ memory-mapped beside the checkpoints, and writes the
-        # mirrored release when --png-dir is given
+    if is_image_folder(args.dataset) and not args.per_class and world <= 1:
+        # an image folder is the data owner's job, one route for all: protect() decodes it once into a
+        # memory-mapped cache (in --checkpoint-dir, else a temporary folder removed afterwards), keeps δ
+        # memory-mapped beside the checkpoints, writes the mirrored release when --png-dir is given, and
+        # records the folder's root as the dataset (so `miue evaluate` finds its test split)
+        import tempfile
+
         from miue.protect import protect
 
-        summary = protect(image_folder_split(args.dataset, "train"), args.png_dir, work_dir=args.checkpoint_dir,
-                          checkpoint_dir=args.checkpoint_dir, result_path=args.out, device=args.device,
-                          native_size=args.native_size, overwrite=args.overwrite, progress=not args.quiet,
-                          **_folder_opts(args), **craft_opts)
+        with tempfile.TemporaryDirectory(prefix="miue-craft-") as tmp:
+            work = args.checkpoint_dir or tmp
+            summary = protect(image_folder_split(args.dataset, "train"), args.png_dir, work_dir=work,
+                              checkpoint_dir=work, result_path=args.out, device=args.device,
+                              native_size=args.native_size, overwrite=args.overwrite, progress=not args.quiet,
+                              dataset=args.dataset, **_folder_opts(args), **craft_opts)
         if args.png_dir:
             _print_release(args.png_dir, summary["n_files"], summary["n_skipped"])
         _print_result(summary["result"], summary["n_images"], args, summary["last_round"])
@@ -144,7 +149,7 @@ def _cmd_craft(args) -> int:
                                  progress=not args.quiet and rank == 0, **craft_opts)
         if rank != 0:  # every rank holds the gathered result; rank 0 writes it
             return 0
-        result.config["dataset"] = args.dataset
+        result.config["dataset"] = os.path.abspath(args.dataset) if is_image_folder(args.dataset) else args.dataset
         result.config["classes"] = data.classes
         path = result.save(args.out)
         if args.png_dir and data.source is not None:  # an image folder: mirror its names, with a manifest

@@ -11,7 +11,9 @@
 * Decoding: Pillow, EXIF orientation applied (``ImageOps.exif_transpose``: the image as a
   viewer shows it), converted to ``L`` when every image of the set is grayscale (modes 1, L,
   LA, I, I;16, F) and to ``RGB`` otherwise (palette and alpha images as torchvision's
-  ImageFolder loader converts them: ``convert("RGB")``, the alpha channel dropped).
+  ImageFolder loader converts them: ``convert("RGB")``, the alpha channel dropped). Samples of
+  more than 8 bits (16-bit PNG/TIFF, 32-bit integer or float) are scaled to 0..255, not clipped
+  (:func:`to_8bit`).
 * :func:`decode_folder` decodes into memory; :func:`cached_folder` decodes once into a
   memory-mapped uint8 file (checksummed, reused while the sources and the preprocessing are
   unchanged), with DataLoader workers, so host memory stays flat in the number of images.
@@ -35,7 +37,7 @@ from miue._imagedata import DatasetError, ImageData
 log = logging.getLogger("miue.data")
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 RESIZE_MODES = ("crop", "stretch")
 
 __all__ = ["FolderScan", "Preprocess", "cached_folder", "decode_folder", "load_image", "scan_folder"]
@@ -166,12 +168,42 @@ def skipped_summary(skipped: list[dict]) -> str:
 
 
 def load_image(path: str, gray: bool):
-    """The image at ``path`` as Pillow shows it (EXIF orientation applied), in mode L or RGB."""
+    """The image at ``path`` as Pillow shows it (EXIF orientation applied), in mode L or RGB;
+    images of more than 8 bits per sample are scaled to 8 bits first (:func:`to_8bit`)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
+        im = to_8bit(ImageOps.exif_transpose(im))
         return im.convert("L" if gray else "RGB")
+
+
+def to_8bit(im):
+    """A grayscale image of more than 8 bits scaled, not clipped, to mode ``L`` (Pillow's own
+    ``convert("L")`` clips such values at 255, which turns a 16-bit image white):
+
+    * ``I;16`` (16-bit PNG and TIFF), and ``I`` (32-bit integer) whose values lie in 0..65535:
+      ``round(v · 255 / 65535)``, i.e. ``round(v / 257)``;
+    * ``I`` with values outside 0..65535: the image's own minimum to 0 and maximum to 255;
+    * ``F`` (32-bit float) with values in [0, 1]: ``round(v · 255)``; outside: its minimum and
+      maximum as above (NaN as the minimum).
+
+    A constant image (minimum = maximum outside the nominal range) becomes 0. Every other mode is
+    returned unchanged (8-bit modes; palette, LA, CMYK and the rest convert as Pillow converts)."""
+    mode = im.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return im
+    from PIL import Image
+
+    a = np.asarray(im).astype(np.float64)
+    if mode == "F":
+        a = np.where(np.isnan(a), np.nanmin(a) if np.isfinite(a).any() else 0.0, a)
+        lo, hi = (0.0, 1.0) if a.size and a.min() >= 0 and a.max() <= 1 else (a.min(), a.max())
+    elif mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+        lo, hi = a.min(), a.max()
+    else:
+        lo, hi = 0.0, 65535.0
+    out = np.zeros(a.shape) if hi <= lo else np.rint((a - lo) * (255.0 / (hi - lo)))
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "L")
 
 
 def _header(path: str):
@@ -321,13 +353,28 @@ def _collate(batch):
     return batch
 
 
+def printable_name(name: str) -> str:
+    """A file name as text any JSON reader and any file system can hold: a name whose bytes are
+    not UTF-8 (Linux names are bytes; Python carries the undecodable ones as surrogate escapes)
+    gets each such byte as ``%XX`` (upper-case hex); a valid name is returned unchanged. The
+    original bytes are :func:`name_bytes` (the manifest records them beside the escaped name)."""
+    if not any(0xDC80 <= ord(ch) <= 0xDCFF for ch in name):
+        return name
+    return "".join(f"%{ord(ch) - 0xDC00:02X}" if 0xDC80 <= ord(ch) <= 0xDCFF else ch for ch in name)
+
+
+def name_bytes(name: str) -> bytes:
+    """The name's bytes on disk (lossless, whatever the encoding)."""
+    return os.fsencode(name)
+
+
 def _cache_key(scan: FolderScan, pre: Preprocess, skip_bad: bool) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"root": os.path.realpath(scan.root), "pre": pre.to_dict(), "skip_bad": skip_bad,
-                         "classes": scan.classes}).encode())
+                         "classes": scan.classes}).encode("utf-8", "surrogateescape"))
     for rel, lab in zip(scan.files, scan.labels):
         st = os.stat(os.path.join(scan.root, rel))
-        h.update(f"{rel}\0{lab}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(name_bytes(rel) + f"\0{lab}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -359,7 +406,7 @@ def cached_folder(root: str, cache_dir: str, *, image_size: int | None = None, r
     import torch
     from tqdm.auto import tqdm
 
-    from miue._io import atomic_write
+    from miue._io import atomic_write, preallocate, storage_errors
 
     pre = Preprocess(image_size, resize)
     scan = scan or scan_folder(root)
@@ -387,7 +434,10 @@ def cached_folder(root: str, cache_dir: str, *, image_size: int | None = None, r
     shape = _working_shape(h, pre)
     n = len(h.keep)
     partial = data_path + ".partial"
-    mm = np.memmap(partial, dtype=np.uint8, mode="w+", shape=(n,) + shape)
+    nbytes = n * int(np.prod(shape))
+    # allocated on disk before it is mapped: a full disk is an error here, not a SIGBUS mid-decode
+    preallocate(partial, nbytes, "the decoded cache")
+    mm = np.memmap(partial, dtype=np.uint8, mode="r+", shape=(n,) + shape)
     paths = [os.path.join(scan.root, scan.files[i]) for i in h.keep]
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
@@ -440,6 +490,7 @@ def cached_folder(root: str, cache_dir: str, *, image_size: int | None = None, r
         with open(tmp, "w") as fh:
             json.dump(meta, fh)
 
-    atomic_write(meta_path, write)
+    with storage_errors(cache_dir, 2**20, "the decoded cache's index"):
+        atomic_write(meta_path, write)
     data.cache = {"path": data_path, "reused": False, "sha256": digest}
     return data

@@ -42,7 +42,7 @@ def protect(src: str, dst: str | None, *, preset: str = "demo", objective: str =
             image_size: int | None = None, resize: str = "crop", native_size: bool = False, skip_bad: bool = False,
             work_dir: str | None = None, checkpoint_dir: str | None = None, overwrite: bool = False,
             result_path: str | None = None, device=None, seed: int = 0, progress: bool = True,
-            workers: int | None = None, **craft_options) -> dict:
+            workers: int | None = None, dataset: str | None = None, **craft_options) -> dict:
     """Protect the image folder ``src`` into the mirrored release ``dst``; returns a summary
     (counts, paths, seconds, and the last round's metrics). Keyword options not named here go
     to :func:`miue.craft_fast` (rounds, pgd_steps, arch, train_steps, amp, batch_size, ...).
@@ -50,7 +50,9 @@ def protect(src: str, dst: str | None, *, preset: str = "demo", objective: str =
     ``dst=None`` crafts without writing a release (then give ``result_path``): what
     ``miue craft FOLDER --checkpoint-dir DIR`` does without ``--png-dir``. The checkpoints go to
     ``checkpoint_dir`` (default ``<work_dir>/checkpoint``); the decoded cache always to
-    ``<work_dir>/cache``."""
+    ``<work_dir>/cache``. ``dataset``: what the result's configuration records as its data set
+    (default ``src``); ``miue craft ROOT`` gives the root whose ``train/`` it crafts, so that
+    ``miue evaluate`` finds ``ROOT/test``."""
     from miue.craft import craft_fast
     from miue.folder import cached_folder, scan_folder
     from miue.release import write_release
@@ -80,7 +82,8 @@ def protect(src: str, dst: str | None, *, preset: str = "demo", objective: str =
                         seed=seed, checkpoint_dir=ckpt, storage="disk",
                         progress=progress, num_classes=data.num_classes, **craft_options)
     t2 = time.perf_counter()
-    config = {**result.config, "dataset": os.path.abspath(src), "classes": data.classes,
+    config = {**result.config, "dataset": os.path.abspath(os.path.expanduser(dataset) if dataset else src),
+              "classes": data.classes,
               "preprocess": data.source["preprocess"]}
     result.config = config
     manifest = {"n_files": 0, "n_skipped": len(data.source["skipped"])}

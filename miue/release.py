@@ -29,13 +29,14 @@ import json
 import logging
 import os
 import time
+import unicodedata
 
 import numpy as np
 import torch
 
-from miue._io import atomic_write
+from miue._io import atomic_write, require_space, storage_errors
 from miue._quantize import quantize
-from miue.folder import Preprocess, file_sha256, load_image
+from miue.folder import Preprocess, file_sha256, load_image, printable_name
 
 log = logging.getLogger("miue.release")
 
@@ -52,20 +53,35 @@ def config_hash(config: dict) -> str:
 
 
 def release_paths(files: list[str]) -> list[str]:
-    """Released relative path of each source relative path: the extension replaced by ``.png``,
-    or appended when two sources of one folder would collide."""
+    """Released relative path of each source relative path: the name made printable
+    (:func:`miue.folder.printable_name`: bytes that are not UTF-8 as ``%XX``), the extension
+    replaced by ``.png``, or kept and ``.png`` appended when two sources of one folder share a
+    stem. Two released names that a case-insensitive or Unicode-normalising file system would
+    confuse are an error that lists every such group with its source paths."""
+    names = [printable_name(f) for f in files]
     stems: dict[str, int] = {}
-    for f in files:
-        stem = os.path.splitext(f)[0].lower()
+    for f in names:
+        stem = _fold(os.path.splitext(f)[0])
         stems[stem] = stems.get(stem, 0) + 1
     out = []
-    for f in files:
+    for f in names:
         stem, _ = os.path.splitext(f)
-        out.append((f if stems[stem.lower()] > 1 else stem) + ".png")
-    lowered = [p.lower() for p in out]
-    if len(set(lowered)) != len(lowered):  # e.g. a.png beside a.png.png
-        raise ValueError("two source files map to one released name; rename one of them")
+        out.append((f if stems[_fold(stem)] > 1 else stem) + ".png")
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(out):
+        groups.setdefault(_fold(p), []).append(i)
+    clashes = [g for g in groups.values() if len(g) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(repr(names[i]) for i in g) + f" -> {out[g[0]]!r}" for g in clashes)
+        raise ValueError(f"{len(clashes)} group(s) of source files map to one released name (names that differ "
+                         f"only in case or Unicode normalisation count as one): {listed}; rename all but one "
+                         "file of each group")
     return out
+
+
+def _fold(name: str) -> str:
+    """What a case-insensitive, Unicode-normalising file system (macOS, Windows) sees of a name."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def _crop_region(w0: int, h0: int, pre: Preprocess):
@@ -105,8 +121,15 @@ def _png(path: str, chw: np.ndarray) -> None:
 
     arr = chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)
     tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)  # nothing half-written stays behind, not even under the temporary name
+        except OSError:
+            pass
+        raise
 
 
 def _inside(a: str, b: str) -> bool:
@@ -210,6 +233,13 @@ def write_release(dst: str, source: dict, images, labels, classes: list[str], *,
     atomic_write(os.path.join(dst, MARKER), lambda tmp: open(tmp, "w").write(json.dumps(marker)))
     out_paths = release_paths(files)
     labels = [int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
+    # the space the PNGs still to write may take (uncompressed, an upper bound in practice), checked
+    # before the first one; a write that fails anyway is one StorageError naming dst and the bytes
+    c = int(images.shape[1])
+    todo = [i for i in range(n) if not (resuming and os.path.exists(os.path.join(dst, out_paths[i])))]
+    needed = sum((sizes[i][0] * sizes[i][1] if native_size else int(images.shape[2]) * int(images.shape[3])) * c
+                 + 1024 for i in todo) + 2**20 * (1 + n // 2000)  # + the manifest
+    require_space(dst, needed, "the release")
     records, kept = [], 0
     bar = tqdm(total=n, desc="writing release", unit="img", disable=not progress, dynamic_ncols=True)
     for i in range(n):
@@ -225,26 +255,34 @@ def write_release(dst: str, source: dict, images, labels, classes: list[str], *,
             base = torch.from_numpy(np.ascontiguousarray(orig))  # uint8
             d = native_delta(torch.as_tensor(np.asarray(delta[i])), w0, h0, pre)
             q = quantize(base, d, eps)  # the crafting results' rule (miue/_quantize.py)
-            _png(out_path, q.numpy())
+            with storage_errors(dst, needed, "the release"):
+                _png(out_path, q.numpy())
         else:
-            _png(out_path, np.asarray(images[i], dtype=np.uint8))
-        rec = {"source": files[i], "released": out_paths[i], "label": labels[i], "class": classes[labels[i]],
+            with storage_errors(dst, needed, "the release"):
+                _png(out_path, np.asarray(images[i], dtype=np.uint8))
+        rec = {"source": printable_name(files[i]), "released": out_paths[i], "label": labels[i],
+               "class": classes[labels[i]],
                "original_size": [int(w0), int(h0)],
                "released_size": [int(w0), int(h0)] if native_size else [int(images.shape[3]), int(images.shape[2])],
                "sha256_source": file_sha256(src_path), "sha256_released": file_sha256(out_path)}
+        if rec["source"] != files[i]:  # not UTF-8: the original bytes, losslessly
+            rec["source_bytes_hex"] = os.fsencode(files[i]).hex()
         records.append(rec)
         bar.update(1)
         if on_file is not None:
             on_file(i)
     bar.close()
-    skipped = list(source.get("skipped", []))
+    skipped = [{**k, "path": printable_name(k["path"]), **({"path_bytes_hex": os.fsencode(k["path"]).hex()}
+                                                            if printable_name(k["path"]) != k["path"] else {})}
+               for k in source.get("skipped", [])]
     manifest = {
         "format": FORMAT, "format_version": 1, "source_root": os.path.abspath(root), "eps": float(eps),
         "eps_255": float(eps * 255), "native_size": bool(native_size), "preprocess": pre.to_dict(),
         "preprocess_text": pre.describe(), "mode": source.get("mode"), "config_hash": digest, "config": config,
         "n_files": n, "n_skipped": len(skipped), "skipped": skipped, "files": records,
     }
-    atomic_write(os.path.join(dst, MANIFEST), lambda tmp: open(tmp, "w").write(json.dumps(manifest, indent=1)))
+    with storage_errors(dst, 2**20 * (1 + n // 2000), "the release's manifest"):
+        atomic_write(os.path.join(dst, MANIFEST), lambda tmp: open(tmp, "w").write(json.dumps(manifest, indent=1)))
     os.unlink(os.path.join(dst, MARKER))
     if kept:
         log.info("%s: kept %d files written by the unfinished run", dst, kept)

@@ -20,7 +20,7 @@ import os
 import torch
 
 from miue import objectives
-from miue._io import atomic_save, atomic_write, check_writable, load_checkpoint
+from miue._io import atomic_save, atomic_write, check_writable, load_checkpoint, storage_errors
 from miue.craft.distributed import agree_min
 from miue.presets import CraftConfig
 
@@ -83,15 +83,17 @@ class Checkpoint:
     def __init__(self, directory: str, rank: int = 0, world: int = 1):
         if world > 1:
             directory = os.path.join(directory, f"rank{rank}-of-{world}")
-        check_writable(directory)
+        check_writable(directory, what="the checkpoint folder")
         self.directory, self.world = directory, world
+        self.state_bytes = 0
         self.path = os.path.join(directory, CHECKPOINT_NAME)
         self.metrics_path = os.path.join(directory, METRICS_NAME)
 
     def check_space(self, state_bytes: int) -> None:
         """Fail now, not after hours: room for two checkpoints (the next one's temporary file
         beside the last) of ``state_bytes`` each."""
-        check_writable(self.directory, min_free_bytes=2 * state_bytes + 2**24)
+        self.state_bytes = state_bytes
+        check_writable(self.directory, min_free_bytes=2 * state_bytes + 2**24, what="the checkpoint folder")
 
     def load(self) -> dict | None:
         """The newest state all ranks have (None: start afresh). With several ranks a kill during
@@ -110,9 +112,10 @@ class Checkpoint:
         raise ValueError(f"checkpoint {self.path}: no state for round {agreed} that the other ranks agreed on")
 
     def save(self, state: dict) -> None:
-        if self.world > 1 and os.path.exists(self.path):
-            os.replace(self.path, self.path + ".prev")
-        atomic_save(state, self.path)
+        with storage_errors(self.directory, 2 * self.state_bytes + 2**24, "the checkpoint"):
+            if self.world > 1 and os.path.exists(self.path):
+                os.replace(self.path, self.path + ".prev")
+            atomic_save(state, self.path)
 
     def write_metrics(self, history: list) -> None:
         """metrics.jsonl as one line per round of ``history`` (drops rounds logged after the
