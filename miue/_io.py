@@ -108,6 +108,10 @@ class StorageError(OSError):
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 10 * 2**20 else f"{n / 2**20:,.0f} MiB"
+
+
 def _free(directory: str) -> int:
     """Free bytes where ``directory`` (or its nearest existing parent) lives."""
     d = os.path.abspath(directory)
@@ -120,8 +124,8 @@ def require_space(directory: str, needed: int, what: str) -> None:
     """Raise :class:`StorageError` unless ``directory`` has ``needed`` bytes free."""
     free = _free(directory)
     if free < needed:
-        raise StorageError(errno.ENOSPC, f"{what}: {directory!r} has {free / 2**20:.0f} MiB free, "
-                                         f"{needed / 2**20:.0f} MiB are needed; free some space (or choose "
+        raise StorageError(errno.ENOSPC, f"{what}: {directory!r} has {_mib(free)} free, "
+                                         f"{_mib(needed)} are needed; free some space (or choose "
                                          "another folder) and run again: it resumes")
 
 
@@ -137,11 +141,11 @@ def storage_errors(directory: str, needed: int, what: str):
         if exc.errno not in _STORAGE_ERRNOS:
             raise
         try:
-            free = f"{_free(directory) / 2**20:.0f} MiB free"
+            free = f"{_mib(_free(directory))} free"
         except OSError:
             free = "free space unknown"
         raise StorageError(exc.errno, f"{what}: writing to {directory!r} failed ({exc.strerror}); about "
-                                      f"{needed / 2**20:.0f} MiB are needed, {free}. Nothing half-written is "
+                                      f"{_mib(needed)} are needed, {free}. Nothing half-written is "
                                       "kept under a final name: free some space (or choose another folder) "
                                       "and run again: it resumes") from None
 
@@ -230,7 +234,12 @@ def write_result_file(path: str, delta, images, labels, config: dict, history: l
         def write(tmp):
             torch.save({"delta": torch.from_numpy(delta), "images": torch.from_numpy(images),
                         "labels": torch.from_numpy(labels), "meta": text}, tmp)
-    return atomic_write(path, write)
+    needed = delta.nbytes + images.nbytes + labels.nbytes + len(text) + 2**16
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    require_space(directory, needed, "the result file")
+    with storage_errors(directory, needed, "the result file"):
+        return atomic_write(path, write)
 
 
 def read_result_file(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:

@@ -118,7 +118,7 @@ def test_decoded_cache_on_a_full_disk_is_a_clear_error_then_resumes(tmp_path, mo
     assert not [f for f in os.listdir(cache) if f.endswith(".partial") or f.endswith(".u8")]
     monkeypatch.undo()
     monkeypatch.setattr("miue._io._free", lambda d: 1000)  # the check before any byte is written
-    with pytest.raises(StorageError, match=r"the decoded cache: .* has 0 MiB free"):
+    with pytest.raises(StorageError, match=r"the decoded cache: .* has 0.0 MiB free"):
         cached_folder(src, cache)
     monkeypatch.undo()
     assert len(cached_folder(src, cache).labels) == 6
@@ -198,6 +198,23 @@ def test_checkpoint_write_failure_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(StorageError, match=r"the checkpoint: writing to .*ckpt.* failed"):
         miue.craft_fast(x, y, preset="cnn", rounds=1, pgd_steps=1, device="cpu", progress=False,
                         checkpoint_dir=str(tmp_path / "ckpt"))
+
+
+def test_result_file_write_failure_is_a_clear_error(tmp_path, monkeypatch):
+    import torch
+
+    from miue._io import write_result_file
+
+    d = torch.zeros(4, 1, 4, 4)
+    args = (d, torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.arange(4), {"eps": 0.03}, [])
+    monkeypatch.setattr("miue._io._free", lambda d: 100)
+    with pytest.raises(StorageError, match=r"the result file: .* MiB are needed"):
+        write_result_file(str(tmp_path / "r.npz"), *args)
+    monkeypatch.undo()
+    monkeypatch.setattr("miue._io.atomic_write", _enospc)
+    with pytest.raises(StorageError, match=r"the result file: writing to .* failed"):
+        write_result_file(str(tmp_path / "r.npz"), *args)
+    assert not os.path.exists(tmp_path / "r.npz")
 
 
 # ----------------------------------------------------------------------------- one route
