@@ -189,6 +189,16 @@ def check_writable(directory: str, min_free_bytes: int = 0, what: str = "output 
     require_space(directory, min_free_bytes, what)
 
 
+def file_sha256(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
 def _checksum(delta: np.ndarray, images: np.ndarray, labels: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in (delta, images, labels):

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from miue._imagedata import DatasetError, ImageData
+from miue._io import file_sha256  # noqa: F401  (re-exported: miue.folder.file_sha256)
+from miue._names import name_bytes
 
 log = logging.getLogger("miue.data")
 
@@ -353,21 +355,6 @@ def _collate(batch):
     return batch
 
 
-def printable_name(name: str) -> str:
-    """A file name as text any JSON reader and any file system can hold: a name whose bytes are
-    not UTF-8 (Linux names are bytes; Python carries the undecodable ones as surrogate escapes)
-    gets each such byte as ``%XX`` (upper-case hex); a valid name is returned unchanged. The
-    original bytes are :func:`name_bytes` (the manifest records them beside the escaped name)."""
-    if not any(0xDC80 <= ord(ch) <= 0xDCFF for ch in name):
-        return name
-    return "".join(f"%{ord(ch) - 0xDC00:02X}" if 0xDC80 <= ord(ch) <= 0xDCFF else ch for ch in name)
-
-
-def name_bytes(name: str) -> bytes:
-    """The name's bytes on disk (lossless, whatever the encoding)."""
-    return os.fsencode(name)
-
-
 def _cache_key(scan: FolderScan, pre: Preprocess, skip_bad: bool) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"root": os.path.realpath(scan.root), "pre": pre.to_dict(), "skip_bad": skip_bad,
@@ -376,16 +363,6 @@ def _cache_key(scan: FolderScan, pre: Preprocess, skip_bad: bool) -> str:
         st = os.stat(os.path.join(scan.root, rel))
         h.update(name_bytes(rel) + f"\0{lab}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 def _compact(mm: np.ndarray, good: list[int], rows: int = 1024) -> None:

@@ -34,9 +34,10 @@ import unicodedata
 import numpy as np
 import torch
 
-from miue._io import atomic_write, require_space, storage_errors
+from miue._io import atomic_write, file_sha256, require_space, storage_errors
+from miue._names import name_record, printable_name
 from miue._quantize import quantize
-from miue.folder import Preprocess, file_sha256, load_image, printable_name
+from miue.folder import Preprocess, load_image  # the decoder: native size decodes each original again
 
 log = logging.getLogger("miue.release")
 
@@ -54,7 +55,7 @@ def config_hash(config: dict) -> str:
 
 def release_paths(files: list[str]) -> list[str]:
     """Released relative path of each source relative path: the name made printable
-    (:func:`miue.folder.printable_name`: bytes that are not UTF-8 as ``%XX``), the extension
+    (:func:`miue._names.printable_name`: bytes that are not UTF-8 as ``%XX``), the extension
     replaced by ``.png``, or kept and ``.png`` appended when two sources of one folder share a
     stem. Two released names that a case-insensitive or Unicode-normalising file system would
     confuse are an error that lists every such group with its source paths."""
@@ -260,21 +261,17 @@ def write_release(dst: str, source: dict, images, labels, classes: list[str], *,
         else:
             with storage_errors(dst, needed, "the release"):
                 _png(out_path, np.asarray(images[i], dtype=np.uint8))
-        rec = {"source": printable_name(files[i]), "released": out_paths[i], "label": labels[i],
+        rec = {**name_record(files[i], "source"), "released": out_paths[i], "label": labels[i],
                "class": classes[labels[i]],
                "original_size": [int(w0), int(h0)],
                "released_size": [int(w0), int(h0)] if native_size else [int(images.shape[3]), int(images.shape[2])],
                "sha256_source": file_sha256(src_path), "sha256_released": file_sha256(out_path)}
-        if rec["source"] != files[i]:  # not UTF-8: the original bytes, losslessly
-            rec["source_bytes_hex"] = os.fsencode(files[i]).hex()
         records.append(rec)
         bar.update(1)
         if on_file is not None:
             on_file(i)
     bar.close()
-    skipped = [{**k, "path": printable_name(k["path"]), **({"path_bytes_hex": os.fsencode(k["path"]).hex()}
-                                                            if printable_name(k["path"]) != k["path"] else {})}
-               for k in source.get("skipped", [])]
+    skipped = [{**k, **name_record(k["path"], "path")} for k in source.get("skipped", [])]
     manifest = {
         "format": FORMAT, "format_version": 1, "source_root": os.path.abspath(root), "eps": float(eps),
         "eps_255": float(eps * 255), "native_size": bool(native_size), "preprocess": pre.to_dict(),
