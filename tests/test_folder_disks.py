@@ -241,3 +241,34 @@ def test_craft_of_a_root_with_train_and_test_records_the_root_and_evaluates(tmp_
     assert {k: cfg[k] for k in same} == {k: cfg2[k] for k in same}  # one route, one configuration
     capsys.readouterr()
     assert main(["evaluate", out, "--preset", "quick", "--epochs", "1", "--quiet"]) == 0
+
+
+def test_one_run_protects_a_folder_of_everything_odd(tmp_path, capsys):
+    """A name that is not UTF-8, a 16-bit PNG, a 32-bit float TIFF, a palette image, a text file
+    and a hidden file in one tree: one `miue protect` run releases or lists every file."""
+    from miue.cli import main
+
+    src = tmp_path / "src"
+    _tree(str(src), n=3, size=16)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 65536, (16, 16), dtype=np.uint16)).save(src / "b" / "deep.png")
+    Image.fromarray(rng.random((16, 16), dtype=np.float32)).save(src / "b" / "float.tif")
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).convert("P").save(src / "a" / "pal.png")
+    (src / "a" / "notes.txt").write_text("x")
+    (src / "a" / ".DS_Store").write_bytes(b"\0")
+    odd = True
+    try:
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(os.fsdecode(os.fsencode(str(src / "a")) + b"/\xff.png"))
+    except OSError:
+        odd = False
+    dst = str(tmp_path / "rel")
+    assert main(["protect", str(src), dst, "--preset", "cnn", "--rounds", "1", "--pgd-steps", "1",
+                 "--train-steps", "2", "--quiet", "--workers", "0"]) == 0
+    m = json.load(open(os.path.join(dst, MANIFEST)))
+    listed = {r["source"] for r in m["files"]} | {s["path"] for s in m["skipped"]}
+    on_disk = {os.path.relpath(os.path.join(dp, f), src).replace(os.sep, "/")
+               for dp, _, fs in os.walk(src) for f in fs}
+    assert {printable_name(p) for p in on_disk} == listed  # every file released or listed
+    assert m["n_files"] == 6 + 3 + odd
+    deep = next(r for r in m["files"] if r["source"] == "b/deep.png")
+    assert 100 < np.asarray(Image.open(os.path.join(dst, deep["released"]))).mean() < 155  # not white
