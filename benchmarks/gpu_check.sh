@@ -96,7 +96,7 @@ summary() {
   local used=0 total=0
   echo "============================ gpu_check summary ============================"
   [ -f "$out/mode.txt" ] && sed 's/^/  /' "$out/mode.txt"
-  printf '  %-11s %-8s %9s  %s\n' stage status "s/budget" note
+  printf '  %-12s %-8s %9s  %s\n' stage status "s/budget" note
   for name in $(stage_names); do
     budget=$(stage_field "$name" 1)
     total=$((total + budget))
@@ -112,7 +112,7 @@ summary() {
       "NOT RUN") n_not=$((n_not + 1)) ;;
       *) n_fail=$((n_fail + 1)); failed="$failed $name" ;;
     esac
-    printf '  %-11s %-8s %4s/%-4s  %s\n' "$name" "$status" "$secs" "$budget" "${note:0:110}"
+    printf '  %-12s %-8s %4s/%-4s  %s\n' "$name" "$status" "$secs" "$budget" "${note:0:110}"
   done
   [ -f "$out/warmup.note" ] && echo "  (warm-up beside the build, informational: $(head -c 150 "$out/warmup.note"))"
   echo "  $n_pass passed, $n_fail failed, $n_not not run; ${used} s of the ${total} s plan; logs: $out"
@@ -130,7 +130,7 @@ dry_run() {
   local total=0 name budget
   echo "gpu_check plan: a stage may also use time earlier stages left unused, never a later stage's budget;"
   echo "the run never exceeds the total"
-  printf '  %-3s %-11s %6s  %s\n' "#" stage budget "what"
+  printf '  %-3s %-12s %6s  %s\n' "#" stage budget "what"
   local i=0
   for name in $(stage_names); do
     i=$((i + 1))
@@ -139,7 +139,7 @@ dry_run() {
     local extra
     extra=$(stage_field "$name" 2)
     [ "$extra" = all ] && extra="" || extra=" (+ at most ${extra} s of time left unused)"
-    printf '  %-3s %-11s %5ss  %s\n' "$i" "$name" "$budget" "$(stage_field "$name" 3)$extra"
+    printf '  %-3s %-12s %5ss  %s\n' "$i" "$name" "$budget" "$(stage_field "$name" 3)$extra"
   done
   echo "  total: ${total} s (limit ${TOTAL_LIMIT} s = 9 minutes)"
   echo "  test_cuda.py selections (-k):"
