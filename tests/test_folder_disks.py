@@ -272,3 +272,18 @@ def test_one_run_protects_a_folder_of_everything_odd(tmp_path, capsys):
     assert m["n_files"] == 6 + 3 + odd
     deep = next(r for r in m["files"] if r["source"] == "b/deep.png")
     assert 100 < np.asarray(Image.open(os.path.join(dst, deep["released"]))).mean() < 155  # not white
+
+
+def test_craft_of_a_folder_and_protect_record_the_same_configuration(tmp_path):
+    from miue.cli import main
+    from miue.craft import CraftResult
+
+    src = tmp_path / "src"
+    _tree(str(src), n=3, size=16)
+    common = ["--image-size", "16", "--preset", "cnn", "--rounds", "1", "--pgd-steps", "1", "--train-steps", "2",
+              "--quiet"]
+    assert main(["protect", str(src), str(tmp_path / "rel"), "--result", str(tmp_path / "p.npz"), *common]) == 0
+    assert main(["craft", str(src), "--out", str(tmp_path / "c.npz"), *common]) == 0
+    p, c = (CraftResult.load(str(tmp_path / f)) for f in ("p.npz", "c.npz"))
+    assert p.config == c.config
+    assert np.array_equal(p.images.numpy(), c.images.numpy())
