@@ -291,9 +291,9 @@ def main(argv=None) -> int:
                    default=["miue", "em", "cp", "tap", "ops"])
     a = p.parse_args(argv)
     cfg = QUICK if a.quick else FULL
-    from miue.demo import _machine
+    from miue.env import environment
 
-    res = {"date": datetime.date.today().isoformat(), "quick": a.quick, "machine": _machine(),
+    res = {"date": datetime.date.today().isoformat(), "quick": a.quick, "machine": environment(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "config": cfg, "loops": {}, "ops": {}}
     if "miue" in a.only:  # in this process, before anything tunes its allocator
         res["loops"]["miue"] = loop_miue(cfg["miue"], cfg["repeats"])

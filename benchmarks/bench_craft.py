@@ -393,17 +393,12 @@ def main(argv=None):
     from miue._malloc import tune_cpu_allocator
 
     malloc_tuned = tune_cpu_allocator() if not gpu else None
-    meta = {"malloc_tuned": malloc_tuned, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine()),
-            "torch": torch.__version__, "cuda": torch.version.cuda, "threads": torch.get_num_threads(),
-            "miue": miue.__version__, "backends": miue.available_backends(), "quick": args.quick,
-            "bf16_matmul_tflops": bf16_peak_tflops(device)}
-    try:
-        import triton
+    from miue.env import environment
 
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = None
+    meta = {**environment(), "malloc_tuned": malloc_tuned,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(device) if gpu else (platform.processor() or platform.machine()),
+            "cuda": torch.version.cuda, "quick": args.quick, "bf16_matmul_tflops": bf16_peak_tflops(device)}
     print(f"# bench_craft on {meta['device']} (torch {meta['torch']}, triton {meta['triton']})", flush=True)
     if args.capture_check:
         return capture_check(args, device, meta)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -220,12 +219,10 @@ def main(argv=None) -> int:
     print(table)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        import torch
 
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   platform.processor())
-        meta = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
-                "cores": os.cpu_count(), "image_size": args.image_size, "workers": args.workers, "threads": args.threads,
+        from miue.env import environment
+
+        meta = {**environment(), "image_size": args.image_size, "workers": args.workers, "threads": args.threads,
                 "date": time.strftime("%Y-%m-%d")}
         with open(os.path.join(args.out, "results.json"), "w") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=1)

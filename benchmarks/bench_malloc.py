@@ -84,7 +84,6 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=15, help="timed steps per cell (after 3 warm-up steps)")
     p.add_argument("--json", default="bench_malloc.json")
     args = p.parse_args(argv)
-    import torch
 
     steps = 3 if args.quick else args.steps
     rows = []
@@ -102,8 +101,10 @@ def main(argv=None):
                 print(f"| {kind} | {precision} | {procs} | {a['img_per_s']:,.0f} | {b['img_per_s']:,.0f} | "
                       f"{row['speedup']:.2f}× | {a['minflt_per_step']:,.0f} → {b['minflt_per_step']:,.0f} | "
                       f"{100 * a['sys_share']:.0f}% → {100 * b['sys_share']:.0f}% |", flush=True)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "cpus": os.cpu_count(), "steps": steps, "quick": args.quick,
+    from miue.env import environment
+
+    meta = {**environment(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "steps": steps, "quick": args.quick,
             "note": "img/s per process, 1 torch thread each; pgd batch 512, train batch 256"}
     with open(args.json, "w") as fh:
         json.dump({"meta": meta, "rows": rows}, fh, indent=1)

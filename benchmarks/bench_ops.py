@@ -310,25 +310,17 @@ def run(args):
     allowed = set(args.variants.split(",")) if args.variants else (
         {"official", "eager", "compile", "triton", "cpp"} if on_gpu else {"official", "eager", "cpp"})
     allowed &= {"official", "eager", "compile"} | set(v for v in ("triton", "cpp") if miue.ops._backend.backend_supports(v, device))
+    from miue.env import environment
+
     meta = {
+        **environment(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "miue": miue.__version__,
-        "backends": miue.available_backends(),
         "copy_bandwidth_gbps": copy_bandwidth_gbps(device),
         "quick": "smoke" if args.smoke else args.quick,
         "verified": args.verify,
     }
-    try:
-        import triton
-
-        meta["triton"] = triton.__version__
-    except ImportError:
-        meta["triton"] = None
     print(f"# bench_ops on {meta['device']} (torch {meta['torch']}, triton {meta['triton']}, cuda {meta['cuda']})")
     if meta["copy_bandwidth_gbps"]:
         print(f"# device-to-device copy bandwidth: {meta['copy_bandwidth_gbps']:.0f} GB/s (read + write)")

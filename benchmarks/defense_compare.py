@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
 import torch
 
-import miue
 from miue.craft import CraftResult
 from miue.data import class_balanced_subset, load_dataset
 from miue.defenses import DEFENSES
 from miue.demo import QUICK
+from miue.env import environment
 from miue.victims import evaluate
 
 # the demo's files: EM is its authors' published recipe, EM-matched its loss on MI-UE's schedule
@@ -95,8 +94,7 @@ def main(argv=None) -> int:
     report = {"quick": args.quick, "dataset": dataset, "train_images": len(train), "test_images": len(test), "epochs": args.epochs,
               "at_eps": args.at_eps, "seed": args.seed, "victim_preset": "quick", "methods": args.methods,
               "defenses": args.defenses, "results": {},
-              "environment": {"miue": miue.__version__, "torch": torch.__version__, "python": platform.python_version(),
-                              "threads": torch.get_num_threads()}}
+              "environment": environment()}
     channels = next(iter(images.values())).shape[1]
     if args.resume and os.path.exists(json_path):  # keep what an earlier run of the same setup measured
         with open(json_path) as fh:

@@ -32,7 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -519,11 +518,9 @@ def _lens(model, train, poisoned: np.ndarray, n: int) -> dict:
 
 
 def _environment() -> dict:
-    import miue
+    from miue.env import environment
 
-    return {"miue": miue.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "threads": torch.get_num_threads(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "backends": miue.available_backends()}
+    return environment()
 
 
 # ----------------------------------------------------------------------------- report

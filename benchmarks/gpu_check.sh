@@ -39,7 +39,8 @@
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh --only build,ops   # some stages (the others: NOT RUN)
 #   OUT=/tmp/out bash benchmarks/gpu_check.sh --summary     # the summary of a run in $OUT again
 #
-# Writes under $OUT (default ./gpu_out): env.txt (versions, the card), <stage>.log for each stage,
+# Writes under $OUT (default ./gpu_out): env.txt (versions, the card), environment.json (miue.env's
+# record, after the build), <stage>.log for each stage,
 # warmup.log, bench_ops.{json,md}, bench_craft.{json,md}, bench_compat.json, stages.tsv, gpu_check.json,
 # summary.txt, gpu_check.log (the console) and gpu_check.tar.gz (all of it). Exits 1 when a stage
 # failed, timed out or was cut, else 0. Commit what it writes under benchmarks/results/<card>-<date>/.
@@ -319,6 +320,10 @@ if gpu:
     for b in ("cpp", "triton"):
         if not backend_supports(b, dev):
             problems.append(f"backend {b} does not run on CUDA tensors")
+import json
+from miue.env import environment  # the one environment record (miue info, the demo, the benchmarks)
+with open(os.path.join(os.environ["OUT"], "environment.json"), "w") as fh:
+    json.dump(environment(), fh, indent=1)
 msg = "; ".join(problems) or ("cpp CPU+CUDA kernels and triton on CUDA" if gpu else
                               f"no GPU: not rebuilt (CI builds it in scripts/test.sh); extension: {extension_status()}")
 with open(os.path.join(os.environ["OUT"], "build.note"), "w") as fh:

@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     cfg = r.config
     # the final pass crafts each image as a step crafts one (without the training step)
     whole_h = (per_step * args.steps_published + per_step / bs * args.n_images) / 3600
-    from miue.demo import _machine  # the CPU model and whether it has native bf16
+    from miue.env import environment
 
-    out = {"machine": _machine(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+    out = {"machine": environment(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "precision": r.config.get("precision"), "image_size": size, "train_batch_size": cfg["train_batch_size"],
            "pgd_steps": cfg["pgd_steps"], "eot_samples": cfg["eot_samples"], "rem_steps": cfg["rem_steps"],
            "steps_timed": first["train_steps"], "seconds_per_step": per_step,

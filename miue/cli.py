@@ -26,31 +26,9 @@ def budget(text: str) -> float:
 
 
 def _cmd_info(args) -> int:
-    import platform
+    from miue.env import environment
 
-    import torch
-
-    import miue
-    from miue.ops._extension import cpp_has_cuda, extension_status
-
-    info = {
-        "miue": miue.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda_build": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"],
-        "backends": miue.available_backends(),
-        "cpp_has_cuda_kernels": cpp_has_cuda(),
-        "extension": extension_status(),
-        "cpu_threads": torch.get_num_threads(),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
+    info = environment()
     if args.json:
         print(json.dumps(info, indent=1))
     else:

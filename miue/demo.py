@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -38,6 +37,7 @@ from miue import objectives
 from miue._amp import precision
 from miue.craft import craft_fast
 from miue.data import class_balanced_subset, load_dataset
+from miue.env import environment
 from miue.victims import VICTIM_RECIPES, evaluate
 from miue.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, mean_intra_class_cosine
 
@@ -90,7 +90,6 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     whole training set). seed: the crafting, subset and victim seed. workers: jobs (crafts, victims)
     run in this many processes at once, each with cores / workers threads (1: one after the other
     in this process; the CLI uses 2 on 2 or more cores)."""
-    import miue
     from miue.presets import make_config
 
     if preset not in DEMO_PRESETS:
@@ -200,6 +199,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     crafted = {name: crafted[name] for name in order if name in crafted}  # (the pool finishes in any order)
 
     acc = {name: {v: r.test_acc for v, r in vs.items()} for name, vs in victims.items()}
+    env = environment()
     report = {
         "quick": quick,
         "preset": preset,
@@ -212,7 +212,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
         "victim_recipes": {v: {"evaluate_preset": p, "arch": a, "epochs": e} for v, (p, a, e) in victims_cfg.items()},
         "defended": {col: {"victim": v, "defense": d} for col, (v, d) in DEFENDED.items()},
         "victim_precision": precision(cfg.amp, device or "cpu"),
-        "machine": _machine(),
+        "machine": {k: env[k] for k in ("cpu", "cores", "native_bf16", "bf16_reason")},
         "craft": {name: {"seconds": craft_seconds[name], "config": crafted[name].config, "history": crafted[name].history}
                   for name in crafted},
         "test_acc": acc,
@@ -222,9 +222,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
         "lens": lens,
         "lens_victim": LENS_VICTIM,
         "targets": TARGETS,
-        "environment": {"miue": miue.__version__, "torch": torch.__version__, "python": platform.python_version(),
-                        "threads": torch.get_num_threads(), "backends": miue.available_backends(),
-                        "device": str(victims["clean"][LENS_VICTIM].config["device"]), "workers": workers},
+        "environment": {**env, "device": str(victims["clean"][LENS_VICTIM].config["device"]), "workers": workers},
         "seconds": time.perf_counter() - t_start,
     }
     checks = {f"clean_at_least_0.88_{v}": acc["clean"][v] >= TARGETS["clean_min"] for v in victims_cfg}
@@ -283,20 +281,6 @@ def _victim_job(name, col, images, labels, test_images, test_labels, spec, defen
                "intra_class_cosine": mean_intra_class_cosine(f_pois, y)}
     del res.model  # (not picklable across processes cheaply, and not part of the report)
     return name, col, res, rec
-
-
-def _machine() -> dict:
-    """The CPU and whether it has native bf16 (the demo's timings depend on both)."""
-    from miue._amp import cpu_bf16_reason
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    bf16, why = cpu_bf16_reason()
-    return {"cpu": model, "cores": os.cpu_count(), "native_bf16": bf16, "bf16_reason": why}
 
 
 def table(report: dict) -> str:
