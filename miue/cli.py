@@ -237,30 +237,14 @@ def _objective_help() -> str:
     return "what δ optimises (default miue): " + "; ".join(f"{o.name}: {o.summary}" for o in OBJECTIVES.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from miue.defenses import DEFENSES
-    from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
-    from miue.demo import NAMES as DEMO_NAMES
+def _add_crafting_args(s, default_preset: str) -> None:
+    """The crafting options `miue craft` and `miue protect` share, defined once."""
     from miue.models import ARCHS
     from miue.ops._backend import BACKENDS
-    from miue._quantize import ROUNDINGS
-    from miue.craft.store import DELTA_DTYPES
     from miue.presets import OBJECTIVES, PRESETS, RECIPES
-    from miue.victims import EVAL_PRESETS, OPTIMIZERS
 
-    p = argparse.ArgumentParser(prog="miue", description="Fast MI-UE unlearnable examples (crafting and evaluation).")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("info", help="backends, devices and versions")
-    s.add_argument("--json", action="store_true", help="print JSON")
-    s.set_defaults(fn=_cmd_info)
-
-    s = sub.add_parser("craft", help="craft unlearnable examples for a dataset and save them")
-    s.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, digits, or a path "
-                                   "(idx directory, CIFAR directory, ImageFolder tree, .npz, .mat)")
-    s.add_argument("--out", required=True, help="result file (.npz or .pt; without a suffix .npz is added)")
-    s.add_argument("--preset", choices=PRESETS, default="paper")
+    s.add_argument("--preset", choices=PRESETS, default=default_preset,
+                   help=f"crafting preset (default {default_preset}; docs/crafting.md says what each costs and does)")
     s.add_argument("--objective", choices=OBJECTIVES, default="miue", help=_objective_help())
     s.add_argument("--recipe", choices=RECIPES, default="published",
                    help="published (default): em, tap, rem and pil run their authors' recipe on the preset's "
@@ -276,6 +260,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amp", choices=("on", "off"),
                    help="bf16 autocast of the surrogate (default: the preset's: on for demo, cpu and fast); runs "
                         "where native (CUDA, or a CPU with AMX / avx512_bf16), else fp32 with a warning")
+    s.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
+    s.add_argument("--backend", choices=BACKENDS, help="force an ops backend")
+    s.add_argument("--seed", type=int, default=0, help="crafting seed (default 0)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from miue.defenses import DEFENSES
+    from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
+    from miue.demo import NAMES as DEMO_NAMES
+    from miue.models import ARCHS
+    from miue._quantize import ROUNDINGS
+    from miue.craft.store import DELTA_DTYPES
+    from miue.victims import EVAL_PRESETS, OPTIMIZERS
+
+    p = argparse.ArgumentParser(prog="miue", description="Fast MI-UE unlearnable examples (crafting and evaluation).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="backends, devices and versions")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(fn=_cmd_info)
+
+    s = sub.add_parser("craft", help="craft unlearnable examples for a dataset and save them")
+    s.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, digits, or a path "
+                                   "(idx directory, CIFAR directory, ImageFolder tree, .npz, .mat)")
+    s.add_argument("--out", required=True, help="result file (.npz or .pt; without a suffix .npz is added)")
+    _add_crafting_args(s, default_preset="paper")
     s.add_argument("--classwise", action="store_true", help="one perturbation per class")
     _add_folder_args(s)
     s.add_argument("--per-class", type=int, help="use a class-balanced subset with this many images per class")
@@ -292,10 +304,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--native-size", action="store_true",
                    help="with --png-dir and an image folder: release every image at its original size (δ upsampled)")
     s.add_argument("--overwrite", action="store_true", help="with --png-dir: write over an existing release")
-    s.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
-    s.add_argument("--backend", choices=BACKENDS, help="force an ops backend")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_craft)
 
     s = sub.add_parser("protect", help="protect an image folder: craft, then write a tree mirroring its names "
@@ -307,12 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         "to resume."))
     s.add_argument("src", help="source folder: one sub-folder per class")
     s.add_argument("dst", help="release folder (new or empty; never inside SRC)")
-    s.add_argument("--preset", choices=PRESETS, default="demo",
-                   help="crafting preset (default demo: ResNet-8 surrogate, 50 PGD steps per image)")
-    s.add_argument("--objective", choices=OBJECTIVES, default="miue", help=_objective_help())
-    s.add_argument("--recipe", choices=RECIPES, default="published",
-                   help="published (default) or matched (the objective's loss on the preset's schedule)")
-    s.add_argument("--eps", type=budget, default=8 / 255, help="L-inf budget, e.g. 8/255 (default)")
+    _add_crafting_args(s, default_preset="demo")
     _add_folder_args(s)
     s.add_argument("--native-size", action="store_true",
                    help="release every image at its original size: δ, crafted at the working size, is upsampled "
@@ -320,17 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--work-dir", help="decoded cache and checkpoints (default: DST.miue-work beside DST)")
     s.add_argument("--overwrite", action="store_true", help="write over an existing release in DST")
     s.add_argument("--result", help="also save the result file (.npz/.pt, for miue evaluate)")
-    s.add_argument("--rounds", type=int, help="override the preset's number of rounds")
-    s.add_argument("--pgd-steps", type=int, help="override the preset's PGD steps per round")
-    s.add_argument("--train-steps", type=int, help="override the preset's surrogate SGD steps per round")
-    s.add_argument("--batch-size", type=int, help="PGD batch size")
-    s.add_argument("--arch", choices=ARCHS, help="surrogate architecture (default: the preset's)")
-    s.add_argument("--amp", choices=("on", "off"), help="bf16 autocast of the surrogate (default: the preset's)")
     s.add_argument("--workers", type=int, help="image decoding processes (default: one per core, up to 8)")
-    s.add_argument("--device")
-    s.add_argument("--backend", choices=BACKENDS, help="force an ops backend")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(fn=_cmd_protect)
 
     s = sub.add_parser("evaluate", help="train a victim on a poisons file and report its clean test accuracy")
