@@ -38,7 +38,7 @@ import time
 import numpy as np
 import torch
 
-from miue.victims import VICTIM_RECIPES
+from miue.victims import DEMO_VICTIMS, VICTIM_RECIPES
 
 EPS = 8 / 255
 
@@ -139,7 +139,7 @@ COMPARE = {
 COMPARE_REFERENCE = ("miue-demo", "miue-cpu")  # Welch's p of every other row against these
 COMPARE_VICTIMS = ("cnn-sgd", "cnn-adam", "resnet-sgd", "mlp-adam")
 COMPARE_DEFENSES = ("jpeg", "jpeg75", "resize", "coin")  # on COMPARE_DEFENDED victims
-COMPARE_DEFENDED = ("cnn-sgd", "cnn-adam")
+COMPARE_DEFENDED = DEMO_VICTIMS
 # the declared comparison's headline defenses (issue 46, docs/effectiveness.md): on every victim, not
 # only COMPARE_DEFENDED; the other COMPARE_DEFENSES stay on COMPARE_DEFENDED (secondary)
 COMPARE_HEADLINE_DEFENSES = ("jpeg", "jpeg75")
@@ -711,7 +711,6 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-DEMO_VICTIMS = ("cnn-sgd", "cnn-adam")  # the demo's two victim recipes (miue/demo.py VICTIMS)
 
 
 def frontier_rows(data: dict) -> list[dict]:

@@ -29,9 +29,9 @@ import time
 
 import numpy as np
 
-from miue.victims import VICTIM_RECIPES
+from miue.victims import DEMO_VICTIMS, VICTIM_RECIPES
 
-VICTIMS = {v: VICTIM_RECIPES[v] for v in ("cnn-sgd", "cnn-adam")}  # the demo's two victims
+VICTIMS = {v: VICTIM_RECIPES[v] for v in DEMO_VICTIMS}  # the demo's two victims
 
 
 def make_folder(root: str, data, seed: int = 0) -> None:

@@ -82,7 +82,6 @@ def _init_distributed(device, world: int):
 
 
 def _cmd_craft(args) -> int:
-    import miue
 
     if args.native_size and not args.png_dir:
         raise ValueError("--native-size applies to the released PNGs: pass --png-dir too")
@@ -123,7 +122,9 @@ def _cmd_craft(args) -> int:
     rank, device, started = _init_distributed(args.device, world)
     try:
         data = _load(args.dataset, "train", args.per_class, args.seed, _folder_opts(args))
-        result = miue.craft_fast(data.images, data.labels, device=device, checkpoint_dir=args.checkpoint_dir,
+        from miue.craft import craft_fast
+
+        result = craft_fast(data.images, data.labels, device=device, checkpoint_dir=args.checkpoint_dir,
                                  progress=not args.quiet and rank == 0, **craft_opts)
         if rank != 0:  # every rank holds the gathered result; rank 0 writes it
             return 0

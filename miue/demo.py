@@ -38,7 +38,7 @@ from miue._amp import precision
 from miue.craft import craft_fast
 from miue.data import class_balanced_subset, load_dataset
 from miue.env import environment
-from miue.victims import VICTIM_RECIPES, evaluate
+from miue.victims import DEMO_VICTIMS, VICTIM_RECIPES, evaluate
 from miue.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, mean_intra_class_cosine
 
 EPS = 8 / 255
@@ -56,7 +56,7 @@ DEMO_PRESETS = ("demo", "cpu", "cnn")  # crafting presets the demo offers (paper
 TARGETS = {"clean_min": 0.88}
 # the victims: (evaluate preset, architecture, epochs): the effectiveness study's cnn-sgd and
 # cnn-adam (miue.victims.VICTIM_RECIPES)
-VICTIMS = {v: VICTIM_RECIPES[v] for v in ("cnn-sgd", "cnn-adam")}
+VICTIMS = {v: VICTIM_RECIPES[v] for v in DEMO_VICTIMS}
 DEFENDED = {"cnn-sgd+jpeg10": ("cnn-sgd", "jpeg")}  # column -> (victim, defense applied to its training set)
 LENS_VICTIM = "cnn-sgd"
 
@@ -279,7 +279,7 @@ def _victim_job(name, col, images, labels, test_images, test_labels, spec, defen
         rec = {"mutual_information_nats": gaussian_mutual_information(f_clean, f_pois),
                "intra_class_cov_trace": intra_class_covariance_trace(f_pois, y),
                "intra_class_cosine": mean_intra_class_cosine(f_pois, y)}
-    del res.model  # (not picklable across processes cheaply, and not part of the report)
+    res.model = None  # (not picklable across processes cheaply, and not part of the report)
     return name, col, res, rec
 
 

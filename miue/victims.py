@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,9 @@ VICTIM_RECIPES = {
     "resnet-sgd": ("quick", "resnet-small", 15),
     "mlp-adam": ("adam", "mlp", 20),
 }
+# the demo's two victims (two training recipes), named once: the demo, the study's defended victims and
+# the native-size benchmark read this
+DEMO_VICTIMS = ("cnn-sgd", "cnn-adam")
 
 EVAL_PRESETS = {
     "paper": dict(arch="resnet18", epochs=200, batch_size=128, lr=0.5, momentum=0.9, weight_decay=1e-4, schedule="cosine",
@@ -67,9 +70,13 @@ class EvalResult:
     epochs: list = field(default_factory=list)
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
+    # the trained victim (for feature extraction: the MI lens); not part of to_dict() or comparisons
+    model: object = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(replace(self, model=None))
+        del d["model"]
+        return d
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -268,5 +275,5 @@ def evaluate(
     result.test_acc = result.test_acc_history[-1]
     result.peak_test_acc = max(result.test_acc_history)
     result.seconds = time.perf_counter() - t_start
-    result.model = model  # not part of to_dict(); for feature extraction
+    result.model = model
     return result
