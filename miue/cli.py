@@ -269,6 +269,7 @@ def _add_crafting_args(s, default_preset: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from miue.defenses import DEFENSES
+    from miue.defenses import REGISTRY as DEFENSE_REGISTRY
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
     from miue.demo import NAMES as DEMO_NAMES
     from miue.models import ARCHS
@@ -337,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=OPTIMIZERS, help="override the preset's optimizer")
     s.add_argument("--augment", choices=("on", "off"), help="override the preset's crop + flip")
     s.add_argument("--epochs", type=int)
-    s.add_argument("--defense", choices=DEFENSES)
+    s.add_argument("--defense", choices=DEFENSES, metavar="DEFENSE",
+                   help="train the victim under a defense: " + "; ".join(
+                       f"{d.name} ({d.kind}): {d.summary}" for d in DEFENSE_REGISTRY.values()))
     s.add_argument("--at-eps", type=budget, default=4 / 255,
                    help="adversarial-training eps, a float or a fraction such as 4/255 (default 4/255)")
     s.add_argument("--poison-ratio", type=float, default=1.0)

@@ -32,13 +32,39 @@ label distributions, trained with soft-target cross-entropy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 import torchvision
 
-PREPROCESS = ("jpeg", "jpeg75", "jpeg90", "resize", "grayscale", "bitdepth", "blur")
-AUGMENT = ("cutout", "cutmix", "mixup", "noise", "ueraser", "coin")
-DEFENSES = PREPROCESS + AUGMENT + ("at",)
+KINDS = ("preprocess", "batch", "adversarial")
+
+
+@dataclass(frozen=True)
+class Defense:
+    """One defense: its ``name``, its ``kind`` and its function, called as the kind says:
+
+    * ``"preprocess"``: ``fn(images) -> images`` once on the whole uint8 N×C×H×W training set;
+    * ``"batch"``: ``fn(x, y, num_classes, gen) -> (x, soft targets or None)`` on every float
+      training batch, on the device;
+    * ``"adversarial"``: ``fn(model, x, y, gen, eps) -> x`` on every batch, given the victim.
+
+    ``summary`` is the one-line description (help texts read it), ``source`` where its
+    hyperparameters come from, ``recipe`` the victim recipe changes it brings to a preset (e.g.
+    the paper's adversarial-training schedule)."""
+
+    name: str
+    kind: str
+    fn: Callable
+    summary: str
+    source: str = ""
+    recipe: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
 
 # --------------------------------------------------------------------------- preprocessing (uint8 N×C×H×W)
@@ -98,14 +124,6 @@ def resize(images: torch.Tensor, factor: int = 2) -> torch.Tensor:
                                                      antialias=True)
     back = torchvision.transforms.functional.resize(small, [H, W], antialias=False)
     return torch.round(back).clamp_(0, 255).to(torch.uint8)
-
-
-def preprocess(name: str, images: torch.Tensor) -> torch.Tensor:
-    fns = {"jpeg": jpeg, "jpeg75": lambda x: jpeg(x, 75), "jpeg90": lambda x: jpeg(x, 90), "resize": resize,
-           "grayscale": grayscale, "bitdepth": bitdepth, "blur": blur}
-    if name not in fns:
-        raise ValueError(f"unknown preprocessing defense {name!r}; expected one of {PREPROCESS}")
-    return fns[name](images)
 
 
 # --------------------------------------------------------------------------- batch augmentations (float [0,1], on device)
@@ -222,19 +240,76 @@ def ueraser(x, gen):
     return torch.where(box.unsqueeze(1).to(dev), fill, x)
 
 
+def pgd_attack(model, x, y, eps, step, iters, gen):
+    """PGD-ε L∞ attack from a uniform random start (for adversarial training)."""
+    delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * eps).to(x.device)
+    delta = (x + delta).clamp_(0, 1) - x
+    for _ in range(iters):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta).float(), y)
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step * g.sign()).clamp_(-eps, eps)
+        delta = (x + delta).clamp_(0, 1) - x
+    return (x + delta).detach()
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def _plain(f):
+    """A batch transform that leaves the labels alone, as a ``batch`` defense."""
+    return lambda x, y, num_classes, gen: (f(x, gen), None)
+
+
+def _mixing(f):
+    """A batch transform that mixes labels (soft targets), as a ``batch`` defense."""
+    return lambda x, y, num_classes, gen: f(x, F.one_hot(y, num_classes).float(), gen)
+
+
+REGISTRY: dict[str, Defense] = {d.name: d for d in (
+    Defense("jpeg", "preprocess", jpeg, "JPEG at quality 10 (ISS)", "Liu et al. 2023, ImageShortcutSqueezing"),
+    Defense("jpeg75", "preprocess", lambda x: jpeg(x, 75), "JPEG at quality 75 (a platform's re-encoding)"),
+    Defense("jpeg90", "preprocess", lambda x: jpeg(x, 90), "JPEG at quality 90"),
+    Defense("resize", "preprocess", resize, "2x downscale and upscale back (a platform's thumbnailing)"),
+    Defense("grayscale", "preprocess", grayscale, "ITU-R 601 luma on every channel (ISS)",
+            "Liu et al. 2023, ImageShortcutSqueezing"),
+    Defense("bitdepth", "preprocess", bitdepth, "2 bits per channel"),
+    Defense("blur", "preprocess", blur, "Gaussian blur, kernel 3, sigma 1"),
+    Defense("cutout", "batch", _plain(cutout), "one 16x16 square set to 0 per image"),
+    Defense("cutmix", "batch", _mixing(cutmix), "a box from another image, labels mixed by area",
+            "Yun et al. 2019"),
+    Defense("mixup", "batch", _mixing(mixup), "a convex combination with another image and its label",
+            "Zhang et al. 2018"),
+    Defense("noise", "batch", _plain(gaussian_noise), "additive Gaussian noise, std 8/255"),
+    Defense("ueraser", "batch", _plain(ueraser), "strong random augmentation in the spirit of UEraser"),
+    Defense("coin", "batch", _plain(coin), "random sub-pixel resampling, U(-2, 2) px", "Wang et al., AAAI 2025"),
+    Defense("at", "adversarial", lambda model, x, y, gen, eps: pgd_attack(model, x, y, eps, 2 / 255, 10, gen),
+            "PGD-10 adversarial training (step 2/255)", "Madry et al. 2018; the paper's protocol",
+            recipe={"paper": dict(epochs=100, lr=0.1, weight_decay=5e-4, schedule="step40-80")}),
+)}
+PREPROCESS = tuple(n for n, d in REGISTRY.items() if d.kind == "preprocess")
+AUGMENT = tuple(n for n, d in REGISTRY.items() if d.kind == "batch")
+DEFENSES = tuple(REGISTRY)
+
+
+def get(name: str) -> Defense:
+    """The registered defense ``name``; ValueError naming the choices otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"defense must be one of {DEFENSES}, got {name!r}")
+    return REGISTRY[name]
+
+
+def preprocess(name: str, images: torch.Tensor) -> torch.Tensor:
+    """Apply the preprocessing defense ``name`` to a uint8 training set."""
+    d = REGISTRY.get(name)
+    if d is None or d.kind != "preprocess":
+        raise ValueError(f"unknown preprocessing defense {name!r}; expected one of {PREPROCESS}")
+    return d.fn(images)
+
+
 def augment(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, gen: torch.Generator):
-    """(images, soft targets or None) for batch augmentation ``name``."""
-    if name == "cutout":
-        return cutout(x, gen), None
-    if name == "noise":
-        return gaussian_noise(x, gen), None
-    if name == "ueraser":
-        return ueraser(x, gen), None
-    if name == "coin":
-        return coin(x, gen), None
-    onehot = F.one_hot(y, num_classes).float()
-    if name == "mixup":
-        return mixup(x, onehot, gen)
-    if name == "cutmix":
-        return cutmix(x, onehot, gen)
-    raise ValueError(f"unknown augmentation {name!r}")
+    """(images, soft targets or None) for batch defense ``name``."""
+    d = REGISTRY.get(name)
+    if d is None or d.kind != "batch":
+        raise ValueError(f"unknown augmentation {name!r}; expected one of {AUGMENT}")
+    return d.fn(x, y, num_classes, gen)

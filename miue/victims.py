@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from miue import defenses as Dfn
-from miue.defenses import random_crop  # noqa: F401  (the victims' crop; re-exported)
+from miue.defenses import pgd_attack, random_crop  # noqa: F401  (re-exported: miue.victims.pgd_attack, random_crop)
 from miue._amp import resolve_amp
 from miue._malloc import tune_if_opted_in
 from miue._labels import class_labels
@@ -57,7 +57,6 @@ EVAL_PRESETS = {
                  crop=False, flip=False, optimizer="adam"),
 }
 OPTIMIZERS = ("sgd", "adam")
-AT_PAPER = dict(epochs=100, lr=0.1, weight_decay=5e-4, schedule="step40-80")
 
 
 @dataclass
@@ -81,19 +80,6 @@ class EvalResult:
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.uint8 else torch.round(x * 255).clamp_(0, 255).to(torch.uint8)
-
-
-def pgd_attack(model, x, y, eps, step, iters, gen):
-    """PGD-ε L∞ attack from a uniform random start (for adversarial training)."""
-    delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * eps).to(x.device)
-    delta = (x + delta).clamp_(0, 1) - x
-    for _ in range(iters):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta).float(), y)
-        (g,) = torch.autograd.grad(loss, delta)
-        delta = (delta.detach() + step * g.sign()).clamp_(-eps, eps)
-        delta = (x + delta).clamp_(0, 1) - x
-    return (x + delta).detach()
 
 
 @torch.no_grad()
@@ -144,16 +130,18 @@ def evaluate(
     """
     if not isinstance(preset, str) or preset not in EVAL_PRESETS:  # (a list would be unhashable)
         raise ValueError(f"preset must be one of {tuple(EVAL_PRESETS)}, got {preset!r}")
-    if defense is not None and defense not in Dfn.DEFENSES:
+    if defense is not None and (not isinstance(defense, str) or defense not in Dfn.REGISTRY):
         raise ValueError(f"defense must be None or one of {Dfn.DEFENSES}, got {defense!r}")
+    dfn = Dfn.REGISTRY[defense] if defense is not None else None
+    adversarial = dfn is not None and dfn.kind == "adversarial"
     if not (0 <= poison_ratio <= 1):
         raise ValueError(f"poison_ratio must lie in [0, 1], got {poison_ratio}")
-    if defense == "at" and at_eps not in (4 / 255, 8 / 255):
+    if adversarial and at_eps not in (4 / 255, 8 / 255):
         if not (0 < at_eps <= 1):
             raise ValueError(f"at_eps must lie in (0, 1], got {at_eps}")
     cfg = dict(EVAL_PRESETS[preset])
-    if defense == "at" and preset == "paper":
-        cfg.update(AT_PAPER)
+    if dfn is not None:
+        cfg.update(dfn.recipe.get(preset, {}))  # e.g. the paper's adversarial-training schedule
     cfg.setdefault("optimizer", "sgd")
     for k, v in (("arch", arch), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer)):
         if v is not None:
@@ -197,8 +185,8 @@ def evaluate(
     C = num_classes or int(highest) + 1
     if highest >= C:
         raise ValueError(f"num_classes={C} but labels go up to {highest}")
-    if defense in Dfn.PREPROCESS:
-        x_train = Dfn.preprocess(defense, x_train)
+    if dfn is not None and dfn.kind == "preprocess":
+        x_train = dfn.fn(x_train)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -215,14 +203,16 @@ def evaluate(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=E)
     elif cfg["schedule"] == "constant":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    else:  # divide by 10 at 40% and 80% of the epochs (epochs 40 and 80 of 100)
+    elif cfg["schedule"] == "step40-80":  # divide by 10 at 40% and 80% of the epochs (epochs 40 and 80 of 100)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(0.4 * E), int(0.8 * E)], gamma=0.1)
+    else:
+        raise ValueError(f"schedule must be one of ('cosine', 'constant', 'step40-80'), got {cfg['schedule']!r}")
 
     resident = device.type != "cuda" or x_train.numel() < 0.3 * torch.cuda.mem_get_info(device)[0]
     xs = x_train.to(device) if resident else x_train.pin_memory()
     ys = y_train.to(device)
     result = EvalResult(test_acc=0.0, config={**cfg, "defense": defense, "poison_ratio": poison_ratio, "seed": seed,
-                                               "at_eps": at_eps if defense == "at" else None, "preset": preset,
+                                               "at_eps": at_eps if adversarial else None, "preset": preset,
                                                "device": str(device), "amp": amp})
     from tqdm.auto import tqdm
 
@@ -246,10 +236,10 @@ def evaluate(
                 flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1)
                 xb = torch.where(flip, xb.flip(-1), xb)
             soft = None
-            if defense in Dfn.AUGMENT:
-                xb, soft = Dfn.augment(defense, xb, yb, C, gen)
-            if defense == "at":
-                xb = pgd_attack(model, xb, yb, at_eps, 2 / 255, 10, gen)
+            if dfn is not None and dfn.kind == "batch":
+                xb, soft = dfn.fn(xb, yb, C, gen)
+            if adversarial:
+                xb = dfn.fn(model, xb, yb, gen, at_eps)
                 model.train()
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)

@@ -511,3 +511,20 @@ def test_evaluate_records_peak_and_final_accuracy():
     r = evaluate(x, y, x, y, preset="quick", arch="mlp", epochs=3, progress=False, defense="coin")
     assert r.peak_test_acc == max(r.test_acc_history) and r.test_acc == r.test_acc_history[-1]
     assert r.to_dict()["peak_test_acc"] == r.peak_test_acc
+
+
+def test_every_defense_is_a_record_and_the_victims_compare_no_names():
+    """Defenses are records (miue.defenses.REGISTRY): a kind, a function, a summary; the victims'
+    training loop dispatches on the kind, never on a defense's name."""
+    import inspect
+
+    import miue.victims as V
+
+    assert set(D.DEFENSES) == set(D.REGISTRY) and D.PREPROCESS and D.AUGMENT
+    for name, d in D.REGISTRY.items():
+        assert d.name == name and d.kind in D.KINDS and d.summary and callable(d.fn)
+    src = inspect.getsource(V)
+    named = [n for n in D.REGISTRY if f'"{n}"' in src or f"'{n}'" in src]
+    assert not named, f"miue/victims.py compares defense names as strings: {named}"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        D.Defense("x", "sometimes", lambda x: x, "s")

@@ -7,6 +7,7 @@ the 16-wide ``cnn-small`` victim, batch 32, 1-8 epochs (each run well under a se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -180,11 +181,11 @@ def test_poison_ratio_mixes(data, monkeypatch, ratio):
     poisoned = np.full_like(xtr, 255)
     seen = {}
 
-    def capture(name, images):
+    def capture(images):
         seen["x"] = images.clone()
         return images
 
-    monkeypatch.setattr(Dfn, "preprocess", capture)
+    monkeypatch.setitem(Dfn.REGISTRY, "grayscale", dataclasses.replace(Dfn.REGISTRY["grayscale"], fn=capture))
     run(poisoned, ytr, xte, yte, poison_ratio=ratio, clean_images=xtr, epochs=1, defense="grayscale")
     x = seen["x"]
     assert x.shape == xtr.shape and x.dtype == torch.uint8
