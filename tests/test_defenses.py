@@ -516,6 +516,7 @@ def test_evaluate_records_peak_and_final_accuracy():
 def test_every_defense_is_a_record_and_the_victims_compare_no_names():
     """Defenses are records (miue.defenses.REGISTRY): a kind, a function, a summary; the victims'
     training loop dispatches on the kind, never on a defense's name."""
+    import ast
     import inspect
 
     import miue.victims as V
@@ -523,8 +524,10 @@ def test_every_defense_is_a_record_and_the_victims_compare_no_names():
     assert set(D.DEFENSES) == set(D.REGISTRY) and D.PREPROCESS and D.AUGMENT
     for name, d in D.REGISTRY.items():
         assert d.name == name and d.kind in D.KINDS and d.summary and callable(d.fn)
-    src = inspect.getsource(V)
-    named = [n for n in D.REGISTRY if f'"{n}"' in src or f"'{n}'" in src]
+    tree = ast.parse(inspect.getsource(V))
+    named = sorted({node.value for cmp in ast.walk(tree) if isinstance(cmp, ast.Compare)
+                    for side in [cmp.left, *cmp.comparators] for node in ast.walk(side)
+                    if isinstance(node, ast.Constant) and node.value in D.REGISTRY})
     assert not named, f"miue/victims.py compares defense names as strings: {named}"
     with pytest.raises(ValueError, match="kind must be one of"):
         D.Defense("x", "sometimes", lambda x: x, "s")
