@@ -108,3 +108,22 @@ def test_skip_ext_is_silent():
                MIUE_SKIP_EXT="1", TRITON_INTERPRET="0")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['reference']"
+
+
+def test_every_backend_record_implements_every_op():
+    """The backends are records (miue.ops._backend.REGISTRY); each module defines every function
+    the custom ops call, checked here rather than when a call first fails."""
+    from miue.ops import _backend as B
+
+    assert B.BACKENDS == tuple(B.REGISTRY) == ("reference", "cpp", "triton")
+    for name, rec in B.REGISTRY.items():
+        assert rec.name == name and rec.devices and B.LOSS_DTYPES[name] == rec.loss_dtypes
+        if name == "triton" and not B._triton_importable():
+            continue
+        assert rec.missing() == [], f"backend {name} lacks {rec.missing()}"
+    import inspect
+
+    import miue.ops as ops
+    called = {f for f in B.OP_FUNCTIONS if f"impl.{f}(" in inspect.getsource(ops) or
+              f").{f}(" in inspect.getsource(ops)}
+    assert called == set(B.OP_FUNCTIONS)  # the list is what the ops call

@@ -31,21 +31,66 @@ import importlib.util
 import os
 import sys
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from miue.ops._extension import cpp_has_cuda, load_extension
 
-BACKENDS = ("reference", "cpp", "triton")
 AUTO = "auto"
 
-# Feature dtypes of the loss ops (grouped_normalize, supcon_loss, intra_class_cosine_loss) per
-# backend; the PGD ops take every floating dtype on every backend. None: any floating dtype.
-LOSS_DTYPES: dict[str, tuple[torch.dtype, ...] | None] = {
-    "reference": None,
-    "cpp": (torch.float64, torch.float32, torch.float16, torch.bfloat16),
-    "triton": (torch.float32, torch.float16, torch.bfloat16),
-}
+# what every backend implements: the functions the custom ops in miue/ops/__init__.py call
+OP_FUNCTIONS = ("grouped_normalize", "supcon_fwd", "supcon_bwd", "intra_class_fwd", "intra_class_bwd",
+                "pgd_linf_step_", "project_linf_")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of the ``miue::`` ops: ``module`` (imported on first use) defines every
+    function of :data:`OP_FUNCTIONS`; ``devices`` the device types it can ever run on;
+    ``loss_dtypes`` the feature dtypes of its loss ops (None: any floating dtype; the PGD ops take
+    every floating dtype); ``available(device)`` whether it is loaded and runs there now."""
+
+    name: str
+    module: str
+    devices: tuple[str, ...]
+    loss_dtypes: tuple[torch.dtype, ...] | None
+    available: Callable[[torch.device], bool]
+
+    def implementation(self):
+        return importlib.import_module(self.module)
+
+    def missing(self) -> list[str]:
+        """The functions of :data:`OP_FUNCTIONS` its module lacks (a test keeps this empty)."""
+        impl = self.implementation()
+        return [f for f in OP_FUNCTIONS if not callable(getattr(impl, f, None))]
+
+
+def _cpp_available(device: torch.device) -> bool:
+    if not load_extension():
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and cpp_has_cuda())
+
+
+def _triton_available(device: torch.device) -> bool:
+    if not _triton_importable():
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and triton_interpret()
+
+
+REGISTRY: dict[str, Backend] = {b.name: b for b in (
+    Backend("reference", "miue.ops.reference", ("cpu", "cuda", "*"), None, lambda device: True),
+    Backend("cpp", "miue.ops._cpp", ("cpu", "cuda"), (torch.float64, torch.float32, torch.float16, torch.bfloat16),
+            lambda device: _cpp_available(device)),
+    Backend("triton", "miue.kernels", ("cuda", "cpu (TRITON_INTERPRET=1)"), (torch.float32, torch.float16, torch.bfloat16),
+            lambda device: _triton_available(device)),
+)}
+BACKENDS = tuple(REGISTRY)
+# Feature dtypes of the loss ops per backend (the records' loss_dtypes)
+LOSS_DTYPES: dict[str, tuple[torch.dtype, ...] | None] = {n: b.loss_dtypes for n, b in REGISTRY.items()}
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("miue_backend", default=None)
 
@@ -75,22 +120,9 @@ def triton_interpret() -> bool:
 
 def backend_supports(name: str, device: torch.device) -> bool:
     """Whether backend ``name`` is loaded and can run on tensors on ``device``."""
-    device = torch.device(device)
-    if name == "reference":
-        return True
-    if name == "cpp":
-        if not load_extension():
-            return False
-        if device.type == "cpu":
-            return True
-        return device.type == "cuda" and cpp_has_cuda()
-    if name == "triton":
-        if not _triton_importable():
-            return False
-        if device.type == "cuda":
-            return torch.cuda.is_available()
-        return device.type == "cpu" and triton_interpret()
-    raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {name!r}")
+    if name not in REGISTRY:
+        raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {name!r}")
+    return REGISTRY[name].available(torch.device(device))
 
 
 def available_backends() -> list[str]:
@@ -169,16 +201,6 @@ def resolve_backend(backend: str | None, device: torch.device, dtype: torch.dtyp
 
 def implementation(name: str):
     """The module that implements the ops for backend ``name``."""
-    if name == "reference":
-        from miue.ops import reference
-
-        return reference
-    if name == "cpp":
-        from miue.ops import _cpp
-
-        return _cpp
-    if name == "triton":
-        from miue import kernels
-
-        return kernels
-    raise ValueError(f"unknown backend {name!r}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backend {name!r}")
+    return REGISTRY[name].implementation()
