@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from miue.augment import random_crop  # noqa: F401  (re-exported: miue.defenses.random_crop)
+
 KINDS = ("preprocess", "batch", "adversarial")
 
 
@@ -127,17 +129,6 @@ def resize(images: torch.Tensor, factor: int = 2) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- batch augmentations (float [0,1], on device)
-
-
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-image random crop of the zero-padded batch back to the original size, vectorised."""
-    N, C, H, W = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
-    i = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
-    j = torch.randint(0, 2 * pad + 1, (N,), generator=gen).to(x.device)
-    rows = (i.view(N, 1, 1, 1) + torch.arange(H, device=x.device).view(1, 1, H, 1)).expand(N, C, H, W + 2 * pad)
-    cols = (j.view(N, 1, 1, 1) + torch.arange(W, device=x.device).view(1, 1, 1, W)).expand(N, C, H, W)
-    return xp.gather(2, rows).gather(3, cols)
 
 
 def cutout(x: torch.Tensor, gen: torch.Generator, size: int = 16) -> torch.Tensor:

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from miue import defenses as Dfn
-from miue.defenses import pgd_attack, random_crop  # noqa: F401  (re-exported: miue.victims.pgd_attack, random_crop)
+from miue.augment import random_crop, random_flip
+from miue.defenses import pgd_attack  # noqa: F401  (re-exported: miue.victims.pgd_attack)
 from miue._amp import resolve_amp
 from miue._malloc import tune_if_opted_in
 from miue._labels import class_labels
@@ -233,8 +234,7 @@ def evaluate(
             if cfg["crop"]:
                 xb = random_crop(xb, 4 if xb.shape[-1] >= 32 else 2, gen)
             if cfg["flip"]:
-                flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1)
-                xb = torch.where(flip, xb.flip(-1), xb)
+                xb = random_flip(xb, gen)
             soft = None
             if dfn is not None and dfn.kind == "batch":
                 xb, soft = dfn.fn(xb, yb, C, gen)

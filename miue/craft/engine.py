@@ -44,12 +44,9 @@ from miue.craft.graphs import GraphedPGDStep, graphs_possible
 from miue.craft.store import DeltaStore, fits_on_device
 from miue.models import FeatureModel, build_model
 from miue.presets import CraftConfig
+from miue.augment import AUGMENTS, crop_flip, flip, shift_flip  # noqa: F401  (re-exported)
 
 log = logging.getLogger("miue.craft")
-
-
-def _flip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def _as_float01(c: torch.Tensor) -> torch.Tensor:
@@ -63,32 +60,6 @@ def tap_step_size(cfg: CraftConfig) -> float:
     """TAP's constant PGD step under ``recipe="matched"``: 2.5·ε / K for its K steps (the usual
     choice for a K-step L∞ attack; the published recipe's is 0.05·ε)."""
     return 2.5 * cfg.eps / cfg.pgd_steps
-
-
-def shift_flip(x: torch.Tensor, gen: torch.Generator, shift: float = 0.25) -> torch.Tensor:
-    """Differentiable augmentation (TAP's): per image a random translation of up to ``shift`` in
-    normalised coordinates (±H/8 pixels at 0.25), bilinear with zero padding, and a horizontal
-    flip with probability 1/2."""
-    n = x.shape[0]
-    t = (torch.rand(n, 2, generator=gen) * 2 - 1) * shift
-    flip = torch.rand(n, generator=gen) < 0.5
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
-    theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = t
-    grid = F.affine_grid(theta.to(device=x.device, dtype=x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop of the zero-padded image (pad 4) and a horizontal flip with probability 1/2."""
-    from miue.defenses import random_crop
-
-    x = random_crop(x, pad, gen)
-    return _flip(x, (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device))
-
-
-AUGMENTS = {"shift-flip": shift_flip, "crop-flip": crop_flip}
 
 
 class Engine:
@@ -424,7 +395,7 @@ class Engine:
         flips = self._flips(len(idx)) if cfg.train_augment == "flip" else None
         c = _as_float01(self.store.clean_batch(idx))
         if flips is not None:
-            c = _flip(c, flips.to(self.device))
+            c = flip(c, flips.to(self.device))
         x = c if self.obj.surrogate == "clean" else (c + self._delta_for(idx)).clamp_(0, 1)
         if cfg.train_augment in AUGMENTS:
             x = AUGMENTS[cfg.train_augment](x, self.gen)
@@ -523,7 +494,7 @@ class Engine:
             flips = self._flips(len(idx))
             c_box = self.store.clean_batch(idx)  # uint8 or float32: the box is around the flipped clean
             if flips is not None:
-                c_box = _flip(c_box, flips.to(self.device))
+                c_box = flip(c_box, flips.to(self.device))
             clean_f = _as_float01(c_box)
             y = self.labels_dev.index_select(0, idx.to(self.device))
             if cfg.classwise:
