@@ -52,6 +52,14 @@ class Objective:
     training_free: bool = False  # class-structured generators (miue.shortcuts): no surrogate, no rounds
     published: Recipe | None = None  # None: the preset's schedule is the objective's own
     tags: tuple = field(default_factory=tuple)
+    # input_loss(model_fn, clean, delta, y, cfg) -> scalar: a loss built from the model's outputs on
+    # inputs of its own (PIL's δ alone and x + δ), used instead of ``loss`` on features(x + δ)
+    input_loss: Callable | None = None
+    box: tuple = (0.0, 1.0)  # the box x + δ is kept in during PGD
+    # matched_step(cfg) -> float: the constant PGD step under recipe="matched" (None: the preset's α ramp)
+    matched_step: Callable | None = None
+    # generator(cfg, clean, y) -> (delta, images, extra config): a training-free objective's poison
+    generator: Callable | None = None
 
 
 def _supcon(eng, feats, logits, y):
@@ -77,6 +85,39 @@ def tap_target(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def _targeted(eng, feats, logits, y):  # descend cross-entropy to the target class: raise p(target | x + δ)
     return F.cross_entropy(logits.float(), tap_target(y, eng.C))
+
+
+def tap_step_size(cfg) -> float:
+    """TAP's constant PGD step under ``recipe="matched"``: 2.5·ε / K for its K steps (the usual
+    choice for a K-step L∞ attack; the published recipe's is 0.05·ε)."""
+    return 2.5 * cfg.eps / cfg.pgd_steps
+
+
+def _pil_input_loss(model_fn, clean, delta, y, cfg):
+    return pil_loss(model_fn, clean, delta, y, cfg.pil_lambda)
+
+
+def _shortcut(make_name: str):
+    """ar / lsp: δ from the class's generator (miue.shortcuts), in the ε ball and the [0, 1] box."""
+    def generate(cfg, clean, y):
+        from miue import ops, shortcuts
+        from miue.craft.result import quantize_images
+
+        delta = getattr(shortcuts, make_name)(y, tuple(clean.shape[1:]), cfg.eps, seed=cfg.seed)
+        ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
+        return delta, quantize_images(clean, delta, cfg.eps, cfg.release_rounding), {"norm": "Linf"}
+    return generate
+
+
+def _one_pixel(cfg, clean, y):
+    """ops: each class's one pixel set (δ is then what it is at that pixel, up to ±1)."""
+    from miue import shortcuts
+
+    base = clean if clean.dtype == torch.uint8 else torch.round(clean * 255).to(torch.uint8)
+    pos, col = shortcuts.ops_pixels(base, y)
+    images = shortcuts.ops_images(base, y, pos, col)
+    clean01 = clean.float() / 255 if clean.dtype == torch.uint8 else clean
+    return images.float() / 255 - clean01, images, {"norm": "L0", "pixels": pos.tolist(), "colours": col.tolist()}
 
 
 def pil_loss(model_fn, x, delta, y, lam: float):
@@ -151,7 +192,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
                                "poisoned set")),
     Objective("tap", "targeted adversarial poisoning: a surrogate trained on clean data, δ towards class y + 1",
               "Fowl et al. 2021, Adversarial Examples Make Strong Poisons (NeurIPS)", loss=_targeted,
-              surrogate="clean", attack="after_training",
+              surrogate="clean", attack="after_training", matched_step=tap_step_size,
               published=Recipe("lhfowl/adversarial_poisons: anneal.py, forest/ (ConservativeStrategy, "
                                "forgemaster_targeted.py, forgemaster_base.py)", _tap_published,
                                "40 clean epochs (nesterov SGD, lr 0.1 ×0.1 at 14/25/35, shift + flip), then "
@@ -164,17 +205,18 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
                                "samples, ρ 10 steps of ε/10 in ε/2), then one adversarial training step")),
     Objective("pil", "a bias-free linear surrogate on clean data; δ alone classified as y, x + δ uniform",
               "PIL, ICLR 2026 (jinlinll/pil)", surrogate="clean", attack="after_training",
+              input_loss=_pil_input_loss, box=(-1.0, 2.0),  # its authors clip only the released image
               published=Recipe("jinlinll/pil: main.py, trainer.py, attacks.py, models/linearmodel.py",
                                _pil_published,
                                "a 2-layer bias-free linear model, 30 clean epochs (lr 0.003, cosine), then 30 "
                                "steps of ε/10 on 0.9·CE(f(−δ), y) + 0.1·KL(U ‖ f(x + δ))")),
     Objective("random", "uniform noise in [−ε, ε], no model", "a baseline", surrogate="none"),
     Objective("ar", "autoregressive noise per class (training-free)", "Sandoval-Segura et al. 2022",
-              surrogate="none", training_free=True),
+              surrogate="none", training_free=True, generator=_shortcut("ar_noise")),
     Objective("lsp", "linear-separable patches per class (training-free)", "Yu et al. 2022",
-              surrogate="none", training_free=True),
+              surrogate="none", training_free=True, generator=_shortcut("lsp_noise")),
     Objective("ops", "one pixel per class (an L0 attack; ignores ε)", "Wu et al. 2023",
-              surrogate="none", training_free=True),
+              surrogate="none", training_free=True, generator=_one_pixel),
 )}
 NAMES = tuple(OBJECTIVES)
 TRAINING_FREE = tuple(n for n, o in OBJECTIVES.items() if o.training_free)

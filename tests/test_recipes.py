@@ -423,3 +423,25 @@ def test_poisoned_accuracy_counts_every_image():
     assert eng.poisoned_accuracy() == pytest.approx(float((preds == torch.from_numpy(y)).float().mean()))
     assert math.isfinite(eng.poisoned_accuracy())
     assert F.one_hot(torch.tensor([0]), 4).sum() == 1
+
+
+def test_no_objective_name_is_compared_in_the_crafting_package():
+    """Objectives carry their behaviour (miue/objectives.py: loss, input_loss, box, matched_step,
+    generator, surrogate, attack, inner_max): the engine and the run read the record and never
+    compare an objective's name (issue 48)."""
+    import ast
+    import glob
+    import os
+
+    from miue.objectives import OBJECTIVES
+
+    root = os.path.join(os.path.dirname(__file__), "..", "miue", "craft")
+    found = []
+    for path in sorted(glob.glob(os.path.join(root, "*.py"))):
+        tree = ast.parse(open(path).read())
+        for cmp in ast.walk(tree):
+            if isinstance(cmp, ast.Compare):
+                for side in [cmp.left, *cmp.comparators]:
+                    found += [f"{os.path.basename(path)}:{cmp.lineno} {n.value!r}" for n in ast.walk(side)
+                              if isinstance(n, ast.Constant) and n.value in OBJECTIVES]
+    assert not found, f"objective names compared in miue/craft/: {found}"

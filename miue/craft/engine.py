@@ -54,12 +54,7 @@ def _as_float01(c: torch.Tensor) -> torch.Tensor:
 
 
 tap_target = objectives.tap_target
-
-
-def tap_step_size(cfg: CraftConfig) -> float:
-    """TAP's constant PGD step under ``recipe="matched"``: 2.5·ε / K for its K steps (the usual
-    choice for a K-step L∞ attack; the published recipe's is 0.05·ε)."""
-    return 2.5 * cfg.eps / cfg.pgd_steps
+tap_step_size = objectives.tap_step_size
 
 
 class Engine:
@@ -152,7 +147,8 @@ class Engine:
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"round {e}: the surrogate produced NaN/Inf (train loss {train_loss})")
             return {**rec, "lr": lr, "seconds": t1 - t0, "train_images_per_s": self.train_images_per_round / (t1 - t0)}
-        alpha = tap_step_size(cfg) if cfg.objective == "tap" and cfg.recipe == "matched" else cfg.alpha(e)
+        matched = cfg.recipe == "matched" and self.obj.matched_step is not None
+        alpha = self.obj.matched_step(cfg) if matched else cfg.alpha(e)
         objective = float(self.pgd_pass(alpha))  # 2. K signed-gradient steps on every δ, frozen surrogate
         t2 = time.perf_counter()
         if not (math.isfinite(objective) and math.isfinite(train_loss)):
@@ -448,8 +444,8 @@ class Engine:
         # inside a CUDA graph the autocast weight-cast cache would outlive its capture
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
                             cache_enabled=not self.cfg.cuda_graphs):
-            if self.obj.name == "pil":  # δ alone, and x + δ: two forwards (miue/objectives.py)
-                loss = objectives.pil_loss(lambda z: self.forward(self._input(z)), clean_f, dv, y, self.cfg.pil_lambda)
+            if self.obj.input_loss is not None:  # PIL: δ alone, and x + δ: two forwards (miue/objectives.py)
+                loss = self.obj.input_loss(lambda z: self.forward(self._input(z)), clean_f, dv, y, self.cfg)
             else:
                 x = (clean_f + dv + rho).clamp(0, 1) if rem else clean_f + dv  # (x + δ is in the box already)
                 if self.cfg.attack_augment in AUGMENTS:  # differentiable augmentation of x + δ (TAP)
@@ -528,7 +524,7 @@ class Engine:
     def _box(self):
         """The box x + δ is kept in during PGD: [0, 1], or none for PIL, whose authors clip only
         the released image ([-1, 2] never binds with |δ| ≤ ε)."""
-        return (-1.0, 2.0) if self.obj.name == "pil" else (0.0, 1.0)
+        return self.obj.box
 
     def _random_delta(self, shape, clean):
         """A random start in the ε ball (and the box around ``clean``): uniform or clipped normal."""

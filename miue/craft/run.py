@@ -11,7 +11,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from miue import ops
+from miue import objectives, ops
 from miue._amp import precision, resolve_amp
 from miue.craft.checkpoint import Checkpoint, check_resumable, fingerprint
 from miue.craft.distributed import dist_info, gather_delta, shard
@@ -117,31 +117,17 @@ def craft_fast(
         if cfg.classwise:
             raise ValueError(f"objective={cfg.objective!r} is class-structured already; classwise=True does not apply")
         return _training_free(cfg, clean, y, ran)
-    if cfg.classwise and dist_info()[1] > 1 and cfg.objective != "random":
+    if cfg.classwise and dist_info()[1] > 1 and objectives.get(cfg.objective).surrogate != "none":
         raise ValueError("classwise crafting is not supported under torch.distributed (class perturbations would "
                          "need a collective per PGD step); run it in one process")
     return _run(cfg, clean, y, surrogate, device, checkpoint_dir, progress, extend, ran)
 
 
 def _training_free(cfg: CraftConfig, clean: torch.Tensor, y: torch.Tensor, ran: dict) -> CraftResult:
-    """ar / lsp: δ from the class's generator, in the ε ball and the [0, 1] box; ops: each
-    class's one pixel set (δ is then what it is at that pixel, up to ±1). Seconds, no rounds,
-    the same result in every process of a distributed run."""
-    from miue import shortcuts
-
-    if cfg.objective == "ops":
-        base = clean if clean.dtype == torch.uint8 else torch.round(clean * 255).to(torch.uint8)
-        pos, col = shortcuts.ops_pixels(base, y)
-        images = shortcuts.ops_images(base, y, pos, col)
-        clean01 = clean.float() / 255 if clean.dtype == torch.uint8 else clean
-        delta = images.float() / 255 - clean01
-        extra = {"norm": "L0", "pixels": pos.tolist(), "colours": col.tolist()}
-    else:
-        make = shortcuts.ar_noise if cfg.objective == "ar" else shortcuts.lsp_noise
-        delta = make(y, tuple(clean.shape[1:]), cfg.eps, seed=cfg.seed)
-        ops.project_linf_(delta, clean, cfg.eps).clamp_(-cfg.eps, cfg.eps)
-        images = quantize_images(clean, delta, cfg.eps, cfg.release_rounding)
-        extra = {"norm": "Linf"}
+    """A training-free objective: its record's generator gives δ, the released images and what the
+    configuration records (seconds, no rounds, the same result in every process of a distributed
+    run; miue/objectives.py)."""
+    delta, images, extra = objectives.get(cfg.objective).generator(cfg, clean, y)
     config = {**cfg.to_dict(), **extra, "precision": "fp32"}
     return CraftResult(delta=delta, images=images, labels=y, history=[{"round": 1, "objective": cfg.objective}],
                        config=config)
@@ -186,7 +172,7 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
         state["schedule_changes"] = json.dumps(changes)
         ckpt.save(state)
 
-    if cfg.objective == "random":
+    if eng.obj.surrogate == "none":  # random noise: no model, no rounds
         if start_round == 0:
             eng.random_noise(owned, n_global)
             history.append({"round": 1, "objective": "random"})
