@@ -247,8 +247,11 @@ def _add_crafting_args(s, default_preset: str) -> None:
     s.add_argument("--preset", choices=PRESETS, default=default_preset,
                    help=f"crafting preset (default {default_preset}; docs/crafting.md says what each costs and does)")
     s.add_argument("--objective", choices=OBJECTIVES, default="miue", help=_objective_help())
+    from miue.objectives import OBJECTIVES as RECORDS
+
+    published = [o.name for o in RECORDS.values() if o.published is not None]
     s.add_argument("--recipe", choices=RECIPES, default="published",
-                   help="published (default): em, tap, rem and pil run their authors' recipe on the preset's "
+                   help=f"published (default): {', '.join(published)} run their authors' recipe on the preset's "
                         "surrogate; matched: the objective's loss on the preset's (MI-UE's) schedule")
     s.add_argument("--eps", type=budget, default=8 / 255,
                    help="L-inf budget in [0,1] units, a float or a fraction such as 8/255 (default 8/255)")
@@ -268,6 +271,7 @@ def _add_crafting_args(s, default_preset: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from miue.data import DATASETS
     from miue.defenses import DEFENSES
     from miue.defenses import REGISTRY as DEFENSE_REGISTRY
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
@@ -286,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_info)
 
     s = sub.add_parser("craft", help="craft unlearnable examples for a dataset and save them")
-    s.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, digits, or a path "
+    s.add_argument("dataset", help=", ".join(DATASETS) + ", or a path "
                                    "(idx directory, CIFAR directory, ImageFolder tree, .npz, .mat)")
     s.add_argument("--out", required=True, help="result file (.npz or .pt; without a suffix .npz is added)")
     _add_crafting_args(s, default_preset="paper")
