@@ -23,6 +23,7 @@ import torch.nn as nn
 import miue.craft as craft_mod
 from miue._io import ResultFileError
 from miue.craft import CraftResult, craft_fast, quantize_images
+from miue.craft.engine import Engine
 from miue.presets import OBJECTIVES, TRAINING_FREE
 
 pytestmark = pytest.mark.usefixtures("epoch_rounds")  # the cpu presets with one surrogate epoch per round (conftest.py)
@@ -206,9 +207,9 @@ def test_same_seed_same_result_other_seed_differs():
 
 
 def _count_pgd(monkeypatch, raise_on=None):
-    """Wrap _Engine.pgd_pass: count calls; raise KeyboardInterrupt on call number ``raise_on``."""
+    """Wrap Engine.pgd_pass: count calls; raise KeyboardInterrupt on call number ``raise_on``."""
     calls = {"n": 0}
-    orig = craft_mod._Engine.pgd_pass
+    orig = Engine.pgd_pass
 
     def wrapper(self, alpha):
         calls["n"] += 1
@@ -216,7 +217,7 @@ def _count_pgd(monkeypatch, raise_on=None):
             raise KeyboardInterrupt("simulated kill")
         return orig(self, alpha)
 
-    monkeypatch.setattr(craft_mod._Engine, "pgd_pass", wrapper)
+    monkeypatch.setattr(Engine, "pgd_pass", wrapper)
     return calls
 
 
@@ -696,7 +697,7 @@ def test_bad_input_raises(case, monkeypatch):
     def no_work(*a, **k):
         raise AssertionError("crafting started despite bad input")
 
-    monkeypatch.setattr(craft_mod._Engine, "__init__", no_work)
+    monkeypatch.setattr(Engine, "__init__", no_work)
     kw = dict(images=_X, labels=_Y)
     kw.update(change)
     images, labels = kw.pop("images"), kw.pop("labels")
@@ -711,7 +712,7 @@ def test_unwritable_checkpoint_dir_fails_before_work(tmp_path, monkeypatch):
     def no_work(*a, **k):
         raise AssertionError("crafting started before the checkpoint directory was checked")
 
-    monkeypatch.setattr(craft_mod._Engine, "__init__", no_work)
+    monkeypatch.setattr(Engine, "__init__", no_work)
     with pytest.raises(OSError, match="a_file"):
         craft(_X, _Y, checkpoint_dir=str(blocker / "ck"))
     with pytest.raises(OSError):

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from miue.craft import _Engine, craft_fast
+from miue.craft import craft_fast
+from miue.craft.engine import Engine
 from miue.presets import make_config
 
 
@@ -87,7 +88,7 @@ def test_stop_train_acc_ends_crafting_and_resumes_stopped(tmp_path):
 def test_pgd_bn_train_keeps_running_statistics():
     x, y = _data(64)
     cfg = make_config("cnn", rounds=1, pgd_steps=2, pgd_bn="train", num_classes=4)
-    eng = _Engine(cfg, x, y, None, torch.device("cpu"), progress=False)
+    eng = Engine(cfg, x, y, None, torch.device("cpu"), progress=False)
     eng.train_epoch()
     bn = [m for m in eng.model.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in bn]

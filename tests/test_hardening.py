@@ -178,11 +178,11 @@ def test_nan_surrogate_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
 def test_full_disk_fails_before_work(tmp_path, monkeypatch):
     import shutil
 
-    from miue import craft
+    from miue.craft.engine import Engine
 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
     started = []
-    monkeypatch.setattr(craft._Engine, "train_epoch", lambda self: started.append(1))
+    monkeypatch.setattr(Engine, "train_epoch", lambda self: started.append(1))
     x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
     with pytest.raises(OSError, match="MiB free"):
         miue.craft_fast(x, torch.arange(32) % 2, preset="cnn", rounds=1, checkpoint_dir=str(tmp_path / "c"),

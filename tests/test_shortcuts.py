@@ -146,14 +146,15 @@ def test_rem_inner_maximisation_and_crafting(tmp_path):
     crafting run respects the bounds and is deterministic."""
     import torch.nn.functional as F
 
-    from miue.craft import _Engine, craft_fast
+    from miue.craft import craft_fast
+    from miue.craft.engine import Engine
     from miue.presets import make_config
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 8, 8), generator=g, dtype=torch.uint8)
     y = _labels(64, 4)
     cfg = make_config("cnn", objective="rem", recipe="matched", eps=EPS, num_classes=4)
-    eng = _Engine(cfg, x, y, None, torch.device("cpu"), progress=False)
+    eng = Engine(cfg, x, y, None, torch.device("cpu"), progress=False)
     eng.train_epoch()
     eng.model.eval()
     eng.model.requires_grad_(False)

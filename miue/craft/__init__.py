@@ -18,7 +18,6 @@ Where things are:
 """
 
 from miue.craft.checkpoint import CHECKPOINT_NAME, METRICS_NAME
-from miue.craft.engine import Engine as _Engine  # noqa: F401  (tests patch miue.craft._Engine)
 from miue.craft.inputs import as_nchw_uint8_or_float, prepare_inputs
 from miue.craft.interrupt import CraftInterrupted
 from miue.craft.result import CraftResult, quantize_images
