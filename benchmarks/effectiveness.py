@@ -1164,7 +1164,9 @@ def declared_lines(data: dict) -> list[str]:
     for t in res["tests"]:
         def fmt(xs):
             m, sd = _mean_std(xs)
-            return "–" if m is None else f"{100 * m:.1f} ± {100 * sd:.1f} (n={len(xs)})"
+            if m is None:
+                return "–"
+            return f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if len(xs) > 1 else "") + f" (n={len(xs)})"
         diff = "–" if t["diff"] is None else f"{100 * t['diff']:+.1f}" + (
             f" [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}]" if t["ci"] else "")
         lines.append(f"| {names[t['defense']]}{'' if t['primary'] else ' (secondary)'} | "
