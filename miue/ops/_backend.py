@@ -59,12 +59,18 @@ class Backend:
     available: Callable[[torch.device], bool]
 
     def implementation(self):
-        return importlib.import_module(self.module)
+        return _module(self.module)
 
     def missing(self) -> list[str]:
         """The functions of :data:`OP_FUNCTIONS` its module lacks (a test keeps this empty)."""
         impl = self.implementation()
         return [f for f in OP_FUNCTIONS if not callable(getattr(impl, f, None))]
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name: str):
+    """The implementation module, imported once (every op call asks for it)."""
+    return importlib.import_module(name)
 
 
 def _cpp_available(device: torch.device) -> bool:
