@@ -590,10 +590,10 @@ def test_holm_permutation_and_welch_interval_match_hand_values():
     assert (lo, hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
 
 
-def _declared_data(miue, em, seeds=(0, 1), victims=None):
+def _declared_data(miue, em, seeds=(0, 1), victims=None, first=eff.DECLARED_FIRST_CRAFT_SEED):
     cells = {}
     for row, values in (("miue-cpu", miue), ("em-published", em)):
-        for cs, acc in enumerate(values):
+        for cs, acc in enumerate(values, start=first):
             for v in victims or eff.COMPARE_VICTIMS:
                 for s in seeds:
                     for d in (None, "jpeg"):
@@ -605,7 +605,7 @@ def _declared_data(miue, em, seeds=(0, 1), victims=None):
 def test_declared_comparison_averages_victim_seeds_corrects_and_waits_for_five_seeds():
     data = _declared_data([0.20, 0.22, 0.21, 0.23, 0.19], [0.40, 0.42, 0.45, 0.38, 0.41])
     vals = eff.declared_values(data)
-    assert vals["miue-cpu"][None][0] == pytest.approx(0.205)  # both victim seeds averaged in
+    assert vals["miue-cpu"][None][eff.DECLARED_FIRST_CRAFT_SEED] == pytest.approx(0.205)  # both victim seeds averaged in
     res = eff.declared_comparison(data)
     t = next(t for t in res["tests"] if t["ref"] == "miue-cpu" and t["row"] == "em-published" and t["defense"] is None)
     assert t["complete"] and t["diff"] == pytest.approx(0.202) and t["holm_p"] >= t["welch_p"]
@@ -617,3 +617,6 @@ def test_declared_comparison_averages_victim_seeds_corrects_and_waits_for_five_s
     assert all("not judged yet" in t["verdict"] for t in few["tests"] if t["a"] and t["b"])
     # a crafting seed without its second victim seed does not count
     assert eff.declared_values(_declared_data([0.2] * 5, [0.4] * 5, seeds=(0,))) == {}
+    # crafting seeds 0-2 (poisons lost with the 2026-12-05 machine) never count
+    early = eff.declared_values(_declared_data([0.2] * 5, [0.4] * 5, first=0))
+    assert sorted(early["miue-cpu"][None]) == [3, 4]
