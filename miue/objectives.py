@@ -39,11 +39,29 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class LossContext:
+    """What an objective's loss may read besides the batch: the number of classes, the supcon
+    temperature and the op backend (a loss never sees the crafting engine)."""
+
+    num_classes: int
+    temperature: float = 0.5
+    backend: str = "auto"
+
+    @classmethod
+    def of(cls, cfg) -> "LossContext":
+        return cls(cfg.num_classes, cfg.temperature, cfg.backend)
+
+
+@dataclass(frozen=True)
 class Objective:
+    """One crafting objective and all its behaviour; the engine reads these fields and never
+    the name. Its schedule (rounds or REM's per-batch loop), step sizes and restarts are
+    CraftConfig values its ``published`` recipe sets (``matched_step`` under ``recipe="matched"``)."""
+
     name: str
     summary: str
     paper: str
-    # loss(engine, feats, logits, y) -> scalar, minimised by signed-gradient descent on δ
+    # loss(ctx: LossContext, feats, logits, y) -> scalar, minimised by signed-gradient descent on δ
     loss: Callable | None = None
     needs_features: bool = False
     surrogate: str = "poisoned"  # what the surrogate trains on: "poisoned", "clean" or "none"
@@ -62,19 +80,19 @@ class Objective:
     generator: Callable | None = None
 
 
-def _supcon(eng, feats, logits, y):
+def _supcon(ctx, feats, logits, y):
     from miue import ops
 
-    return ops.supcon_loss(feats, y, eng.cfg.temperature, backend=eng.cfg.backend)
+    return ops.supcon_loss(feats, y, ctx.temperature, backend=ctx.backend)
 
 
-def _intra_class(eng, feats, logits, y):
+def _intra_class(ctx, feats, logits, y):
     from miue import ops
 
-    return ops.intra_class_cosine_loss(feats, y, eng.C, backend=eng.cfg.backend, validate=False)
+    return ops.intra_class_cosine_loss(feats, y, ctx.num_classes, backend=ctx.backend, validate=False)
 
 
-def _cross_entropy(eng, feats, logits, y):
+def _cross_entropy(ctx, feats, logits, y):
     return F.cross_entropy(logits.float(), y)
 
 
@@ -83,8 +101,8 @@ def tap_target(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return torch.remainder(y + 1, num_classes)
 
 
-def _targeted(eng, feats, logits, y):  # descend cross-entropy to the target class: raise p(target | x + δ)
-    return F.cross_entropy(logits.float(), tap_target(y, eng.C))
+def _targeted(ctx, feats, logits, y):  # descend cross-entropy to the target class: raise p(target | x + δ)
+    return F.cross_entropy(logits.float(), tap_target(y, ctx.num_classes))
 
 
 def tap_step_size(cfg) -> float:
@@ -219,6 +237,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
               surrogate="none", training_free=True, generator=_one_pixel),
 )}
 NAMES = tuple(OBJECTIVES)
+DEFAULT = NAMES[0]  # MI-UE: what craft_fast crafts unless told otherwise
 TRAINING_FREE = tuple(n for n, o in OBJECTIVES.items() if o.training_free)
 
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 import miue.craft as craft_mod
 from miue._io import ResultFileError
 from miue.craft import CraftResult, craft_fast, quantize_images
+from miue.craft.attack import Attack
 from miue.craft.engine import Engine
 from miue.presets import OBJECTIVES, TRAINING_FREE
 
@@ -207,9 +208,9 @@ def test_same_seed_same_result_other_seed_differs():
 
 
 def _count_pgd(monkeypatch, raise_on=None):
-    """Wrap Engine.pgd_pass: count calls; raise KeyboardInterrupt on call number ``raise_on``."""
+    """Wrap Attack.pgd_pass: count calls; raise KeyboardInterrupt on call number ``raise_on``."""
     calls = {"n": 0}
-    orig = Engine.pgd_pass
+    orig = Attack.pgd_pass
 
     def wrapper(self, alpha):
         calls["n"] += 1
@@ -217,7 +218,7 @@ def _count_pgd(monkeypatch, raise_on=None):
             raise KeyboardInterrupt("simulated kill")
         return orig(self, alpha)
 
-    monkeypatch.setattr(Engine, "pgd_pass", wrapper)
+    monkeypatch.setattr(Attack, "pgd_pass", wrapper)
     return calls
 
 

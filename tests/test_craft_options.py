@@ -92,7 +92,7 @@ def test_pgd_bn_train_keeps_running_statistics():
     eng.train_epoch()
     bn = [m for m in eng.model.modules() if isinstance(m, nn.BatchNorm2d)]
     before = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in bn]
-    eng.pgd_pass(1 / 255)
+    eng.attack.pgd_pass(1 / 255)
     for m, (mean, var, mom) in zip(bn, before):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var) and m.momentum == mom
     assert torch.count_nonzero(eng.store.delta) > 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from miue.craft import engine as engine_mod
+from miue.craft import attack as attack_mod
 from miue.craft import graphs
 from miue.craft.engine import Engine
 from miue.presets import make_config
@@ -47,8 +47,8 @@ def _images(n=32, size=8):
 def test_graphed_pass_equals_the_eager_pass(objective, monkeypatch):
     """Full PGD batches go through the graph, so the graphed step must be the eager step: same
     objective, same box (PIL's has none), bitwise the same δ."""
-    monkeypatch.setattr(engine_mod, "GraphedPGDStep", _ReplayEagerly)
-    monkeypatch.setattr(engine_mod, "graphs_possible", lambda device: True)
+    monkeypatch.setattr(attack_mod, "GraphedPGDStep", _ReplayEagerly)
+    monkeypatch.setattr(attack_mod, "graphs_possible", lambda device: True)
     x, y = _images()
     deltas = []
     for graphed in (False, True):
@@ -56,7 +56,7 @@ def test_graphed_pass_equals_the_eager_pass(objective, monkeypatch):
                           train_epochs=1, cuda_graphs=graphed, seed=1)
         torch.manual_seed(0)
         eng = Engine(cfg, x, y, None, torch.device("cpu"), False)
-        eng.pgd_pass(2 / 255)
+        eng.attack.pgd_pass(2 / 255)
         assert eng.graph_status == ("captured" if graphed else None)
         deltas.append(eng.store.delta_batch(torch.arange(len(x))).clone())
     assert deltas[0].abs().max() > 0

@@ -159,7 +159,7 @@ def test_rem_inner_maximisation_and_crafting(tmp_path):
     eng.model.eval()
     eng.model.requires_grad_(False)
     xf = x.float() / 255
-    rho = eng._rem_rho(xf, y)
+    rho = eng.surrogate.worst_rho(xf, y)
     assert rho.abs().max() <= EPS / 2 + 1e-7
     with torch.no_grad():
         assert F.cross_entropy(eng.model((xf + rho).clamp(0, 1)), y) > F.cross_entropy(eng.model(xf), y)

@@ -4,8 +4,12 @@ Where things are:
 
 ``run.py``          :func:`craft_fast`: arguments, configuration, the round loop with
                     checkpoints, resume and Ctrl-C, the released result
-``engine.py``       :class:`~miue.craft.engine.Engine`: the surrogate, and one round
-                    (``run_round``: train the surrogate, then PGD on every δ)
+``engine.py``       :class:`~miue.craft.engine.Engine`: one process's parts put together, one
+                    round (``run_round``) by its schedule
+``shard.py``        this process's images, labels and δ, and the batch orders
+``surrogate.py``    the surrogate: build, SGD steps, learning-rate schedules, REM's ρ, state
+``attack.py``       PGD passes, one step, restarts, the CUDA-graphed step, random starts
+``schedules.py``    what a round does: ``rounds`` (train, then PGD) or REM's ``per-batch`` loop
 ``inputs.py``       images and labels in, validated (any layout, uint8 or float)
 ``store.py``        the δ store: images and δ on the device or streamed from host memory
 ``graphs.py``       the CUDA graph of one PGD step

@@ -30,7 +30,7 @@ def craft_fast(
     *,
     eps: float = 8 / 255,
     preset: str = "paper",
-    objective: str = "miue",
+    objective: str = objectives.DEFAULT,
     recipe: str = "published",
     surrogate: nn.Module | None = None,
     rounds: int | None = None,
@@ -175,7 +175,7 @@ def _run(cfg: CraftConfig, clean, y, surrogate, device, checkpoint_dir, progress
     if eng.obj.surrogate == "none":  # random noise: no model, no rounds
         if start_round == 0:
             eng.random_noise(owned, n_global)
-            history.append({"round": 1, "objective": "random"})
+            history.append({"round": 1, "objective": cfg.objective})
             save(cfg.rounds)
     else:
         _rounds(eng, cfg, start_round, history, save, ckpt, progress and rank == 0)
