@@ -82,3 +82,18 @@ def test_a_changed_value_is_checked_again_on_replace():
     cfg = make_config("cnn")
     with pytest.raises(ValueError, match="rounds"):
         dataclasses.replace(cfg, rounds=0)
+
+
+def test_schedule_choices_are_the_engine_registries():
+    """CraftConfig's checked values for ``schedule`` and ``lr_schedule`` are exactly the
+    registries the engine dispatches on (miue/craft/schedules.py, miue/craft/surrogate.py):
+    a name added to one and not the other fails here, not mid-run."""
+    import dataclasses
+
+    from miue.craft.schedules import SCHEDULES
+    from miue.craft.surrogate import LR_SCHEDULES
+    from miue.presets import CraftConfig
+
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(CraftConfig)}
+    assert set(choices["schedule"]) == set(SCHEDULES)
+    assert set(choices["lr_schedule"]) == set(LR_SCHEDULES)
