@@ -26,6 +26,7 @@ _LAZY = {
     "CraftInterrupted": "miue.craft",
     "evaluate": "miue.victims",
     "EvalResult": "miue.victims",
+    "EvalConfig": "miue.victims",
 }
 
 
@@ -59,4 +60,5 @@ __all__ = [
     "CraftInterrupted",
     "evaluate",
     "EvalResult",
+    "EvalConfig",
 ]

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 import miue.defenses as Dfn
-from miue.victims import EVAL_PRESETS, EvalResult, accuracy, evaluate, pgd_attack, random_crop
-from miue.models import build_model
+from miue.victims import (EVAL_PRESETS, OPTIMIZER_BUILDERS, OPTIMIZERS, SCHEDULE_BUILDERS, SCHEDULES, EvalConfig,
+                          EvalResult, accuracy, evaluate, pgd_attack, random_crop)
+from miue.models import ARCHS, build_model
 
 SIZE = 16
 CLASSES = 4
@@ -394,3 +395,168 @@ def test_adam_recipe_and_overrides():
     assert r2.config["optimizer"] == "adam" and not r2.config["crop"]
     with pytest.raises(ValueError, match="optimizer"):
         evaluate(x, y, x[:16], y[:16], preset="quick", epochs=1, optimizer="rmsprop", progress=False, device="cpu")
+
+
+# --------------------------------------------------------------------------- the configuration (issue 48)
+
+
+def _config_before_issue_48(preset, defense=None, *, arch=None, epochs=None, batch_size=None, lr=None, optimizer=None,
+                            augment=None, at_eps=4 / 255, poison_ratio=1.0, seed=0, device="cpu", amp=False):
+    """result.config as evaluate() built it inline before EvalConfig (kept here as the reference)."""
+    cfg = dict(EVAL_PRESETS[preset])
+    dfn = Dfn.REGISTRY[defense] if defense is not None else None
+    if dfn is not None:
+        cfg.update(dfn.recipe.get(preset, {}))
+    cfg.setdefault("optimizer", "sgd")
+    for k, v in (("arch", arch), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("optimizer", optimizer)):
+        if v is not None:
+            cfg[k] = v
+    if augment is not None:
+        cfg["crop"] = cfg["flip"] = bool(augment)
+    adversarial = dfn is not None and dfn.kind == "adversarial"
+    return {**cfg, "defense": defense, "poison_ratio": poison_ratio, "seed": seed,
+            "at_eps": at_eps if adversarial else None, "preset": preset, "device": device, "amp": amp}
+
+
+OVERRIDES = [{}, dict(arch="mlp", epochs=3, batch_size=17, lr=0.2), dict(optimizer="adam", augment=False),
+             dict(optimizer="sgd", augment=True, at_eps=8 / 255, poison_ratio=0.25, seed=7), dict(lr=1, augment=0)]
+
+
+@pytest.mark.parametrize("preset", list(EVAL_PRESETS))
+@pytest.mark.parametrize("overrides", OVERRIDES)
+def test_config_record_is_the_dict_of_before(preset, overrides):
+    """result.config, produced from the EvalConfig, is the dict evaluate() recorded before it (keys in
+    the same order: results.json files compare it): the preset, then the defense's recipe for the
+    preset, then the explicit arguments; augment sets crop and flip."""
+    for defense in (None, *Dfn.DEFENSES):
+        got = EvalConfig.build(preset, defense, **overrides).record(CPU, False)
+        want = _config_before_issue_48(preset, defense, **overrides)
+        assert list(got.items()) == list(want.items()), (defense, got, want)
+
+
+def test_evaluate_records_the_config_of_before(data):
+    res = run(*data, preset="paper", defense="at", epochs=1, lr=None, batch_size=64, augment=False, seed=3)
+    want = _config_before_issue_48("paper", "at", arch="cnn-small", epochs=1, batch_size=64, augment=False, seed=3)
+    assert list(res.config.items()) == list(want.items())
+    assert want["schedule"] == "step40-80" and want["lr"] == 0.1  # the defense's recipe for the preset
+
+
+def test_evaluate_takes_a_config(data):
+    cfg = EvalConfig.build("quick", "cutout", arch="cnn-small", epochs=2, batch_size=32, lr=0.05, seed=1)
+    by_config = evaluate(*data, config=cfg, device="cpu", progress=False)
+    by_keywords = run(*data, defense="cutout", epochs=2, seed=1)
+    assert same_run(by_config, by_keywords) and by_config.config == by_keywords.config
+    with pytest.raises(TypeError, match=r"not both.*\['epochs'\]"):
+        evaluate(*data, config=cfg, epochs=3, device="cpu", progress=False)
+    with pytest.raises(TypeError, match="config must be an EvalConfig"):
+        evaluate(*data, config=dataclasses.asdict(cfg), device="cpu", progress=False)
+
+
+def test_config_is_frozen_and_precedence():
+    cfg = EvalConfig.build("paper", "at")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0
+    assert (cfg.epochs, cfg.lr, cfg.schedule, cfg.arch) == (100, 0.1, "step40-80", "resnet18")  # the defense's recipe
+    assert EvalConfig.build("paper", "at", lr=0.3, schedule="cosine").lr == 0.3  # explicit arguments win
+    assert EvalConfig.build("paper", "at", lr=None).lr == 0.1  # None keeps the recipe's value
+    assert EvalConfig.build("quick", "at").epochs == EVAL_PRESETS["quick"]["epochs"]  # no recipe for quick
+    assert (EvalConfig.build("adam", augment=True).crop, EvalConfig.build("adam", augment=True).flip) == (True, True)
+    assert EvalConfig.build("adam").optimizer == "adam" and EvalConfig.build("quick").optimizer == "sgd"
+    assert dataclasses.replace(cfg, seed=4).seed == 4
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nesterov'"):
+        EvalConfig.build("quick", nesterov=True)
+    with pytest.raises(ValueError, match="augment or crop/flip"):
+        EvalConfig.build("quick", augment=False, crop=True)
+
+
+@pytest.mark.parametrize("name,value,choices", [
+    ("optimizer", "rmsprop", OPTIMIZERS), ("arch", "resnet9", ARCHS), ("schedule", "linear", SCHEDULES),
+    ("optimizer", ["sgd"], OPTIMIZERS), ("schedule", "", SCHEDULES),
+])
+def test_config_refuses_unknown_names(name, value, choices):
+    """An unknown optimizer, arch or schedule is refused naming the argument and listing the choices,
+    whether the config is built or constructed directly."""
+    with pytest.raises(ValueError) as built:
+        EvalConfig.build("quick", **{name: value})
+    assert str(built.value) == f"{name} must be one of {tuple(choices)}, got {value!r}"
+    fields = dict(dataclasses.asdict(EvalConfig.build("quick")), **{name: value})
+    with pytest.raises(ValueError, match=f"^{name} must be one of"):
+        EvalConfig(**fields)
+
+
+@pytest.mark.parametrize("kw", [dict(preset="slow"), dict(preset=["quick"]), dict(defense="sharpen"),
+                                dict(defense="AT"), dict(defense=3)])
+def test_config_refuses_unknown_preset_and_defense(kw):
+    name = next(iter(kw))
+    choices = tuple(EVAL_PRESETS) if name == "preset" else Dfn.DEFENSES
+    with pytest.raises(ValueError) as err:
+        EvalConfig.build(**kw)
+    none_or = "None or " if name == "defense" else ""
+    assert str(err.value) == f"{name} must be {none_or}one of {choices}, got {kw[name]!r}"
+    fields = dict(dataclasses.asdict(EvalConfig.build("quick")), **kw)
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        EvalConfig(**fields)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(epochs=0), "epochs must be a positive int"), (dict(epochs=2.0), "epochs must be a positive int"),
+    (dict(epochs=True), "epochs must be a positive int"), (dict(batch_size=-1), "batch_size must be a positive int"),
+    (dict(eval_every=0), "eval_every must be a positive int"), (dict(lr=0), "lr must be a positive number"),
+    (dict(lr=math.inf), "lr must be a positive number"), (dict(lr="0.1"), "lr must be a positive number"),
+    (dict(momentum=-0.1), "momentum must be a non-negative number"),
+    (dict(weight_decay=math.nan), "weight_decay must be a non-negative number"),
+    (dict(poison_ratio=1.01), r"poison_ratio must lie in \[0, 1\]"),
+    (dict(poison_ratio=math.nan), r"poison_ratio must lie in \[0, 1\]"),
+    (dict(defense="at", at_eps=0.0), r"at_eps must lie in \(0, 1\]"),
+    (dict(defense="at", at_eps=1.5), r"at_eps must lie in \(0, 1\]"),
+    (dict(crop=1), "crop must be True or False"), (dict(seed=1.5), "seed must be an int"),
+])
+def test_config_refuses_bad_numbers(kw, match):
+    with pytest.raises(ValueError, match="^" + match):
+        EvalConfig.build("quick", **kw)
+
+
+def test_at_eps_is_checked_and_recorded_only_under_adversarial_training():
+    assert EvalConfig.build("quick", "cutout", at_eps=2.0).record(CPU, False)["at_eps"] is None
+    assert EvalConfig.build("quick", "at", at_eps=8 / 255).record(CPU, False)["at_eps"] == 8 / 255
+
+
+def test_schedules_and_optimizers_are_registries():
+    """The learning rate per epoch of every schedule, and every optimizer, come from their registries."""
+    assert OPTIMIZERS == tuple(OPTIMIZER_BUILDERS) == ("sgd", "adam") and SCHEDULES == tuple(SCHEDULE_BUILDERS)
+    model = torch.nn.Linear(2, 2)
+    for name in OPTIMIZERS:
+        cfg = EvalConfig.build("quick", optimizer=name, lr=0.5)
+        opt = OPTIMIZER_BUILDERS[name](model.parameters(), cfg)
+        assert type(opt).__name__.lower() == name and opt.param_groups[0]["lr"] == 0.5
+        assert opt.param_groups[0]["weight_decay"] == cfg.weight_decay
+
+    def lrs(schedule, epochs):
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched, out = SCHEDULE_BUILDERS[schedule](opt, epochs), []
+        for _ in range(epochs):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()  # (no gradients: the weights stay)
+            sched.step()
+        return out
+
+    assert lrs("constant", 3) == [1.0] * 3
+    assert lrs("cosine", 4) == pytest.approx([(1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)])
+    step = lrs("step40-80", 100)
+    assert step[39] == 1.0 and step[40] == pytest.approx(0.1) and step[79] == pytest.approx(0.1)
+    assert step[80] == pytest.approx(0.01) and step[99] == pytest.approx(0.01)
+
+
+def test_victims_name_no_defense():
+    """miue/victims.py applies a defense by its kind (miue.defenses.REGISTRY), never by its name: no
+    string constant of the module (a comparison, a dict key, a membership test, a match case) is a
+    defense's name."""
+    import ast
+    import inspect
+
+    import miue.victims as V
+
+    tree = ast.parse(inspect.getsource(V))
+    named = sorted(f"line {node.lineno}: {node.value!r}" for node in ast.walk(tree)
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in Dfn.REGISTRY)
+    assert not named, f"miue/victims.py names defenses: {named}"
