@@ -20,17 +20,18 @@ H100 (sm_90 compile) or an A100 (sm_80 compile).
 
 CUDA C++: every ``csrc/cuda/*.cu`` is compiled to a fatbin for sm_90 and sm_80 with the flags of
 ``setup.py`` / ``torch.utils.cpp_extension`` plus ``-Xptxas -v``; every template instance is
-reported. A static check makes sure every ``<<<...>>>`` launch is followed by
-``C10_CUDA_KERNEL_LAUNCH_CHECK()``.
+reported. A static check makes sure every ``<<<...>>>`` launch (in the ``.cu`` files and the ``.cuh``
+headers) is followed by ``C10_CUDA_KERNEL_LAUNCH_CHECK()``.
 
 Fails (exit 1) on: a compile error; any spill in a hot-path kernel
-(``miue.kernels._config.HOT_KERNELS``; CUDA: every kernel of the supcon, pgd and normalize
-files); shared memory above the sm_80 per-block limit (163 KiB) in any compile; a launch
-without its check. Supports triton 3.6 and 3.8 (ASTSource(fn, signature, constexprs, attrs)).
+(``miue.kernels._config.HOT_KERNELS``; CUDA: every kernel of the supcon_loss, pgd_linf_step,
+project_linf and grouped_normalize files); shared memory above the sm_80 per-block limit
+(163 KiB) in any compile; a launch without its check. Supports triton 3.6 and 3.8
+(ASTSource(fn, signature, constexprs, attrs)).
 
-This file is the command and its report (aot.json, aot.md); the case list, the specialisation,
-the compiles and the launch check are ``miue.aot`` (also used by tests/test_gpu_tiles.py and
-tests/test_cuda_index.py).
+This file is the command and its report (aot.json, aot.md); the case list (gathered from the op
+modules' ``kernel_cases``, miue/ops/<op>.py), the specialisation, the compiles and the launch check
+are ``miue.aot`` (also used by tests/test_gpu_tiles.py and tests/test_cuda_index.py).
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ def main(argv=None) -> int:
                 failures.append(f"CUDA {f['file']} {r['kernel']} {r['sm']}: spills {r['spill_stores']}/{r['spill_loads']} B")
             if r["static_smem"] > SM80_SMEM_LIMIT:
                 failures.append(f"CUDA {f['file']} {r['kernel']}: {r['static_smem']} B shared memory")
-    launch_problems = check_launches(cu_files, ROOT)
+    # the sources and the headers (linf.cuh holds the launch of the PGD step and projection)
+    launch_problems = check_launches(sorted(cu_files + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh"))), ROOT)
     failures += launch_problems
 
     nvcc_version = None

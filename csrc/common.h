@@ -1,7 +1,7 @@
 // Shared declarations of the miue_C extension.
 //
 // Op schemas: csrc/miue.cpp. CPU kernels: csrc/cpu/<op>.cpp. CUDA kernels: csrc/cuda/<op>.cu.
-// Conventions (docs/ops.md; the oracle is miue/reference.py):
+// Conventions (docs/ops.md; the oracle is miue/ops/reference.py):
 //   * acc type: double for double features, float otherwise (inv_norm, class_sum, loss, P, N);
 //   * null rows (||f_i|| < 1e-12) get z_i = 0, inv_norm_i = 0 and no gradient;
 //   * rows whose label lies outside [0, C) are skipped by per-class sums (never indexed);
@@ -99,7 +99,7 @@ inline void check_intra_bwd_args(const at::Tensor& grad, const at::Tensor& z, co
   TORCH_CHECK(grad.numel() == 1, "grad must hold one element");
 }
 
-// CPU helpers (csrc/cpu/normalize.cpp), shared by the loss kernels.
+// CPU helpers (csrc/cpu/grouped_normalize.cpp), shared by the loss kernels.
 // normalize_cpu: z (features' dtype) and inv_norm (acc type) of contiguous features.
 std::tuple<at::Tensor, at::Tensor> normalize_cpu(const at::Tensor& features);
 // class_sums_cpu: per-class sums of z_i = f_i * inv_i recomputed in the acc type and summed in

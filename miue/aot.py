@@ -3,7 +3,8 @@
 
 Triton: :func:`triton_cases` calls the launchers of ``miue.kernels`` on ``meta`` tensors
 (nothing is allocated or computed) inside ``miue.kernels._config.record_launches()``, for shapes
-and dtypes that reach every branch of the configuration functions; :func:`specialize` types each
+and dtypes that reach every branch of the configuration functions (each op module's
+``kernel_cases``, miue/ops/<op>.py); :func:`specialize` types each
 launch's arguments as Triton's JIT does at run time; :func:`triton_jobs` keeps the distinct
 launch configurations, one job per target arch; :func:`compile_one` compiles a job with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and measures registers,
@@ -43,7 +44,7 @@ ARCHS = {
              smem_per_sm=164 * 1024, smem_per_block=163 * 1024, smem_reserved=1024),
 }
 SM80_SMEM_LIMIT = ARCHS[80]["smem_per_block"]
-CUDA_HOT_FILES = ("supcon.cu", "pgd.cu", "normalize.cu")
+CUDA_HOT_FILES = ("supcon_loss.cu", "pgd_linf_step.cu", "project_linf.cu", "grouped_normalize.cu")
 
 
 def occupancy(regs: int, smem: int, threads: int, cc: int) -> dict:
@@ -125,79 +126,45 @@ def parse_ptxas_log(log: str) -> list[dict]:
 
 # --------------------------------------------------------------------------- Triton: what the launchers launch
 
-FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Shapes that reach every branch of the configuration functions (checked by
-# tests/test_gpu_tiles.py::test_aot_shapes_cover_every_gpu_config):
-#   supcon: B 512 (the PGD batch: fwd BLOCK_M 32, bwd 16), 2048 (fwd 64), 8192 (bwd 32),
-#           100 (B not a multiple of 16) and 1 (Triton specialises an int equal to 1);
-#           D 8 (BLOCK_K 16), 32 (BLOCK_K 32), 64, 100 (D not a multiple of 16, BLOCK_D 128),
-#           256 (BLOCK_D 256, in registers), 512 (D > 256: the fp32 buffer and _project_kernel).
-SUPCON_B = (512, 2048, 8192)
-SUPCON_D = (8, 32, 64, 100, 256, 512)
-SUPCON_EDGE = ((100, 64), (1, 64))  # (B, D), fp32 and bf16 only
-NORMALIZE_D = (8, 32, 64, 100, 256, 512)
-NUM_CLASSES = 10
-# PGD: the CIFAR PGD batch, an odd size, and the 224 px dataset (more than 2^31 elements: 64-bit sizes)
-PGD_N = (512 * 3 * 32 * 32,)
-PGD_EDGE_N = (1000, 50_000 * 3 * 224 * 224)
+FEATURE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # of the loss ops; the PGD ops add float64
+# The shapes come from the op modules (``kernel_cases`` and the ``KERNEL_*`` shapes of
+# miue/ops/<op>.py): shapes that reach every branch of the configuration functions (checked by
+# tests/test_gpu_tiles.py::test_aot_shapes_cover_every_gpu_config).
+TRITON_OPS = ("supcon_loss", "grouped_normalize", "intra_class_cosine_loss", "pgd_linf_step", "project_linf")
 
 
-def _meta(shape, dtype):
-    return torch.empty(shape, dtype=dtype, device="meta")
+def _interleave(a: list, b: list) -> list:
+    """a[0], b[0], a[1], b[1], ...: two ops' cases in the order the check has always recorded them."""
+    if len(a) != len(b):
+        raise ValueError(f"cannot interleave {len(a)} and {len(b)} cases")
+    return [c for pair in zip(a, b) for c in pair]
 
 
 def triton_cases():
-    """[(case name, [recorded launches])]: the launchers run on meta tensors."""
-    from miue.kernels import _config, intra_class, normalize, pgd, supcon
+    """[(case name, [recorded launches])]: the launchers of ``miue.kernels`` run on meta tensors,
+    on the cases each op module's ``kernel_cases`` gives."""
+    import importlib
+
+    from miue import kernels
+    from miue.kernels import _config
+
+    op = {name: importlib.import_module(f"miue.ops.{name}") for name in TRITON_OPS}
+    calls = []
+    for dt in FEATURE_DTYPES:
+        calls += op["supcon_loss"].kernel_cases(kernels, dt)
+        calls += _interleave(op["grouped_normalize"].kernel_cases(kernels, dt),
+                             op["intra_class_cosine_loss"].kernel_cases(kernels, dt))
+    for dt in FEATURE_DTYPES + (torch.float64,):
+        calls += _interleave(op["pgd_linf_step"].kernel_cases(kernels, dt),
+                             op["project_linf"].kernel_cases(kernels, dt))
+    # the engine's mixed case: fp32 delta, bf16 gradient (autocast), uint8 clean
+    calls += op["pgd_linf_step"].kernel_cases(kernels, torch.float32, grad_dtype=torch.bfloat16)
 
     cases = []
-
-    def rec(name, fn):
+    for name, fn in calls:
         with _config.record_launches() as launches:
             fn()
         cases.append((name, list(launches)))
-
-    labels = lambda B: torch.empty((B,), dtype=torch.int64, device="meta")  # noqa: E731
-    for dt in FEATURE_DTYPES:
-        dn = str(dt).replace("torch.", "")
-        shapes = [(B, D) for B in SUPCON_B for D in SUPCON_D]
-        shapes += [s for s in SUPCON_EDGE if dt != torch.float16]
-        for B, D in shapes:
-            def fwd_bwd(B=B, D=D, dt=dt):
-                loss, z, inv, P, N = supcon.supcon_fwd(_meta((B, D), dt), labels(B), 0.1, 1e-8)
-                supcon.supcon_bwd(_meta((), torch.float32), z, inv, P, N, labels(B), 0.1)
-            rec(f"supcon B={B} D={D} {dn}", fwd_bwd)
-        for D in NORMALIZE_D:
-            B = 512
-            rec(f"grouped_normalize B={B} D={D} {dn}",
-                lambda B=B, D=D, dt=dt: normalize.grouped_normalize(_meta((B, D), dt), labels(B), NUM_CLASSES))
-
-            def intra(B=B, D=D, dt=dt):
-                loss, z, inv, sums, counts = intra_class.intra_class_fwd(_meta((B, D), dt), labels(B), NUM_CLASSES)
-                intra_class.intra_class_bwd(_meta((), torch.float32), z, inv, sums, counts, labels(B))
-            rec(f"intra_class B={B} D={D} {dn}", intra)
-
-    host = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731  (scalars by value)
-    dev = lambda v: _meta((), torch.float64)  # noqa: E731  (scalars read by the kernel: CUDA graphs)
-    for dt in FEATURE_DTYPES + (torch.float64,):
-        dn = str(dt).replace("torch.", "")
-        for clean_dt in (torch.uint8, dt):
-            for where, mk in (("host", host), ("device", dev)):
-                if dt == torch.float64 and where == "host":
-                    continue  # fp64 always reads its scalars from memory
-                n_list = PGD_N + (PGD_EDGE_N if (dt == torch.float32 and clean_dt == torch.uint8) else ())
-                for n in n_list:
-                    cn = str(clean_dt).replace("torch.", "")
-                    rec(f"pgd_linf_step_ n={n} delta {dn} clean {cn} scalars on {where}",
-                        lambda n=n, dt=dt, cd=clean_dt, mk=mk: pgd.pgd_linf_step_(
-                            _meta((n,), dt), _meta((n,), dt), _meta((n,), cd), mk(0.01), mk(0.03), 0.0, 1.0))
-                    rec(f"project_linf_ n={n} delta {dn} clean {cn} scalars on {where}",
-                        lambda n=n, dt=dt, cd=clean_dt, mk=mk: pgd.project_linf_(
-                            _meta((n,), dt), _meta((n,), cd), mk(0.03), 0.0, 1.0))
-    # the engine's mixed case: fp32 delta, bf16 gradient (autocast), uint8 clean
-    rec("pgd_linf_step_ delta float32 grad bfloat16 clean uint8",
-        lambda: pgd.pgd_linf_step_(_meta((PGD_N[0],), torch.float32), _meta((PGD_N[0],), torch.bfloat16),
-                                   _meta((PGD_N[0],), torch.uint8), host(0.01), host(0.03), 0.0, 1.0))
     return cases
 
 

@@ -16,11 +16,13 @@ BOXES = {  # name: (x, y, w, h, text, colour)
     "store": (4.4, 6.7, 3.6, 1.2, "craft/store.py DeltaStore\nclean + δ: device / pinned host /\nmemory-mapped file", "#e8f1de"),
     "engine": (0.2, 4.6, 7.8, 1.4, "craft/engine.py  one round\n1. train surrogate on clamp(flip(x)+δ)   2. K PGD steps:"
                " features → loss → ∇δ → pgd_linf_step_", "#fbe9d7"),
-    "ops": (0.2, 2.6, 7.8, 1.2, "miue/ops/__init__.py  torch.library custom ops (schema, fake kernel, autograd, validation)\n"
-            "supcon_loss · intra_class_cosine_loss · grouped_normalize · pgd_linf_step_ · project_linf_", "#f5dde7"),
+    "ops": (0.2, 2.6, 7.8, 1.2,
+            "miue/ops/<op>.py  one torch.library custom op per file (fake kernel, autograd, checks)\n"
+            "supcon_loss · intra_class_cosine_loss · grouped_normalize · pgd_linf_step · project_linf",
+            "#f5dde7"),
     "ref": (0.2, 0.6, 2.4, 1.2, "reference\nmiue/ops/reference.py\n(float64 oracle)", "#eeeeee"),
-    "cpp": (2.9, 0.6, 2.4, 1.2, "cpp\ncsrc/cpu/*.cpp (OpenMP)\ncsrc/cuda/*.cu", "#eeeeee"),
-    "triton": (5.6, 0.6, 2.4, 1.2, "triton\nkernels/*.py\n(+ _config.py tiles)", "#eeeeee"),
+    "cpp": (2.9, 0.6, 2.4, 1.2, "cpp\ncsrc/cpu/<op>.cpp (OpenMP)\ncsrc/cuda/<op>.cu", "#eeeeee"),
+    "triton": (5.6, 0.6, 2.4, 1.2, "triton\nkernels/<op>.py\n(+ _config.py tiles)", "#eeeeee"),
     "result": (8.6, 4.6, 2.6, 1.4, "CraftResult (run.py)\n.save() npz/pt\nrelease.py: tree + manifest", "#dde7f5"),
     "eval": (8.6, 2.6, 2.6, 1.2, "evaluate.py\nvictims, defenses,\nMI lens (metrics.py)", "#e8f1de"),
 }

@@ -84,8 +84,9 @@ with tarfile.open(sys.argv[1]) as tar:
 src = sys.argv[2]
 tracked = subprocess.run(["git", "ls-files", "csrc", "kernels"], cwd=src, capture_output=True, text=True).stdout.split() \
     if os.path.isdir(os.path.join(src, ".git")) else []
-want = {"LICENSE", "setup.py", "pyproject.toml", "csrc/common.h", "csrc/cuda/common.cuh", "csrc/cuda/supcon.cu",
-        "csrc/cpu/supcon.cpp", "kernels/__init__.py", "kernels/supcon.py"} | set(tracked)
+want = {"LICENSE", "setup.py", "pyproject.toml", "csrc/common.h", "csrc/cuda/common.cuh", "csrc/cuda/supcon_loss.cu",
+        "csrc/cpu/supcon_loss.cpp", "csrc/cpu/linf.h", "csrc/cuda/linf.cuh", "kernels/__init__.py",
+        "kernels/supcon_loss.py"} | set(tracked)
 for top in ("csrc", "kernels"):  # every source file of the extension and every Triton kernel module
     for root, _, files in os.walk(os.path.join(src, top)):
         want |= {os.path.relpath(os.path.join(root, f), src) for f in files if not f.endswith((".pyc", ".o", ".so"))}

@@ -80,7 +80,7 @@ def test_index_helpers_at_the_largest_shapes(index_binary, name):
 def test_kernel_geometry_matches_the_sources():
     """THREADS / UNROLL / WARPS above are the constants of csrc/cuda (so the test checks the real geometry)."""
     common = open(os.path.join(ROOT, "csrc", "cuda", "common.cuh")).read()
-    pgd = open(os.path.join(ROOT, "csrc", "cuda", "pgd.cu")).read()
+    pgd = open(os.path.join(ROOT, "csrc", "cuda", "linf.cuh")).read()  # the PGD step and projection's kernel
     assert f"constexpr int kThreads = {THREADS};" in common
     assert "constexpr int kWarps = kThreads / 32;" in common and THREADS // 32 == WARPS
     assert f"constexpr int kUnroll = {UNROLL};" in pgd
@@ -88,8 +88,9 @@ def test_kernel_geometry_matches_the_sources():
 
 
 def test_every_launch_is_checked(tmp_path):
-    files = sorted(os.path.join(ROOT, "csrc", "cuda", f) for f in os.listdir(os.path.join(ROOT, "csrc", "cuda")) if f.endswith(".cu"))
-    assert files
+    folder = os.path.join(ROOT, "csrc", "cuda")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith((".cu", ".cuh")))
+    assert any(f.endswith("linf.cuh") for f in files)  # the launch of the PGD step and projection
     assert aot.check_launches(files) == []
     # the check can fail: a launch without its check is reported
     bad = tmp_path / "bad.cu"

@@ -12,6 +12,7 @@ import miue
 from miue.ops._backend import resolve_backend
 
 CPU = torch.device("cpu")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_CPP = "cpp" in miue.available_backends()
 
 
@@ -110,20 +111,75 @@ def test_skip_ext_is_silent():
     assert out.stdout.strip() == "['reference']"
 
 
+def _op_modules() -> dict[str, object]:
+    """The op modules of miue.ops (miue/ops/<op>.py), by name: every public module but the oracle
+    and the loss modules."""
+    import importlib
+    import pkgutil
+
+    import miue.ops as ops
+
+    names = [m.name for m in pkgutil.iter_modules(ops.__path__)
+             if not m.name.startswith("_") and m.name not in ("reference", "modules")]
+    return {n: importlib.import_module(f"miue.ops.{n}") for n in sorted(names)}
+
+
 def test_every_backend_record_implements_every_op():
     """The backends are records (miue.ops._backend.REGISTRY); each module defines every function
-    the custom ops call, checked here rather than when a call first fails."""
+    the custom ops call, as the reference backend (the oracle) does and with its parameters,
+    checked here rather than when a call first fails. Without triton, miue.kernels' exports are
+    read from its source. OP_BACKEND_FUNCTIONS is what each op module's custom ops call."""
+    import ast
+    import inspect
+
     from miue.ops import _backend as B
 
     assert B.BACKENDS == tuple(B.REGISTRY) == ("reference", "cpp", "triton")
+    reference = B.REGISTRY["reference"].implementation()
+    assert B.REGISTRY["reference"].missing() == []
     for name, rec in B.REGISTRY.items():
         assert rec.name == name and rec.devices and B.LOSS_DTYPES[name] == rec.loss_dtypes
         if name == "triton" and not B._triton_importable():
+            source = open(os.path.join(ROOT, "kernels", "__init__.py"), encoding="utf-8").read()
+            exported = next(ast.literal_eval(n.value) for n in ast.parse(source).body
+                            if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "__all__")
+            assert set(B.OP_FUNCTIONS) <= set(exported), f"miue.kernels lacks {set(B.OP_FUNCTIONS) - set(exported)}"
             continue
         assert rec.missing() == [], f"backend {name} lacks {rec.missing()}"
-    import inspect
+        impl = rec.implementation()
+        for f in B.OP_FUNCTIONS:
+            got, want = inspect.signature(getattr(impl, f)), inspect.signature(getattr(reference, f))
+            assert list(got.parameters) == list(want.parameters), f"{name}.{f}{got} is not reference.{f}{want}"
+    assert B.OP_FUNCTIONS == tuple(f for fs in B.OP_BACKEND_FUNCTIONS.values() for f in fs)
+    modules = _op_modules()
+    for op, mod in modules.items():  # the list is what the ops call
+        source = inspect.getsource(mod)
+        called = {f for f in B.OP_FUNCTIONS if f"impl.{f}(" in source or f").{f}(" in source}
+        assert called == set(B.OP_BACKEND_FUNCTIONS.get(op, ())), op
+        assert ("implementation(" in source) == (op in B.OP_BACKEND_FUNCTIONS), op
 
-    import miue.ops as ops
-    called = {f for f in B.OP_FUNCTIONS if f"impl.{f}(" in inspect.getsource(ops) or
-              f").{f}(" in inspect.getsource(ops)}
-    assert called == set(B.OP_FUNCTIONS)  # the list is what the ops call
+
+def test_one_file_per_op_in_every_layer():
+    """One name per op (issue 48): every registered miue:: op (``X``, ``X_backward``, or ``X_`` in
+    place) is the module miue/ops/X.py, which has tests/test_X.py; an op with backends
+    (OP_BACKEND_FUNCTIONS) has exactly kernels/X.py, csrc/cpu/X.cpp and csrc/cuda/X.cu. No other
+    kernel or C++ source: what two ops share lives in private modules and headers (kernels/_linf.py,
+    csrc/cpu/linf.h, csrc/cuda/linf.cuh)."""
+    from miue.ops import _backend as B
+
+    registered = {n.split("::", 1)[1].removesuffix("_backward").rstrip("_")
+                  for n in torch._C._dispatch_get_all_op_names() if n.startswith("miue::")}
+    modules = set(_op_modules())
+    assert registered == modules
+    assert set(B.OP_BACKEND_FUNCTIONS) <= modules
+
+    def stems(folder, ext):
+        path = os.path.join(ROOT, *folder.split("/"))
+        return {f[: -len(ext)] for f in os.listdir(path) if f.endswith(ext) and not f.startswith("_")}
+
+    with_backends = set(B.OP_BACKEND_FUNCTIONS)
+    assert stems("kernels", ".py") == with_backends
+    assert stems("csrc/cpu", ".cpp") == with_backends
+    assert stems("csrc/cuda", ".cu") == with_backends
+    missing = sorted(m for m in modules if not os.path.exists(os.path.join(ROOT, "tests", f"test_{m}.py")))
+    assert not missing, f"ops without tests/test_<op>.py: {missing}"

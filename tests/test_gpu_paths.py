@@ -58,7 +58,8 @@ def test_pgd_scalars_are_passed_per_scalar_without_copies(no_host_to_device_copy
     """Each scalar is read from memory when it lives on delta's device and passed by value when
     it lives on the CPU; nothing is copied host-to-device (before the fix a device step size
     made the launcher copy the CPU ε with ``.to(device, non_blocking=True)``)."""
-    from miue.kernels import _config, pgd
+    from miue.kernels import _config
+    from miue.kernels.pgd_linf_step import pgd_linf_step_
 
     n = 5000
     dev_scalar = lambda v: torch.full((), v, dtype=torch.float64, device="meta")  # noqa: E731
@@ -67,7 +68,7 @@ def test_pgd_scalars_are_passed_per_scalar_without_copies(no_host_to_device_copy
     eps = dev_scalar(0.03) if where in ("eps-device", "both-device") else cpu_scalar(0.03)
     delta = meta((n,), delta_dtype)
     with _config.record_launches() as launches:
-        pgd.pgd_linf_step_(delta, meta((n,), delta_dtype), meta((n,), torch.uint8), step, eps, 0.0, 1.0)
+        pgd_linf_step_(delta, meta((n,), delta_dtype), meta((n,), torch.uint8), step, eps, 0.0, 1.0)
     (kernel, grid, args, m), = launches
     names = kernel.arg_names
     got = dict(zip(names, args))
@@ -87,13 +88,14 @@ def test_pgd_box_of_an_fp64_delta_reaches_the_kernel_in_fp64(no_host_to_device_c
     """A Python float kernel argument is fp32 on a GPU (the interpreter keeps it fp64, so the
     bits below cannot show it): an fp64 delta's box [lo, hi] must come from float64 memory,
     filled on delta's device without a copy. Before the fix lo = −0.1 was clamped at fp32(−0.1)."""
-    from miue.kernels import _config, pgd
+    from miue.kernels import _config
+    from miue.kernels.pgd_linf_step import pgd_linf_step_
 
     n, lo, hi = 5000, -0.1, 0.7
     delta = meta((n,), delta_dtype)
     scalar = torch.tensor(0.01, dtype=torch.float64)
     with _config.record_launches() as launches:
-        pgd.pgd_linf_step_(delta, meta((n,), delta_dtype), meta((n,), delta_dtype), scalar, scalar, lo, hi)
+        pgd_linf_step_(delta, meta((n,), delta_dtype), meta((n,), delta_dtype), scalar, scalar, lo, hi)
     (kernel, _, args, m), = launches
     bounds = dict(zip(kernel.arg_names, args))["bounds_ptr"]
     if delta_dtype == torch.float64:
@@ -286,20 +288,21 @@ def test_int64_offsets_chosen_past_2_31():
     """Row offsets row·D switch to int64 once B·D reaches 2**31 (4.2 M rows of 512 features);
     recorded on meta tensors, as a GPU launch would get them. Before the fix every row kernel
     indexed in int32."""
-    from miue.kernels import _config, intra_class, normalize, supcon
+    from miue.kernels import _config, intra_class_cosine_loss as intra, supcon_loss as supcon
+    from miue.kernels.grouped_normalize import grouped_normalize
 
     big, small = (4_200_000, 512), (1000, 512)
     for shape, expect in ((big, True), (small, False)):
         B, D = shape
         f, y = meta(shape, torch.float16), torch.zeros(B, dtype=torch.int64, device="meta")
         with _config.record_launches() as launches:
-            normalize.grouped_normalize(f, y, 10)
+            grouped_normalize(f, y, 10)
             loss, z, inv, P, N = supcon.supcon_fwd(f, y, 0.1, 1e-8)
             supcon.supcon_bwd(torch.ones((), device="meta"), z, inv, P, N, y, 0.1)
             # D > 256: the buffer and _project_kernel
             supcon.supcon_bwd(torch.ones((), device="meta"), meta((B, 600), torch.float16), inv, P, N, y, 0.1)
-            intra_class.intra_class_bwd(torch.ones((), device="meta"), z, inv, meta((10, D)),
-                                        torch.ones(10, dtype=torch.int64, device="meta"), y)
+            intra.intra_class_bwd(torch.ones((), device="meta"), z, inv, meta((10, D)),
+                                  torch.ones(10, dtype=torch.int64, device="meta"), y)
         rows = [(k.__name__, m["I64"]) for k, _, _, m in launches if "I64" in m]
         kernels = {k.__name__ for k, *_ in launches}
         assert {"_normalize_kernel", "_segment_scan_kernel", "_supcon_fwd_kernel", "_supcon_bwd_kernel",
@@ -312,7 +315,9 @@ def test_column_offsets_past_2_31_on_column_major_features():
     """Column-major features with a column stride of 2**30: the third column starts at element
     2**31, so ``c * stride_fd`` must be int64 as well as the row offsets (before the fix the
     interpreter read wrapped offsets, as a GPU would). 4 GiB of address space, a few pages used."""
-    from miue.kernels import normalize as kn
+    import importlib
+
+    kn = importlib.import_module("miue.kernels.grouped_normalize")  # miue.kernels.grouped_normalize: the function
 
     B, D, S = 4, 3, 2**30
     store = torch.empty((D - 1) * S + B, dtype=torch.float16)  # never touched but for 12 elements
@@ -355,7 +360,7 @@ def test_int64_path_gives_the_same_bits(monkeypatch, tiles):
 def test_triton_launchers_accept_strided_labels_and_norms():
     """The kernels index labels and inv_norm as dense arrays: the launchers make them dense, so
     strided views (every other entry of a longer tensor) give the dense inputs' bits."""
-    from miue.kernels import intra_class, supcon
+    from miue.kernels import intra_class_cosine_loss as intra, supcon_loss as supcon
 
     B, D, C = 20, 16, 3
     f, y = make_features(B, D, num_classes=C, seed=4)
@@ -368,7 +373,7 @@ def test_triton_launchers_accept_strided_labels_and_norms():
     one = torch.ones(())
     want = supcon.supcon_bwd(one, z, inv, P, N, y, 0.1)
     assert torch.equal(supcon.supcon_bwd(one, z, inv_strided, P, N, y_strided, 0.1), want)
-    _, z2, inv2, sums, counts = intra_class.intra_class_fwd(f, y, C)
+    _, z2, inv2, sums, counts = intra.intra_class_fwd(f, y, C)
     inv2_strided = torch.stack([inv2, torch.zeros_like(inv2)], 1).reshape(-1)[::2]
-    want = intra_class.intra_class_bwd(one, z2, inv2, sums, counts, y)
-    assert torch.equal(intra_class.intra_class_bwd(one, z2, inv2_strided, sums, counts, y_strided), want)
+    want = intra.intra_class_bwd(one, z2, inv2, sums, counts, y)
+    assert torch.equal(intra.intra_class_bwd(one, z2, inv2_strided, sums, counts, y_strided), want)

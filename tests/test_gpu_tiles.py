@@ -6,7 +6,7 @@ BLOCK_M 16/32 with the in-register branch for D <= 256 and the fp32 buffer + pro
 kernel above), so the numerics of those tiles (partial edge tiles, split column ranges,
 null rows, labels without positives) are checked here against the float64 oracle.
 
-Tolerances (as in test_supcon.py / test_intra_class.py / test_grouped_normalize.py): fp32
+Tolerances (as in test_supcon_loss.py / test_intra_class_cosine_loss.py / test_grouped_normalize.py): fp32
 within 1e-5 relative of the float64 reference for the loss and the gradient norm, with the
 absolute floors of tests/_util.py for values that are exactly zero. fp16 runs the GPU's dot
 path (fp16 operands, fp32 accumulation: the interpreter does that in numpy); bf16 operands are
@@ -14,8 +14,8 @@ widened to fp32 (the interpreter has no bf16 arithmetic); both must be no worse 
 the same-precision eager PyTorch error, and within 1e-3 (loss) / 3e-2 (gradient) relative.
 The PGD and normalisation configurations do not depend on the tile set; they run here too.
 
-The last tests check that the shapes miue.aot compiles (benchmarks/aot_check.py) cover every GPU
-configuration the launchers can choose.
+The last tests check that the shapes miue.aot compiles (benchmarks/aot_check.py; the ``KERNEL_*``
+shapes of the op modules miue/ops/<op>.py) cover every GPU configuration the launchers can choose.
 """
 
 import pytest
@@ -24,6 +24,10 @@ import torch
 import miue
 from miue import aot
 from miue.ops import reference as R
+from miue.ops.grouped_normalize import KERNEL_D as NORMALIZE_D
+from miue.ops.intra_class_cosine_loss import KERNEL_D as INTRA_D
+from miue.ops.supcon_loss import KERNEL_B as SUPCON_B
+from miue.ops.supcon_loss import KERNEL_D as SUPCON_D
 
 from _util import grad_floor, intra_dz_bound, loss_and_grad, make_features, supcon_dz_bound
 from _util import cpu_backends
@@ -71,7 +75,7 @@ def test_switch(monkeypatch):
 def test_launchers_use_the_gpu_configuration(gpu_tiles):
     """What the launchers pass is what the configuration functions return for a GPU (the
     fp32 path: no interpreter-specific operand widening)."""
-    from miue.kernels import supcon
+    from miue.kernels import supcon_loss as supcon
 
     B, D = 100, 300
     f, y = make_features(B, D, num_classes=5, seed=0)
@@ -177,8 +181,8 @@ def test_aot_shapes_cover_every_gpu_config():
 
     fwd_aot, bwd_aot = set(), set()
     for dt in aot.FEATURE_DTYPES:
-        for B in aot.SUPCON_B:
-            for D in aot.SUPCON_D:
+        for B in SUPCON_B:
+            for D in SUPCON_D:
                 fwd_aot.add((dt, _tiles(_config.supcon_fwd_config(B, D, dt, gpu=True))))
                 bwd_aot.add((dt, _tiles(_config.supcon_bwd_config(B, D, dt, gpu=True))))
     Bs = sorted({1, 2, 15, 16, 17, 100, 511, 512, 513, 2047, 2048, 2049, 4095, 4096, 4097, 8192, 20000, 65536})
@@ -190,23 +194,24 @@ def test_aot_shapes_cover_every_gpu_config():
                 assert (dt, _tiles(_config.supcon_bwd_config(B, D, dt, gpu=True))) in bwd_aot, (B, D, dt)
     # the other kernels' tiles depend on D only
     for D in Ds:
-        norm = {tuple(_config.normalize_config(d).items()) for d in aot.NORMALIZE_D}
+        norm = {tuple(_config.normalize_config(d).items()) for d in NORMALIZE_D}
         assert tuple(_config.normalize_config(D).items()) in norm, D
-        sums = {tuple(_config.class_sums_config(d).items()) for d in aot.NORMALIZE_D}
+        sums = {tuple(_config.class_sums_config(d).items()) for d in NORMALIZE_D}
         assert tuple(_config.class_sums_config(D).items()) in sums, D
-        intra = {tuple(_config.intra_bwd_config(d).items()) for d in aot.NORMALIZE_D}
+        intra = {tuple(_config.intra_bwd_config(d).items()) for d in INTRA_D}
         assert tuple(_config.intra_bwd_config(D).items()) in intra, D
 
 
 def test_aot_specialisation_of_arguments():
     """miue.aot types a launch's arguments as Triton's JIT does (pointers by dtype, i32/i64,
     an int equal to 1 folded, multiples of 16 hinted)."""
-    from miue.kernels import _config, pgd
+    from miue.kernels import _config, project_linf
 
     meta = lambda shape, dt: torch.empty(shape, dtype=dt, device="meta")  # noqa: E731
     n = 50_000 * 3 * 224 * 224
     with _config.record_launches() as launches:
-        pgd.project_linf_(meta((n,), torch.float32), meta((n,), torch.uint8), torch.tensor(0.03, dtype=torch.float64), 0.0, 1.0)
+        project_linf.project_linf_(meta((n,), torch.float32), meta((n,), torch.uint8),
+                                   torch.tensor(0.03, dtype=torch.float64), 0.0, 1.0)
     kernel, grid, args, m = launches[0]
     assert grid[0] == -(-n // m["BLOCK"]) < 2**31
     sig, cx, attrs, opts = aot.specialize(kernel, args, m)

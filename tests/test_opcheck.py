@@ -1,57 +1,93 @@
-"""torch.library.opcheck on every miue:: op and backend, and torch.compile(fullgraph=True)
-smoke tests (one per op), including that new PGD step sizes do not recompile."""
+"""torch.library.opcheck on every miue:: op and backend, on the samples each op module offers
+(``sample_inputs`` of miue/ops/<op>.py), and torch.compile(fullgraph=True) smoke tests (one per
+op), including that new PGD step sizes do not recompile."""
+
+import importlib
 
 import pytest
 import torch
 
 import miue
-from miue.ops import reference as R
 
 from _util import make_features
 from _util import cpu_backends
 
 BACKENDS = cpu_backends(include_reference=True)
-ops = torch.ops.miue
 
 
-def sample_args(backend, dtype=torch.float32, device="cpu"):
-    f, y = make_features(13, 7, num_classes=3, seed=0, dtype=dtype, null_rows=(2,))
-    f, y = f.to(device).requires_grad_(True), y.to(device)
-    _, z, inv, P, N = R.supcon_fwd(f.detach(), y, 0.1, 1e-8)
-    _, z2, inv2, s, n = R.intra_class_fwd(f.detach(), y, 3)
-    g = torch.ones((), dtype=inv.dtype, device=device)
-    gen = torch.Generator().manual_seed(0)
-    delta = (torch.rand(2, 3, 4, 4, generator=gen) * 0.1 - 0.05).to(device)
-    grad = torch.randn(2, 3, 4, 4, generator=gen).to(device)
-    clean = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8, generator=gen).to(device)
-    step, eps = torch.tensor(0.01, dtype=torch.float64), torch.tensor(0.03, dtype=torch.float64)
-    return {
-        "grouped_normalize": (ops.grouped_normalize.default, (f, y, 3, backend)),
-        "supcon_loss": (ops.supcon_loss.default, (f, y, 0.1, 1e-8, backend)),
-        "supcon_loss_backward": (ops.supcon_loss_backward.default, (g, z, inv, P, N, y, 0.1, backend)),
-        "intra_class_cosine_loss": (ops.intra_class_cosine_loss.default, (f, y, 3, backend)),
-        "intra_class_cosine_loss_backward": (ops.intra_class_cosine_loss_backward.default, (g, z2, inv2, s, n, y, backend)),
-        "pgd_linf_step_": (ops.pgd_linf_step_.default, (delta, grad, clean, step, eps, 0.0, 1.0, backend)),
-        "project_linf_": (ops.project_linf_.default, (delta.clone(), clean, eps.to(device), 0.0, 1.0, backend)),
-    }
+def registered_ops() -> list[str]:
+    """The registered ``miue::`` ops (forward and backward), e.g. ``miue::supcon_loss_backward``."""
+    return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("miue::"))
 
 
-OP_NAMES = list(sample_args("reference"))
+def op_module_name(op: str) -> str:
+    """The module of op ``miue::X``: ``X`` without a trailing ``_backward`` and a trailing ``_``."""
+    name = op.split("::", 1)[1]
+    return name.removesuffix("_backward").rstrip("_")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", OP_NAMES)
-def test_opcheck(backend, name):
-    op, args = sample_args(backend)[name]
-    torch.library.opcheck(op, args)
+def op_module(op: str):
+    return importlib.import_module(f"miue.ops.{op_module_name(op)}")
+
+
+def takes_backend(op: str) -> bool:
+    """Whether op ``miue::X`` carries the backend name (its last argument)."""
+    return "str backend" in str(getattr(torch.ops.miue, op.split("::", 1)[1]).default._schema)
+
+
+def samples(op: str, backend: str, device="cpu", dtype=torch.float32):
+    """The op module's samples that call ``op``."""
+    return [s for s in op_module(op).sample_inputs(device=device, dtype=dtype, backend=backend)
+            if s.op.name() == op]
+
+
+OPS = registered_ops()
+# every backend for the ops that take one; the others (supcon_views_loss: PyTorch's arithmetic) once
+CASES = [(op, b) for op in OPS for b in (BACKENDS if takes_backend(op) else ["reference"])]
+
+
+def test_every_op_has_a_module_with_samples():
+    """Every registered miue:: op (forward and backward) is covered by the ``sample_inputs`` of
+    its own module miue/ops/<op>.py, the module defines the op, and every sample names a
+    registered op."""
+    assert {"miue::supcon_loss", "miue::supcon_loss_backward", "miue::pgd_linf_step_", "miue::project_linf_",
+            "miue::supcon_views_loss"} <= set(OPS)
+    for op in OPS:
+        mod = op_module(op)
+        assert callable(getattr(mod, "sample_inputs", None)), f"{mod.__name__} has no sample_inputs"
+        got = samples(op, "reference")
+        assert got, f"{mod.__name__}.sample_inputs() has no sample of {op}"
+        source = open(mod.__file__, encoding="utf-8").read()
+        assert f'custom_op("{op}"' in source, f"{op} is not defined in {mod.__file__}"
+        for s in mod.sample_inputs():
+            assert s.op.name() in OPS and op_module_name(s.op.name()) == mod.__name__.rsplit(".", 1)[1]
+
+
+def test_the_index_names_the_functions():
+    """miue.ops (the index) exports every public name it exported before the ops moved to their own
+    modules, and a name shared with a module (miue.ops.supcon_loss) is the function, as in miue."""
+    import miue.ops as ops
+
+    for name in ("grouped_normalize", "supcon_loss", "intra_class_cosine_loss", "pgd_linf_step_", "project_linf_"):
+        assert name in ops.__all__ and callable(getattr(ops, name)) and getattr(ops, name) is getattr(miue, name)
+        assert getattr(ops, name).__module__ == f"miue.ops.{name.rstrip('_')}"
+    assert set(ops.__all__) <= set(dir(ops)) and callable(ops.supcon_views_loss)
+    assert issubclass(ops.MIUESupConLoss, torch.nn.Module) and issubclass(ops.IntraClassCosineLoss, torch.nn.Module)
+
+
+@pytest.mark.parametrize("name, backend", CASES, ids=[f"{op.split('::')[1]}-{b}" for op, b in CASES])
+def test_opcheck(name, backend):
+    for s in samples(name, backend):
+        torch.library.opcheck(s.op, s.args, s.kwargs)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
 def test_opcheck_float64(backend):
-    for name, (op, args) in sample_args(backend, torch.float64).items():
-        if "pgd" in name or "project" in name:
+    for name in OPS:
+        if "pgd" in name or "project" in name or not takes_backend(name):
             continue
-        torch.library.opcheck(op, args)
+        for s in samples(name, backend, dtype=torch.float64):
+            torch.library.opcheck(s.op, s.args, s.kwargs)
 
 
 def compiled_calls(backend):

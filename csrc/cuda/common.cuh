@@ -1,7 +1,7 @@
 // Shared helpers of the CUDA kernels of miue_C (csrc/cuda/*.cu).
 //
 // The CUDA ops compute exactly what the CPU ops in csrc/cpu/*.cpp compute, with the same
-// conventions (csrc/common.h; oracle: miue/reference.py). None of them synchronises with the
+// conventions (csrc/common.h; oracle: miue/ops/reference.py). None of them synchronises with the
 // host: scalars that live on the device (the upstream gradient, PGD's step size and eps) are
 // read by the kernels through a pointer, and no output shape depends on the data, so a
 // crafting step can be captured in a CUDA graph.
@@ -95,7 +95,7 @@ __device__ __forceinline__ T block_sum(T v) {
   return v;
 }
 
-// Row normalisation (normalize.cu), shared by the loss ops. `features` and `labels` must be
+// Row normalisation (grouped_normalize.cu), shared by the loss ops. `features` and `labels` must be
 // contiguous CUDA tensors. Returns z (features' dtype) and inv_norm (acc type).
 std::tuple<at::Tensor, at::Tensor> normalize_cuda(const at::Tensor& features);
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from miue import ops
-from miue.ops.supcon_views import supcon_views_loss
+from miue.ops.supcon_views_loss import supcon_views_loss
 
 __all__ = ["nt_xent", "SupConLoss", "SimCLRLoss"]
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from miue import ops
+from miue.ops._common import same_layout
 
 __all__ = ["pgd_update_", "pgd_update", "min_min_step", "min_max_step"]
 
@@ -83,7 +84,7 @@ def _fused_ok(delta, grad, data, alpha, eps, lo, hi, box) -> bool:
         return False
     if grad.shape != delta.shape or grad.device != delta.device or not grad.is_floating_point():
         return False
-    return ops._same_layout(delta, grad) and (data is None or ops._same_layout(delta, data))
+    return same_layout(delta, grad) and (data is None or same_layout(delta, data))
 
 
 def pgd_update_(delta: Tensor, grad: Tensor, data, alpha, eps, minimize: bool = True, *, lo=0.0, hi=1.0,

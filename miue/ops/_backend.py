@@ -40,9 +40,16 @@ from miue.ops._extension import cpp_has_cuda, load_extension
 
 AUTO = "auto"
 
-# what every backend implements: the functions the custom ops in miue/ops/__init__.py call
-OP_FUNCTIONS = ("grouped_normalize", "supcon_fwd", "supcon_bwd", "intra_class_fwd", "intra_class_bwd",
-                "pgd_linf_step_", "project_linf_")
+# What every backend implements, per op module (miue/ops/<op>.py): the backend functions its custom
+# ops call (tests/test_dispatch.py checks both against the modules' sources and the backends).
+OP_BACKEND_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "grouped_normalize": ("grouped_normalize",),
+    "supcon_loss": ("supcon_fwd", "supcon_bwd"),
+    "intra_class_cosine_loss": ("intra_class_fwd", "intra_class_bwd"),
+    "pgd_linf_step": ("pgd_linf_step_",),
+    "project_linf": ("project_linf_",),
+}
+OP_FUNCTIONS = tuple(f for functions in OP_BACKEND_FUNCTIONS.values() for f in functions)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The ``cpp`` backend: thin adapters over the compiled ops ``torch.ops.miue_C.*``.
 
-Kernels live in ``csrc/cpu/*.cpp`` (CPU, OpenMP) and ``csrc/cuda/*.cu`` (CUDA); their
-schemas are in ``csrc/miue.cpp``. Signatures match :mod:`miue.ops.reference`.
+Kernels live in ``csrc/cpu/<op>.cpp`` (CPU, OpenMP) and ``csrc/cuda/<op>.cu`` (CUDA), one file
+per op (``pgd_linf_step`` and ``project_linf`` share ``linf.h`` / ``linf.cuh``); their schemas are
+in ``csrc/miue.cpp``. Signatures match :mod:`miue.ops.reference`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from . import _config
 from ._common import INTERP, cast_rne, check_dtype, empty
-from .normalize import normalize
+from .grouped_normalize import normalize
 
 LOG2E = 1.4426950408889634
 # |W_ij| <= 2 (q_i, 1/A_i <= 1: every live row's P holds its own exp(0) = 1), so 2 * 2**14 stays

@@ -1,5 +1,5 @@
 // grouped_normalize on the CPU (docs/ops.md), plus the row-normalisation and per-class-sum
-// helpers the loss kernels share. Reference: miue/reference.py::grouped_normalize.
+// helpers the loss kernels share. Reference: miue/ops/reference.py::grouped_normalize.
 #include <cmath>
 #include <vector>
 

@@ -1,7 +1,7 @@
 """Triton kernels: the intra-class cosine loss (docs/ops.md), O(B·D).
 
 Reference: ``miue.ops.reference.intra_class_fwd`` / ``intra_class_bwd``. The forward reuses the
-normalisation and deterministic per-class sums of :mod:`.normalize`; the loss
+normalisation and deterministic per-class sums of :mod:`.grouped_normalize`; the loss
 -(Σ_c ‖S_c‖² - n_c)/P is formed on the device in float64 (it cancels when the mean cosine is
 near 0). ``_intra_bwd_kernel``: program per block of rows,
 dL/df_i = (S_y - (z_i·S_y) z_i) · inv_i · (-2g/P), zero for null rows, out-of-range labels
@@ -16,7 +16,7 @@ import triton.language as tl
 
 from . import _config
 from ._common import INTERP, cast_rne, check_dtype, empty
-from .normalize import class_sums, normalize
+from .grouped_normalize import class_sums, normalize
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 // intra_class_cosine_loss on CUDA (docs/ops.md): O(B·D), no B×B term. Same outputs and
-// conventions as csrc/cpu/intra_class.cpp; oracle: miue/reference.py::intra_class_fwd / _bwd.
+// conventions as csrc/cpu/intra_class_cosine_loss.cpp; oracle: miue/ops/reference.py::intra_class_fwd / _bwd.
 //
-// forward:  z, inv_norm and the float64 class sums/counts (normalize.cu), then the loss
+// forward:  z, inv_norm and the float64 class sums/counts (grouped_normalize.cu), then the loss
 //           -(sum_c ||S_c||^2 - n_c) / P, P = sum_c n_c (n_c - 1) (0 when P == 0), in double on
 //           the device: one block per class computes ||S_c||^2 - n_c and n_c (n_c - 1), one
 //           block adds them up in a fixed order (deterministic) and writes the 0-dim loss.

@@ -114,3 +114,20 @@ def test_supcon_noncontiguous_equals_contiguous(backend):
     a = miue.supcon_loss(wide[:, 1::2], y, backend=backend)
     b = miue.supcon_loss(f.contiguous(), y, backend=backend)
     assert abs(a.item() - b.item()) <= 1e-6 * abs(b.item())
+
+
+@pytest.mark.parametrize("backend", [None, "reference"] + BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_module_form_is_the_op_bitwise(backend, dtype):
+    """miue.ops.MIUESupConLoss(τ, eps, backend=...)(features, labels) is supcon_loss(features,
+    labels, τ, eps, backend=...): the same loss and gradient, bit for bit."""
+    f, y = make_features(37, 19, num_classes=4, seed=11, dtype=dtype, null_rows=(3,))
+    module = miue.ops.MIUESupConLoss(0.2, 1e-3, backend=backend)  # an eps that changes the loss's bits
+    assert isinstance(module, torch.nn.Module) and not list(module.parameters())
+    assert "temperature=0.2" in repr(module)
+    got = loss_and_grad(lambda x: module(x, y), f)
+    want = loss_and_grad(lambda x: miue.supcon_loss(x, y, 0.2, 1e-3, backend=backend), f)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    # the defaults are the op's
+    assert torch.equal(miue.ops.MIUESupConLoss()(f, y), miue.supcon_loss(f, y))

@@ -22,7 +22,8 @@ logits (at most ``_CHUNK_ELEMS`` elements) and the backward recomputes them, so 
 O(chunk·N + N·D) where the copied code holds several N×N tensors. It is one
 ``torch.library.custom_op`` with a fake kernel and a registered autograd formula (opcheck,
 ``torch.compile``); the arithmetic is PyTorch's (any device), accumulated in fp32 for
-half-precision inputs and fp64 for fp64.
+half-precision inputs and fp64 for fp64. Used by ``miue.compat``'s ``SupConLoss`` / ``SimCLRLoss``
+(tests: ``tests/test_supcon_views_loss.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from miue.ops.reference import acc_dtype
+from miue.ops import reference as R
+from miue.ops._common import sample
 
 __all__ = ["supcon_views_loss"]
 
@@ -68,7 +70,7 @@ def _logits(anchors: Tensor, contrast: Tensor, T: float, r0: int) -> Tensor:
 @torch.library.custom_op("miue::supcon_views_loss", mutates_args=())
 def _supcon_views_op(contrast: Tensor, pos: Tensor, n_anchor: int, temperature: float, base_temperature: float,
                      nan_without_positive: bool) -> tuple[Tensor, Tensor]:
-    acc = acc_dtype(contrast.dtype)
+    acc = R.acc_dtype(contrast.dtype)
     C = contrast.to(acc)
     P = pos.to(acc)
     N, b = C.shape[0], P.shape[0]
@@ -90,14 +92,14 @@ def _supcon_views_op(contrast: Tensor, pos: Tensor, n_anchor: int, temperature: 
 
 @_supcon_views_op.register_fake
 def _(contrast, pos, n_anchor, temperature, base_temperature, nan_without_positive):
-    acc = acc_dtype(contrast.dtype)
+    acc = R.acc_dtype(contrast.dtype)
     return contrast.new_empty((), dtype=acc), contrast.new_empty((n_anchor,), dtype=acc)
 
 
 @torch.library.custom_op("miue::supcon_views_loss_backward", mutates_args=())
 def _supcon_views_backward_op(grad: Tensor, contrast: Tensor, pos: Tensor, lse: Tensor, temperature: float,
                               base_temperature: float, nan_without_positive: bool) -> Tensor:
-    acc = acc_dtype(contrast.dtype)
+    acc = R.acc_dtype(contrast.dtype)
     C = contrast.to(acc)
     P = pos.to(acc)
     N, b, A = C.shape[0], P.shape[0], lse.shape[0]
@@ -191,3 +193,22 @@ def supcon_views_loss(features: Tensor, labels: Tensor | None = None, mask: Tens
     n_anchor = V * b if contrast_mode == "all" else b
     return _supcon_views_op(contrast, pos.contiguous(), n_anchor, temperature, base_temperature,
                             bool(nan_without_positive))[0]
+
+
+# --------------------------------------------------------------------------- sample inputs
+
+
+def sample_inputs(device="cpu", dtype=torch.float32, backend: str | None = None):
+    """Calls of ``miue::supcon_views_loss`` and its backward for opcheck: 12 rows of 4 features of
+    ``dtype`` on ``device`` (2 views of 6 samples), a random 6×6 positive mask, T = 0.3: all
+    anchors with the guard, then the first view only without it (NaN for an anchor without
+    positives). The op has one implementation (PyTorch's arithmetic): ``backend`` is ignored."""
+    g = torch.Generator().manual_seed(5)
+    c = torch.randn(12, 4, generator=g, dtype=torch.float64).to(device=device, dtype=dtype).requires_grad_(True)
+    pos = (torch.rand(6, 6, generator=g) > 0.4).to(device=device, dtype=dtype)
+    op, bwd = torch.ops.miue.supcon_views_loss, torch.ops.miue.supcon_views_loss_backward
+    lse = op(c, pos, 12, 0.3, 0.07, False)[1].detach()
+    return [sample(op.default, c, pos, 12, 0.3, 0.07, False),
+            sample(op.default, c, pos, 6, 0.3, 0.07, True),
+            sample(bwd.default, torch.tensor(1.0, dtype=R.acc_dtype(dtype), device=device), c.detach(), pos, lse,
+                   0.3, 0.07, False)]

@@ -1,5 +1,5 @@
-// supcon_loss on CUDA (docs/ops.md). Same outputs and conventions as csrc/cpu/supcon.cpp;
-// oracle: miue/reference.py::supcon_fwd / supcon_bwd.
+// supcon_loss on CUDA (docs/ops.md). Same outputs and conventions as csrc/cpu/supcon_loss.cpp;
+// oracle: miue/ops/reference.py::supcon_fwd / supcon_bwd.
 //
 // The B×B logits are never held whole: rows are processed in blocks of about 16M logits.
 // Each block's Gram S_blk = z_blk @ z^T is one at::mm on the acc-type copy of z (fp32 with

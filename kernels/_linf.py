@@ -1,4 +1,5 @@
-"""Triton kernels: the fused L∞ PGD step and projection (docs/ops.md).
+"""Triton kernel shared by ``pgd_linf_step_`` (``pgd_linf_step.py``) and ``project_linf_``
+(``project_linf.py``): the fused L∞ PGD step and projection (docs/ops.md), one elementwise pass.
 
 Reference: ``miue.ops.reference.pgd_linf_step_`` / ``project_linf_``. One read of delta, grad and
 clean and one write of delta per element; the three tensors share one dense layout and are
@@ -91,7 +92,9 @@ def _bounds_arg(lo: float, hi: float, delta: torch.Tensor) -> torch.Tensor:
     return bounds
 
 
-def _launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
+def launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
+    """One pass over delta: the step when ``do_step`` (``pgd_linf_step.py``), else the projection
+    alone (``project_linf.py``, ``grad`` None)."""
     n = delta.numel()
     if n == 0:
         return
@@ -102,11 +105,3 @@ def _launch(delta, grad, clean, step_size, eps, lo, hi, do_step):
                    (delta, grad if grad is not None else delta, clean, step_t, eps_t, _bounds_arg(lo, hi, delta), step_v,
                     eps_v, float(lo), float(hi), n),
                    cfg)
-
-
-def pgd_linf_step_(delta, grad, clean, step_size, eps, lo, hi):
-    _launch(delta, grad, clean, step_size, eps, lo, hi, True)
-
-
-def project_linf_(delta, clean, eps, lo, hi):
-    _launch(delta, None, clean, eps, eps, lo, hi, False)

@@ -82,3 +82,25 @@ def test_intra_class_out_of_range_labels_ignored_without_validation(backend):
     ref_loss, _ = run(f[keep].double(), y_bad[keep], 3, "reference")
     assert abs(loss.item() - ref_loss.item()) <= 1e-5 * abs(ref_loss.item()) + 1e-7
     assert grad[~keep].abs().sum() == 0
+
+
+@pytest.mark.parametrize("backend", [None, "reference"] + BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_module_form_is_the_op_bitwise(backend, dtype):
+    """miue.ops.IntraClassCosineLoss(C, backend=...)(features, labels) is
+    intra_class_cosine_loss(features, labels, C, backend=...): the same loss and gradient, bit for bit."""
+    f, y = make_features(37, 19, num_classes=4, seed=11, dtype=dtype, null_rows=(3,))
+    module = miue.ops.IntraClassCosineLoss(4, backend=backend)
+    assert isinstance(module, torch.nn.Module) and not list(module.parameters())
+    assert "num_classes=4" in repr(module)
+    got = loss_and_grad(lambda x: module(x, y), f)
+    want = loss_and_grad(lambda x: miue.intra_class_cosine_loss(x, y, 4, backend=backend), f)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    # validate is passed on: out-of-range labels are refused unless it is off
+    bad = y.clone()
+    bad[0] = 9
+    with pytest.raises(ValueError):
+        miue.ops.IntraClassCosineLoss(4, backend=backend)(f, bad)
+    assert torch.equal(miue.ops.IntraClassCosineLoss(4, backend=backend, validate=False)(f, bad),
+                       miue.intra_class_cosine_loss(f, bad, 4, backend=backend, validate=False))

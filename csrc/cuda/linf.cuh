@@ -1,6 +1,7 @@
-// pgd_linf_step_ and project_linf_ on CUDA (docs/ops.md): one elementwise pass over delta, grad
-// and clean, walked as flat arrays (they share one dense layout). Bitwise equal to
-// csrc/cpu/pgd.cpp (fp32 math, fp64 for an fp64 delta); oracle: miue/reference.py.
+// The elementwise pass that pgd_linf_step_ (pgd_linf_step.cu) and project_linf_ (project_linf.cu)
+// share on CUDA (docs/ops.md): one pass over delta, grad and clean, walked as flat arrays (they
+// share one dense layout). Bitwise equal to csrc/cpu/linf.h (fp32 math, fp64 for an fp64 delta);
+// oracle: miue/ops/reference.py.
 //
 //   t = d - step * sign(g)            (sign(NaN) = 0; the step is skipped by project_linf_)
 //   t = min(max(t, -eps), eps)        (std::min/std::max semantics: a NaN t propagates)
@@ -10,6 +11,8 @@
 // Every operation uses an explicitly rounded intrinsic, so no FMA contraction can change a
 // result. step_size and eps are float64 tensors on the CPU (read on the host) or on delta's
 // device (read by the kernel): no host sync either way.
+#pragma once
+
 #include <type_traits>
 
 #include "common.cuh"
@@ -107,40 +110,6 @@ void check_eps(const ScalarHolder& e) {
   if (e.on_host) TORCH_CHECK(e.arg.value >= 0, "eps must be >= 0, got ", e.arg.value);
 }
 
-void pgd_linf_step_cuda(at::Tensor& delta, const at::Tensor& grad, const at::Tensor& clean,
-                        const at::Tensor& step_size, const at::Tensor& eps, double lo, double hi) {
-  check_pgd(delta, clean, eps, lo, hi);
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "grad must be floating point, got ", grad.scalar_type());
-  check_same_dense_layout(delta, grad, "grad");
-  check_scalar(step_size, delta, "step_size");
-  const c10::cuda::CUDAGuard guard(delta.device());
-  const ScalarHolder step = make_scalar(step_size), e = make_scalar(eps);
-  check_eps(e);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, delta.scalar_type(), "miue_pgd_cuda_delta", [&] {
-    using delta_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "miue_pgd_cuda_grad", [&] {
-      launch_pgd<delta_t, scalar_t, true>(delta, grad.data_ptr<scalar_t>(), clean, step.arg, e.arg, lo, hi);
-    });
-  });
-}
-
-void project_linf_cuda(at::Tensor& delta, const at::Tensor& clean, const at::Tensor& eps, double lo, double hi) {
-  check_pgd(delta, clean, eps, lo, hi);
-  const c10::cuda::CUDAGuard guard(delta.device());
-  const ScalarHolder e = make_scalar(eps);
-  check_eps(e);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, delta.scalar_type(), "miue_project_cuda_delta", [&] {
-    launch_pgd<scalar_t, scalar_t, false>(delta, static_cast<const scalar_t*>(nullptr), clean, ScalarArg{}, e.arg,
-                                          lo, hi);
-  });
-}
-
 }  // namespace
-
-TORCH_LIBRARY_IMPL(miue_C, CUDA, m) {
-  m.impl("pgd_linf_step_", &pgd_linf_step_cuda);
-  m.impl("project_linf_", &project_linf_cuda);
-}
-
 }  // namespace cuda
 }  // namespace miue

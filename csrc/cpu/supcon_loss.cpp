@@ -1,4 +1,4 @@
-// supcon_loss on the CPU (docs/ops.md). Reference: miue/reference.py::supcon_fwd / supcon_bwd.
+// supcon_loss on the CPU (docs/ops.md). Reference: miue/ops/reference.py::supcon_fwd / supcon_bwd.
 //
 // The B×B logits are never held whole: rows are processed in blocks of `rows` rows; each
 // block's Gram (rows × B) comes from one BLAS product, then one fused pass computes

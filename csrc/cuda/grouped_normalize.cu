@@ -1,6 +1,6 @@
 // grouped_normalize on CUDA (docs/ops.md), plus the row-normalisation and per-class-sum helpers
-// the CUDA loss ops share. Same outputs as csrc/cpu/normalize.cpp; oracle:
-// miue/reference.py::grouped_normalize.
+// the CUDA loss ops share. Same outputs as csrc/cpu/grouped_normalize.cpp; oracle:
+// miue/ops/reference.py::grouped_normalize.
 //
 // * Normalisation: one warp per row. The sum of squares is accumulated in double for every
 //   dtype (as the CPU does), r = 1/sqrt(sumsq) is rounded once to the acc type, and

@@ -1,5 +1,5 @@
 // intra_class_cosine_loss on the CPU (docs/ops.md): O(B·D), no B×B term.
-// Reference: miue/reference.py::intra_class_fwd / intra_class_bwd.
+// Reference: miue/ops/reference.py::intra_class_fwd / intra_class_bwd.
 #include "common.h"
 
 namespace miue {
