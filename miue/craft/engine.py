@@ -28,8 +28,6 @@ whose state is checkpointed, so a resumed run reproduces an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
-import time
 
 import torch
 
