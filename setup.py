@@ -251,7 +251,7 @@ def _first_line(exc, limit=300):
 if __name__ == "__main__":  # setuptools' build backend runs this file as __main__
     ext_modules, cmdclass = _ext_modules()
     setup(
-        packages=["miue", "miue.ops", "miue.craft", "miue.compat", "miue.kernels"],
+        packages=["miue", "miue.ops", "miue.craft", "miue.compat", "miue.data", "miue.evaluation", "miue.kernels"],
         package_dir={"miue": "miue", "miue.kernels": "kernels"},
         ext_modules=ext_modules,
         cmdclass=cmdclass,

@@ -6,7 +6,7 @@ each 256 pixels wide and of a random height between 128 and 384 (smooth random c
 default resize rule, and a tiny crafting schedule (the small-CNN surrogate, 1 round, 20 SGD
 steps, 1 PGD step per image: the data path is measured, not the poison). Modes:
 
-* ``disk``: :func:`miue.protect.protect`: decode once into the memory-mapped uint8 cache with
+* ``disk``: :func:`miue.data.protect.protect`: decode once into the memory-mapped uint8 cache with
   DataLoader workers, craft with δ memory-mapped (``storage="disk"``), write the mirrored release;
 * ``memory``: the in-memory path for comparison: ``load_dataset(image_size=64)`` (one process),
   ``craft_fast`` with everything in RAM, the same release writer.
@@ -43,14 +43,14 @@ opts = json.loads(sys.argv[1])
 torch.set_num_threads(opts["threads"])
 t0 = time.perf_counter()
 if opts["mode"] == "disk":
-    from miue.protect import protect
+    from miue.data.protect import protect
     s = protect(opts["src"], opts["dst"], preset="cnn", image_size=opts["size"], rounds=1, pgd_steps=1,
                 train_steps=20, progress=False, workers=opts["workers"], device="cpu")
     print("RESULT " + json.dumps({"seconds": s["seconds"], "n": s["n_files"]}), flush=True)
 else:
     import miue
     from miue.data import load_dataset
-    from miue.release import write_release
+    from miue.data.release import write_release
     d = load_dataset(opts["src"], image_size=opts["size"])
     t1 = time.perf_counter()
     r = miue.craft_fast(d.images, d.labels, preset="cnn", rounds=1, pgd_steps=1, train_steps=20, progress=False,

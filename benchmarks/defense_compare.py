@@ -25,10 +25,10 @@ import torch
 
 from miue.craft import CraftResult
 from miue.data import class_balanced_subset, load_dataset
-from miue.defenses import DEFENSES
+from miue.evaluation.defenses import DEFENSES
 from miue.demo import QUICK
 from miue.env import environment
-from miue.victims import evaluate
+from miue.evaluation.victims import evaluate
 
 # the demo's files: EM is its authors' published recipe, EM-matched its loss on MI-UE's schedule
 FILES = {"MI-UE": "miue.npz", "EM": "em.npz", "EM-matched": "em-matched.npz", "random": "random.npz"}

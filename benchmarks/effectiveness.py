@@ -39,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from miue.victims import DEMO_VICTIMS, VICTIM_RECIPES
+from miue.evaluation.victims import DEMO_VICTIMS, VICTIM_RECIPES
 
 EPS = 8 / 255
 
@@ -72,7 +72,7 @@ BUDGET_FREE = ("random", "ref-cw", "ar", "lsp", "ops")  # no surrogate: the same
 
 # victims: (evaluate preset, arch, epochs). They differ from the surrogate (cnn-small trained
 # with SGD) in width or architecture and in recipe (SGD + crop + flip vs Adam, no augmentation).
-VICTIMS = dict(VICTIM_RECIPES)  # miue/victims.py
+VICTIMS = dict(VICTIM_RECIPES)  # miue/evaluation/victims.py
 SEEDS = {"cnn-sgd": (0, 1, 2)}  # others: seed 0
 
 # one knob at a time (applied to MI-UE unless the name says otherwise), at ABLATION_BUDGET
@@ -337,7 +337,7 @@ class Study:
             return
         if self.deadline and time.time() > self.deadline:
             raise _OutOfTime()
-        from miue.victims import evaluate
+        from miue.evaluation.victims import evaluate
 
         images = self.poison_images(pid, method, budget, overrides or {})
         preset, arch, default_epochs = VICTIMS[victim]
@@ -508,7 +508,7 @@ def _pgd_rounds(history) -> int:
 def _lens(model, train, poisoned: np.ndarray, n: int) -> dict:
     """The paper's lens on this victim: Gaussian I(clean; poisoned) of its features, the
     intra-class covariance trace and cosine of the poisoned features (first n images)."""
-    from miue.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, \
+    from miue.evaluation.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, \
         mean_intra_class_cosine
 
     n = min(n, len(train))

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from miue.victims import DEMO_VICTIMS, VICTIM_RECIPES
+from miue.evaluation.victims import DEMO_VICTIMS, VICTIM_RECIPES
 
 VICTIMS = {v: VICTIM_RECIPES[v] for v in DEMO_VICTIMS}  # the demo's two victims
 
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
 
     from miue.craft import CraftResult
     from miue.data import class_balanced_subset, load_dataset
-    from miue.victims import evaluate
-    from miue.protect import protect
+    from miue.evaluation.victims import evaluate
+    from miue.data.protect import protect
 
     tpc = 40 if args.quick else args.train_per_class
     train = class_balanced_subset(load_dataset("fashion-mnist", "train"), tpc, seed=0)

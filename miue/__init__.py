@@ -24,9 +24,9 @@ _LAZY = {
     "craft_fast": "miue.craft",
     "CraftResult": "miue.craft",
     "CraftInterrupted": "miue.craft",
-    "evaluate": "miue.victims",
-    "EvalResult": "miue.victims",
-    "EvalConfig": "miue.victims",
+    "evaluate": "miue.evaluation.victims",
+    "EvalResult": "miue.evaluation.victims",
+    "EvalConfig": "miue.evaluation.victims",
 }
 
 

@@ -1,6 +1,6 @@
 """The image-array layout rule (:func:`image_layout`, :func:`as_nchw_uint8_or_float`) and the two
 types every loader returns or raises: :class:`ImageData` and :class:`DatasetError`
-(in their own module so that :mod:`miue.data` and :mod:`miue.folder` can both use them without
+(in their own module so that :mod:`miue.data` and :mod:`miue.data.folder` can both use them without
 importing each other; import them from :mod:`miue.data`)."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class ImageData:
     labels: np.ndarray
     classes: list[str]
     name: str
-    source: dict | None = None  # image folders: root, files, sizes, skipped, preprocess (miue.folder)
+    source: dict | None = None  # image folders: root, files, sizes, skipped, preprocess (miue.data.folder)
 
     def __post_init__(self):
         images, labels = np.asarray(self.images), np.asarray(self.labels)

@@ -106,7 +106,7 @@ def _cmd_craft(args) -> int:
         # records the folder's root as the dataset (so `miue evaluate` finds its test split)
         import tempfile
 
-        from miue.protect import protect
+        from miue.data.protect import protect
 
         with tempfile.TemporaryDirectory(prefix="miue-craft-") as tmp:
             work = args.checkpoint_dir or tmp
@@ -132,7 +132,7 @@ def _cmd_craft(args) -> int:
         result.config["classes"] = data.classes
         path = result.save(args.out)
         if args.png_dir and data.source is not None:  # an image folder: mirror its names, with a manifest
-            from miue.release import write_release
+            from miue.data.release import write_release
 
             m = write_release(args.png_dir, data.source, result.images, result.labels, data.classes, eps=args.eps,
                               config=result.config, delta=result.delta, native_size=args.native_size,
@@ -160,7 +160,7 @@ def _print_result(path: str, n: int, args, last: dict) -> None:
 
 
 def _cmd_protect(args) -> int:
-    from miue.protect import protect
+    from miue.data.protect import protect
 
     opts = {k: getattr(args, k) for k in ("rounds", "pgd_steps", "batch_size", "train_steps", "arch", "backend")
             if getattr(args, k) is not None}
@@ -188,7 +188,7 @@ def _cmd_protect(args) -> int:
 def _cmd_evaluate(args) -> int:
     from miue.craft import CraftResult
     from miue.data import load_dataset
-    from miue.victims import evaluate
+    from miue.evaluation.victims import evaluate
 
     poisons = CraftResult.load(args.poisons)
     dataset = args.dataset or poisons.config.get("dataset")
@@ -272,14 +272,14 @@ def _add_crafting_args(s, default_preset: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from miue.data import DATASETS
-    from miue.defenses import DEFENSES
-    from miue.defenses import REGISTRY as DEFENSE_REGISTRY
+    from miue.evaluation.defenses import DEFENSES
+    from miue.evaluation.defenses import REGISTRY as DEFENSE_REGISTRY
     from miue.demo import DEFAULT_METHODS, DEMO_PRESETS, QUICK, QUICK_TEXT, TRAIN_PER_CLASS
     from miue.demo import NAMES as DEMO_NAMES
     from miue.models import ARCHS
     from miue._quantize import ROUNDINGS
     from miue.craft.store import DELTA_DTYPES
-    from miue.victims import EVAL_PRESETS, OPTIMIZERS
+    from miue.evaluation.victims import EVAL_PRESETS, OPTIMIZERS
 
     p = argparse.ArgumentParser(prog="miue", description="Fast MI-UE unlearnable examples (crafting and evaluation).")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")

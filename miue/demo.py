@@ -38,8 +38,8 @@ from miue._amp import precision
 from miue.craft import craft_fast
 from miue.data import class_balanced_subset, load_dataset
 from miue.env import environment
-from miue.victims import DEMO_VICTIMS, VICTIM_RECIPES, evaluate
-from miue.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, mean_intra_class_cosine
+from miue.evaluation.victims import DEMO_VICTIMS, VICTIM_RECIPES, evaluate
+from miue.evaluation.metrics import extract_features, gaussian_mutual_information, intra_class_covariance_trace, mean_intra_class_cosine
 
 EPS = 8 / 255
 # method -> the name the report, table and figure use: an objective (with its published recipe),
@@ -55,7 +55,7 @@ DEFAULT_METHODS = ("miue", "em", "em-matched", "random")  # keeps the full demo 
 DEMO_PRESETS = ("demo", "cpu", "cnn")  # crafting presets the demo offers (paper/fast: GPU-sized, use miue craft)
 TARGETS = {"clean_min": 0.88}
 # the victims: (evaluate preset, architecture, epochs): the effectiveness study's cnn-sgd and
-# cnn-adam (miue.victims.VICTIM_RECIPES)
+# cnn-adam (miue.evaluation.victims.VICTIM_RECIPES)
 VICTIMS = {v: VICTIM_RECIPES[v] for v in DEMO_VICTIMS}
 DEFENDED = {"cnn-sgd+jpeg10": ("cnn-sgd", "jpeg")}  # column -> (victim, defense applied to its training set)
 LENS_VICTIM = "cnn-sgd"

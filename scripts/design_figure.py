@@ -11,11 +11,11 @@ import os
 
 BOXES = {  # name: (x, y, w, h, text, colour)
     "user": (0.2, 8.6, 3.6, 1.0, "user code / CLI\ncraft_fast · miue protect · evaluate", "#dde7f5"),
-    "data": (4.4, 8.6, 3.6, 1.0, "miue.data · miue.folder\nuint8 N×C×H×W (RAM or memory map)", "#e8f1de"),
+    "data": (4.4, 8.6, 3.6, 1.0, "miue/data/: loaders · folder\nuint8 N×C×H×W (RAM or memory map)", "#e8f1de"),
     "run": (0.2, 6.7, 3.6, 1.2, "craft/run.py\nconfig, checkpoints, resume,\nrounds loop, release", "#dde7f5"),
     "store": (4.4, 6.7, 3.6, 1.2, "craft/store.py DeltaStore\nclean + δ: device / pinned host /\nmemory-mapped file", "#e8f1de"),
-    "engine": (0.2, 4.6, 7.8, 1.4, "craft/engine.py  one round\n1. train surrogate on clamp(flip(x)+δ)   2. K PGD steps:"
-               " features → loss → ∇δ → pgd_linf_step_", "#fbe9d7"),
+    "engine": (0.2, 4.6, 7.8, 1.4, "craft/engine.py: one round by craft/schedules.py (shard.py: images, labels, δ)\n1. surrogate.py: train on clamp(flip(x)+δ)\n"
+               "2. attack.py: K PGD steps: features → objective loss → ∇δ → pgd_linf_step_", "#fbe9d7"),
     "ops": (0.2, 2.6, 7.8, 1.2,
             "miue/ops/<op>.py  one torch.library custom op per file (fake kernel, autograd, checks)\n"
             "supcon_loss · intra_class_cosine_loss · grouped_normalize · pgd_linf_step · project_linf",
@@ -23,8 +23,8 @@ BOXES = {  # name: (x, y, w, h, text, colour)
     "ref": (0.2, 0.6, 2.4, 1.2, "reference\nmiue/ops/reference.py\n(float64 oracle)", "#eeeeee"),
     "cpp": (2.9, 0.6, 2.4, 1.2, "cpp\ncsrc/cpu/<op>.cpp (OpenMP)\ncsrc/cuda/<op>.cu", "#eeeeee"),
     "triton": (5.6, 0.6, 2.4, 1.2, "triton\nkernels/<op>.py\n(+ _config.py tiles)", "#eeeeee"),
-    "result": (8.6, 4.6, 2.6, 1.4, "CraftResult (run.py)\n.save() npz/pt\nrelease.py: tree + manifest", "#dde7f5"),
-    "eval": (8.6, 2.6, 2.6, 1.2, "evaluate.py\nvictims, defenses,\nMI lens (metrics.py)", "#e8f1de"),
+    "result": (8.6, 4.6, 2.6, 1.4, "CraftResult (run.py)\n.save() npz/pt\ndata/release.py: tree + manifest", "#dde7f5"),
+    "eval": (8.6, 2.6, 2.6, 1.2, "miue/evaluation/\nvictims · defenses ·\nMI lens (metrics)", "#e8f1de"),
 }
 ARROWS = [("user", "run"), ("data", "store"), ("run", "engine"), ("store", "engine"), ("engine", "ops"),
           ("ops", "ref"), ("ops", "cpp"), ("ops", "triton"), ("engine", "result"), ("result", "eval"), ("user", "data")]

@@ -59,7 +59,8 @@ import sys
 import zipfile
 
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-missing = [n for n in ("miue/_build_info.json", "miue/craft/engine.py", "miue/kernels/__init__.py") if n not in names]
+missing = [n for n in ("miue/_build_info.json", "miue/craft/engine.py", "miue/kernels/__init__.py",
+                        "miue/data/folder.py", "miue/evaluation/victims.py", "miue/victims.py") if n not in names]
 if not any(n.startswith("miue/_C.") and n.endswith(".so") for n in names):
     missing.append("miue/_C*.so")
 assert not missing, f"the wheel lacks {missing}"

@@ -162,7 +162,7 @@ def test_pgd_gradient_sign_agreement_bf16_vs_fp32():
 def test_victim_training_in_bf16_on_the_cpu():
     """evaluate(amp=True) trains and tests the victim under CPU bf16 autocast (recorded in its
     config) and learns the same easy task as in fp32: both well above chance."""
-    from miue.victims import evaluate
+    from miue.evaluation.victims import evaluate
 
     x, y = _class_data(128, size=16)
     runs = {amp: evaluate(x, y, x, y, preset="adam", arch="cnn-small", epochs=6, batch_size=32, seed=0, amp=amp,

@@ -18,7 +18,7 @@ import torch
 
 import miue
 from miue.cli import build_parser, main
-from miue.defenses import DEFENSES
+from miue.evaluation.defenses import DEFENSES
 from miue.models import ARCHS
 
 pytestmark = pytest.mark.usefixtures("epoch_rounds")  # crafting tests: one epoch per round (conftest)
@@ -378,7 +378,7 @@ def test_demo_victims_are_the_effectiveness_studys():
     crafting-seed spread (docs/effectiveness.md) is the spread of the demo's own numbers."""
 
     from miue import demo
-    from miue.victims import VICTIM_RECIPES
+    from miue.evaluation.victims import VICTIM_RECIPES
 
     assert demo.VICTIMS == {v: VICTIM_RECIPES[v] for v in ("cnn-sgd", "cnn-adam")}
     assert demo.LENS_VICTIM in demo.VICTIMS and demo.TRAIN_PER_CLASS == 1000

@@ -769,7 +769,7 @@ def test_one_image_layout_rule(shape, layout):
     import numpy as np
 
     from miue._imagedata import as_nchw_uint8_or_float, image_layout
-    from miue.data import DatasetError, _to_nchw_uint8
+    from miue.data.loaders import DatasetError, _to_nchw_uint8
 
     x = np.zeros(shape, dtype=np.uint8)
     if layout is None:
@@ -789,7 +789,7 @@ def test_victims_do_not_import_the_crafting_engine():
     import subprocess
     import sys
 
-    code = "import sys, miue.victims; print('miue.craft' in sys.modules)"
+    code = "import sys, miue.evaluation.victims; print('miue.craft' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"

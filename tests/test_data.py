@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from miue import data as D
+from miue.data import loaders as D
 from miue.data import DatasetError, ImageData, class_balanced_subset, load_dataset
 
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"

@@ -1,4 +1,4 @@
-"""Tests of miue.defenses: the preprocessing defenses (uint8 N×C×H×W) and the batch
+"""Tests of miue.evaluation.defenses: the preprocessing defenses (uint8 N×C×H×W) and the batch
 augmentations (float in [0, 1], seeded torch.Generator) used while a victim trains.
 
 Small batches only (≤ 16 images of ≤ 32×32), torch on one thread.
@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from miue import defenses as D
+from miue.evaluation import defenses as D
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -503,7 +503,7 @@ def test_coin_matches_a_hand_bilinear_sample_with_wrap():
 
 
 def test_evaluate_records_peak_and_final_accuracy():
-    from miue.victims import evaluate
+    from miue.evaluation.victims import evaluate
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=g)
@@ -514,12 +514,12 @@ def test_evaluate_records_peak_and_final_accuracy():
 
 
 def test_every_defense_is_a_record_and_the_victims_compare_no_names():
-    """Defenses are records (miue.defenses.REGISTRY): a kind, a function, a summary; the victims'
+    """Defenses are records (miue.evaluation.defenses.REGISTRY): a kind, a function, a summary; the victims'
     training loop dispatches on the kind, never on a defense's name."""
     import ast
     import inspect
 
-    import miue.victims as V
+    import miue.evaluation.victims as V
 
     assert set(D.DEFENSES) == set(D.REGISTRY) and D.PREPROCESS and D.AUGMENT
     for name, d in D.REGISTRY.items():
@@ -528,6 +528,6 @@ def test_every_defense_is_a_record_and_the_victims_compare_no_names():
     named = sorted({node.value for cmp in ast.walk(tree) if isinstance(cmp, ast.Compare)
                     for side in [cmp.left, *cmp.comparators] for node in ast.walk(side)
                     if isinstance(node, ast.Constant) and node.value in D.REGISTRY})
-    assert not named, f"miue/victims.py compares defense names as strings: {named}"
+    assert not named, f"miue/evaluation/victims.py compares defense names as strings: {named}"
     with pytest.raises(ValueError, match="kind must be one of"):
         D.Defense("x", "sometimes", lambda x: x, "s")

@@ -64,7 +64,7 @@ def fmnist(one_thread):
 
 
 def _victim_acc(fmnist, images, preset: str) -> float:
-    from miue.victims import evaluate
+    from miue.evaluation.victims import evaluate
 
     train, test, _ = fmnist
     v = evaluate(images, train.labels, test.images, test.labels, preset=preset, arch="cnn-small", epochs=12,

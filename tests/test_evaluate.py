@@ -1,4 +1,4 @@
-"""Tests of miue.victims (the function miue.evaluate): the victim-training protocol that measures unlearnability.
+"""Tests of miue.evaluation.victims (the function miue.evaluate): the victim-training protocol that measures unlearnability.
 
 Tiny synthetic data only: 1×16×16 uint8 images whose class is a bright horizontal bar
 (rows 2+3k .. 4+3k for class k; invariant to the horizontal flip, robust to the ±2 px crop),
@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import miue.defenses as Dfn
-from miue.victims import (EVAL_PRESETS, OPTIMIZER_BUILDERS, OPTIMIZERS, SCHEDULE_BUILDERS, SCHEDULES, EvalConfig,
+import miue.evaluation.defenses as Dfn
+from miue.evaluation.victims import (EVAL_PRESETS, OPTIMIZER_BUILDERS, OPTIMIZERS, SCHEDULE_BUILDERS, SCHEDULES, EvalConfig,
                           EvalResult, accuracy, evaluate, pgd_attack, random_crop)
 from miue.models import ARCHS, build_model
 
@@ -548,15 +548,15 @@ def test_schedules_and_optimizers_are_registries():
 
 
 def test_victims_name_no_defense():
-    """miue/victims.py applies a defense by its kind (miue.defenses.REGISTRY), never by its name: no
+    """miue/evaluation/victims.py applies a defense by its kind (miue.evaluation.defenses.REGISTRY), never by its name: no
     string constant of the module (a comparison, a dict key, a membership test, a match case) is a
     defense's name."""
     import ast
     import inspect
 
-    import miue.victims as V
+    import miue.evaluation.victims as V
 
     tree = ast.parse(inspect.getsource(V))
     named = sorted(f"line {node.lineno}: {node.value!r}" for node in ast.walk(tree)
                    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in Dfn.REGISTRY)
-    assert not named, f"miue/victims.py names defenses: {named}"
+    assert not named, f"miue/evaluation/victims.py names defenses: {named}"

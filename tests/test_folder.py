@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from miue.data import DatasetError, class_balanced_subset, load_dataset
-from miue.folder import Preprocess, cached_folder, decode_folder, scan_folder
-from miue.release import MANIFEST, MARKER, native_delta, release_paths, write_release
+from miue.data.folder import Preprocess, cached_folder, decode_folder, scan_folder
+from miue.data.release import MANIFEST, MARKER, native_delta, release_paths, write_release
 
 pytestmark = pytest.mark.usefixtures("epoch_rounds")  # crafting tests: one epoch per round (conftest)
 
@@ -318,7 +318,7 @@ def test_release_killed_by_sigkill_then_rerun(tmp_path):
 import json, time, torch
 from miue.craft import CraftResult
 from miue.data import load_dataset
-from miue.release import write_release
+from miue.data.release import write_release
 d = load_dataset({str(src)!r}, image_size=16)
 r = CraftResult.load({str(tmp_path / 'r.npz')!r})
 write_release({dst!r}, d.source, r.images, r.labels, d.classes, eps=8/255, config=r.config,
@@ -437,15 +437,15 @@ def test_craft_png_dir_mirrors_folder(tmp_path, capsys):
 def test_craft_folder_with_checkpoint_dir_and_png_dir_is_protect(tmp_path, monkeypatch):
     """`miue craft FOLDER --checkpoint-dir D --png-dir P` is `protect(FOLDER, P, work_dir=D)`:
     the same call, and the same released files as `miue protect` with that work folder."""
-    import miue.protect
+    import miue.data.protect
     from miue.cli import main
 
     src = tmp_path / "photos"
     _photos(src)
     common = ["--image-size", "16", "--preset", "cnn", "--rounds", "1", "--pgd-steps", "1", "--quiet"]
     calls = []
-    real = miue.protect.protect
-    monkeypatch.setattr(miue.protect, "protect", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    real = miue.data.protect.protect
+    monkeypatch.setattr(miue.data.protect, "protect", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
     ck, out = tmp_path / "ck", str(tmp_path / "png")
     assert main(["craft", str(src), "--out", str(tmp_path / "a.npz"), "--checkpoint-dir", str(ck), "--png-dir", out,
                  *common]) == 0

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import miue.release as release_mod
+import miue.data.release as release_mod
 from miue._io import StorageError
 from miue._names import printable_name
-from miue.folder import Preprocess, cached_folder, decode_one, to_8bit
-from miue.release import MANIFEST, MARKER, release_paths, write_release
+from miue.data.folder import Preprocess, cached_folder, decode_one, to_8bit
+from miue.data.release import MANIFEST, MARKER, release_paths, write_release
 
 pytestmark = pytest.mark.usefixtures("epoch_rounds")  # crafting tests: one epoch per round (conftest)
 

@@ -137,18 +137,18 @@ if __name__ == "__main__":
 def test_import_miue_is_light_and_evaluate_is_the_function():
     """``import miue`` loads the ops, not the crafting engine, the victims or torchvision (PEP 562:
     they load on first use); ``miue.evaluate`` is the function whether or not its module
-    (``miue.victims``) was imported first."""
+    (``miue.evaluation.victims``) was imported first."""
     import json
     import subprocess
 
     code = """
 import json, sys
 import miue
-light = [m for m in ("torchvision", "miue.craft", "miue.craft.engine", "miue.victims", "miue.aot", "torch._dynamo")
+light = [m for m in ("torchvision", "miue.craft", "miue.craft.engine", "miue.evaluation.victims", "miue.aot", "torch._dynamo")
          if m in sys.modules]
-import miue.victims
+import miue.evaluation.victims
 f = miue.evaluate
-print(json.dumps({"light": light, "callable": callable(f) and f.__module__ == "miue.victims",
+print(json.dumps({"light": light, "callable": callable(f) and f.__module__ == "miue.evaluation.victims",
                   "craft": miue.craft_fast.__module__}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -1,4 +1,4 @@
-"""Tests of miue.metrics: the Gaussian mutual-information estimator against Gaussians with a
+"""Tests of miue.evaluation.metrics: the Gaussian mutual-information estimator against Gaussians with a
 known MI, the intra-class statistics against direct computations, and extract_features."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from miue.metrics import (
+from miue.evaluation.metrics import (
     extract_features,
     gaussian_mutual_information,
     intra_class_covariance_trace,

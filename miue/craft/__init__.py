@@ -17,7 +17,7 @@ Where things are:
 ``interrupt.py``    Ctrl-C: finish the round, checkpoint, :class:`CraftInterrupted`
 ``distributed.py``  ranks, shards, the collectives a multi-process run needs
 ``result.py``       :class:`CraftResult` (save/load/export) and :func:`quantize_images` (clean + δ
-                    on the uint8 grid; not to be confused with :mod:`miue.release`, which writes
+                    on the uint8 grid; not to be confused with :mod:`miue.data.release`, which writes
                     a released image tree)
 """
 
@@ -32,7 +32,7 @@ __all__ = ["craft_fast", "CraftResult", "CraftInterrupted", "quantize_images", "
 
 
 def __getattr__(name):
-    if name == "release":  # the old name, easily confused with the module miue.release
+    if name == "release":  # the old name, easily confused with the module miue.data.release
         import warnings
 
         warnings.warn("miue.craft.release is renamed miue.craft.quantize_images", DeprecationWarning, stacklevel=2)

@@ -46,7 +46,7 @@ DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 
-from miue._imagedata import DatasetError, ImageData, image_layout  # noqa: E402  (defined there for miue.folder too)
+from miue._imagedata import DatasetError, ImageData, image_layout  # noqa: E402  (defined there for miue.data.folder too)
 from miue._labels import label_array  # noqa: E402
 
 
@@ -385,9 +385,9 @@ def _class_dirs(directory: str) -> list[str]:
 
 def _load_image_folder(directory: str, split: str, name: str, image_size=None, resize="crop",
                        skip_bad=False) -> ImageData:
-    """Class sub-folders of images (miue.folder); ``train/`` and ``test/`` sub-directories are the
+    """Class sub-folders of images (miue.data.folder); ``train/`` and ``test/`` sub-directories are the
     two splits."""
-    from miue.folder import decode_folder, scan_folder
+    from miue.data.folder import decode_folder, scan_folder
 
     scan = scan_folder(image_folder_split(directory, split))
     if scan.root != directory:  # train/ and test/: both splits must have the same classes
@@ -397,7 +397,7 @@ def _load_image_folder(directory: str, split: str, name: str, image_size=None, r
                                f"({scan.classes} vs {other.classes})")
     data = decode_folder(scan.root, image_size=image_size, resize=resize, skip_bad=skip_bad, name=name, scan=scan)
     if data.source["skipped"]:
-        from miue.folder import skipped_summary
+        from miue.data.folder import skipped_summary
 
         log.warning("%s: %s", scan.root, skipped_summary(data.source["skipped"]))
     return data
@@ -494,12 +494,12 @@ def load_dataset(name_or_path: str, split: str = "train", *, root: str | None = 
     applies to names. A single ``.npz``/``.mat`` file with one set of arrays is returned whatever
     the split, as it is the split the caller chose.
 
-    Image folders (class sub-folders of images of any size, at any depth; :mod:`miue.folder`):
+    Image folders (class sub-folders of images of any size, at any depth; :mod:`miue.data.folder`):
     ``image_size=N`` resizes the shorter side to N and keeps the central N×N (``resize="stretch"``:
     the whole image resized to N×N); without it all images must have one size. ``skip_bad=True``
     leaves out files that cannot be decoded instead of stopping. The result's ``source`` lists
     every image's relative path and original size and the skipped paths. For sets too large for
-    memory use :func:`miue.folder.cached_folder` (a memory-mapped on-disk cache).
+    memory use :func:`miue.data.folder.cached_folder` (a memory-mapped on-disk cache).
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
