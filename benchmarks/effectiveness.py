@@ -1187,6 +1187,36 @@ def declared_lines(data: dict) -> list[str]:
     return lines
 
 
+def declared_progress(data: dict) -> list[str]:
+    """How far the declared comparison is: per declared row, each crafting seed's measured cells
+    out of the 24 (four victims x the declared victim seeds x no defense, JPEG-10, JPEG-75), and
+    whether its poison was crafted; the next session starts the rows with the fewest complete
+    seeds (``--declared-status``)."""
+    rows = list(dict.fromkeys(r for pair in DECLARED_PAIRS for r in pair))
+    columns = DECLARED_PRIMARY + DECLARED_SECONDARY
+    need = len(COMPARE_VICTIMS) * len(DECLARED_VICTIM_SEEDS) * len(columns)
+    measured = {}
+    for c in data["cells"].values():
+        pid = c["poison"]
+        if pid.startswith("cmp-") and c.get("seed") in DECLARED_VICTIM_SEEDS and c["defense"] in columns \
+                and c["victim"] in COMPARE_VICTIMS:
+            row, cs = split_craft_seed(pid[4:])
+            if cs >= DECLARED_FIRST_CRAFT_SEED:
+                measured.setdefault((row, cs), set()).add((c["victim"], c["seed"], c["defense"]))
+    last = max([DECLARED_FIRST_CRAFT_SEED + DECLARED_MIN_SEEDS - 1] + [cs for _, cs in measured])
+    seeds = list(range(DECLARED_FIRST_CRAFT_SEED, last + 1))
+    crafted = {split_craft_seed(p[4:]) for p in data.get("poisons", {}) if p.startswith("cmp-")}
+    lines = [f"Declared comparison: measured cells per crafting seed (of {need}; * = poison crafted, "
+             f"no cell yet)", "", "| row | complete | " + " | ".join(f"seed {cs}" for cs in seeds) + " |",
+             "|---|---:|" + "---:|" * len(seeds)]
+    for row in rows:
+        counts = [len(measured.get((row, cs), ())) for cs in seeds]
+        cells = [str(n) if n else ("*" if (row, cs) in crafted else "–") for n, cs in zip(counts, seeds)]
+        complete = sum(n == need for n in counts)
+        lines.append(f"| {row} | {complete} of {DECLARED_MIN_SEEDS} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def compare_lines(data: dict) -> list[str]:
     table = compare_rows(data)
     if len(table) < 2:
@@ -1462,11 +1492,19 @@ def main(argv=None) -> int:
                    help="with --report-only: also splice the compare stage's summary, tables and verdicts into "
                         "README.md and docs/effectiveness.md (between their markers)")
     p.add_argument("--progress", action="store_true", help="tqdm bars for crafting and victims")
+    p.add_argument("--declared-status", action="store_true",
+                   help="print how far the declared comparison is (cells per row and crafting seed) and exit")
     args = p.parse_args(argv)
     if args.out is None:
         import tempfile
 
         args.out = tempfile.mkdtemp(prefix="miue-effectiveness-quick-") if args.quick else default_out
+    if args.declared_status:
+        if not os.path.isfile(os.path.join(args.out, "results.json")):
+            p.error(f"--declared-status: no results.json in --out {args.out!r}")
+        with open(os.path.join(args.out, "results.json")) as fh:
+            print("\n".join(declared_progress(json.load(fh))))
+        return 0
     if args.report_only:
         if not os.path.isfile(os.path.join(args.out, "results.json")):
             p.error(f"--report-only: no results.json in --out {args.out!r}")

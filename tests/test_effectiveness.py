@@ -620,3 +620,21 @@ def test_declared_comparison_averages_victim_seeds_corrects_and_waits_for_five_s
     # crafting seeds 0-2 (poisons lost with the 2026-12-05 machine) never count
     early = eff.declared_values(_declared_data([0.2] * 5, [0.4] * 5, first=0))
     assert sorted(early["miue-cpu"][None]) == [3, 4]
+
+
+def test_declared_progress_counts_cells_per_row_and_crafting_seed():
+    data = _declared_data([0.2] * 2, [0.4] * 3)  # no defense and JPEG-10 only: 16 of the 24 cells
+    data["poisons"] = {eff.compare_id("pil", eff.DECLARED_FIRST_CRAFT_SEED): {}}
+    lines = eff.declared_progress(data)
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    first = eff.DECLARED_FIRST_CRAFT_SEED
+    assert "of 24;" in lines[0] and f"seed {first + 4}" in lines[2]
+    assert rows["miue-cpu"] == "| miue-cpu | 0 of 5 | 16 | 16 | – | – | – |"
+    assert rows["em-published"] == "| em-published | 0 of 5 | 16 | 16 | 16 | – | – |"
+    assert rows["pil"].endswith("| * | – | – | – | – |")  # crafted, nothing measured
+    # with JPEG-75 too, a crafting seed is complete
+    for cid, c in list(data["cells"].items()):
+        if c["defense"] == "jpeg":
+            data["cells"][cid.replace("|jpeg", "|jpeg75")] = {**c, "defense": "jpeg75"}
+    rows = {line.split(" | ")[0].strip("| "): line for line in eff.declared_progress(data) if line.startswith("| ")}
+    assert rows["em-published"].startswith("| em-published | 3 of 5 | 24 | 24 | 24 |")
