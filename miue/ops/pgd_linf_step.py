@@ -100,6 +100,19 @@ def _device(v):  # a scalar read by the kernel (CUDA graphs)
 SCALAR_PLACES = (("host", _host), ("device", _device))
 
 
+def kernel_grid(dtype):
+    """(size, clean dtype, scalar placement, scalar maker) of the AOT cases of the L∞ kernel
+    (shared with ``project_linf``): each clean dtype (uint8, ``dtype``), each scalar placement
+    (fp64 always reads its scalars from memory), each size above."""
+    for clean_dt in (torch.uint8, dtype):
+        for where, mk in SCALAR_PLACES:
+            if dtype == torch.float64 and where == "host":
+                continue
+            sizes = KERNEL_N + (KERNEL_EDGE_N if (dtype == torch.float32 and clean_dt == torch.uint8) else ())
+            for n in sizes:
+                yield n, clean_dt, where, mk
+
+
 def kernel_cases(impl, dtype, grad_dtype=None):
     """[(case name, call)] for the AOT check: each call runs backend module ``impl``'s
     ``pgd_linf_step_`` on ``meta`` tensors, ``delta`` and ``grad`` of ``dtype``; for each clean dtype
@@ -111,15 +124,7 @@ def kernel_cases(impl, dtype, grad_dtype=None):
         return [(f"pgd_linf_step_ delta {dtype_name(dtype)} grad {dtype_name(grad_dtype)} clean uint8",
                  lambda: impl.pgd_linf_step_(meta((n,), dtype), meta((n,), grad_dtype), meta((n,), torch.uint8),
                                              _host(0.01), _host(0.03), 0.0, 1.0))]
-    cases = []
-    for clean_dt in (torch.uint8, dtype):
-        for where, mk in SCALAR_PLACES:
-            if dtype == torch.float64 and where == "host":
-                continue  # fp64 always reads its scalars from memory
-            sizes = KERNEL_N + (KERNEL_EDGE_N if (dtype == torch.float32 and clean_dt == torch.uint8) else ())
-            for n in sizes:
-                cases.append((f"pgd_linf_step_ n={n} delta {dtype_name(dtype)} clean {dtype_name(clean_dt)} "
-                              f"scalars on {where}",
-                              lambda n=n, cd=clean_dt, mk=mk: impl.pgd_linf_step_(
-                                  meta((n,), dtype), meta((n,), dtype), meta((n,), cd), mk(0.01), mk(0.03), 0.0, 1.0)))
-    return cases
+    return [(f"pgd_linf_step_ n={n} delta {dtype_name(dtype)} clean {dtype_name(clean_dt)} scalars on {where}",
+             lambda n=n, cd=clean_dt, mk=mk: impl.pgd_linf_step_(
+                 meta((n,), dtype), meta((n,), dtype), meta((n,), cd), mk(0.01), mk(0.03), 0.0, 1.0))
+            for n, clean_dt, where, mk in kernel_grid(dtype)]

@@ -15,7 +15,7 @@ from torch import Tensor
 from miue.ops import _validate as V
 from miue.ops._backend import implementation, resolve_backend
 from miue.ops._common import dtype_name, meta, same_layout, sample, sample_pgd, scalar
-from miue.ops.pgd_linf_step import KERNEL_EDGE_N, KERNEL_N, SCALAR_PLACES
+from miue.ops.pgd_linf_step import kernel_grid
 
 __all__ = ["project_linf_"]
 
@@ -64,15 +64,6 @@ def kernel_cases(impl, dtype):
     """[(case name, call)] for the AOT check: each call runs backend module ``impl``'s
     ``project_linf_`` on ``meta`` tensors, ``delta`` of ``dtype``, for the clean dtypes, scalar
     placements and sizes of ``pgd_linf_step``'s cases (the same kernel, without the step)."""
-    cases = []
-    for clean_dt in (torch.uint8, dtype):
-        for where, mk in SCALAR_PLACES:
-            if dtype == torch.float64 and where == "host":
-                continue  # fp64 always reads its scalars from memory
-            sizes = KERNEL_N + (KERNEL_EDGE_N if (dtype == torch.float32 and clean_dt == torch.uint8) else ())
-            for n in sizes:
-                cases.append((f"project_linf_ n={n} delta {dtype_name(dtype)} clean {dtype_name(clean_dt)} "
-                              f"scalars on {where}",
-                              lambda n=n, cd=clean_dt, mk=mk: impl.project_linf_(
-                                  meta((n,), dtype), meta((n,), cd), mk(0.03), 0.0, 1.0)))
-    return cases
+    return [(f"project_linf_ n={n} delta {dtype_name(dtype)} clean {dtype_name(clean_dt)} scalars on {where}",
+             lambda n=n, cd=clean_dt, mk=mk: impl.project_linf_(meta((n,), dtype), meta((n,), cd), mk(0.03), 0.0, 1.0))
+            for n, clean_dt, where, mk in kernel_grid(dtype)]
