@@ -262,7 +262,7 @@ def capture_check(args, device, meta):
     import logging
     import warnings
 
-    from miue.craft import engine as _engine
+    from miue.craft import attack as _attack  # where the engine builds its CUDA graphs
 
     n = args.n or 10_000
     x, y = synthetic_cifar(n)
@@ -295,14 +295,14 @@ def capture_check(args, device, meta):
         row = {"dataset": name, "variant": variant, "preset": preset, "cuda_graphs": graphs,
                "compile": bool(cfg.compile and not args.no_compile), "arch": args.arch or cfg.arch}
         captures = []
-        original = getattr(_engine, "GraphedPGDStep", None)
-        if original is not None:
-            class Counted(original):
-                def __init__(self, *a, _captures=captures, **k):
-                    super().__init__(*a, **k)
-                    _captures.append(1)
+        original = _attack.GraphedPGDStep  # (an AttributeError, not a silent skip, if it moves again)
 
-            _engine.GraphedPGDStep = Counted
+        class Counted(original):
+            def __init__(self, *a, _captures=captures, **k):
+                super().__init__(*a, **k)
+                _captures.append(1)
+
+        _attack.GraphedPGDStep = Counted
         handler = Failures()
         logging.getLogger("miue.craft").addHandler(handler)
         _reset_peak(device)
@@ -318,8 +318,7 @@ def capture_check(args, device, meta):
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         finally:
             logging.getLogger("miue.craft").removeHandler(handler)
-            if original is not None:
-                _engine.GraphedPGDStep = original
+            _attack.GraphedPGDStep = original
         row["total_seconds"] = time.perf_counter() - t0
         if result is not None:
             h = result.history[-1]
