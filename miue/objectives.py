@@ -44,8 +44,8 @@ class LossContext:
     temperature and the op backend (a loss never sees the crafting engine)."""
 
     num_classes: int
-    temperature: float = 0.5
-    backend: str = "auto"
+    temperature: float
+    backend: str | None
 
     @classmethod
     def of(cls, cfg) -> "LossContext":
