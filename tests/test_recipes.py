@@ -450,3 +450,29 @@ def test_no_objective_name_is_a_literal_in_the_crafting_package():
                   if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in OBJECTIVES
                   and id(n) not in docstrings]
     assert not found, f"objective names as literals in miue/craft/: {found}"
+
+
+def test_no_objective_or_defense_name_is_compared_anywhere_in_the_package():
+    """Behaviour is chosen by records: outside its registry (miue/objectives.py,
+    miue/evaluation/defenses.py) no module of the package compares a value with an objective's or
+    a defense's name (issue 48's rule, package-wide; miue/craft/ and the victims are stricter:
+    no such literal at all)."""
+    import ast
+    import glob
+    import os
+
+    from miue.evaluation.defenses import REGISTRY
+    from miue.objectives import OBJECTIVES
+
+    names = set(OBJECTIVES) | set(REGISTRY)
+    root = os.path.join(os.path.dirname(__file__), "..", "miue")
+    found = []
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.py"), recursive=True)):
+        if os.path.basename(path) in ("objectives.py", "defenses.py"):
+            continue
+        for cmp in ast.walk(ast.parse(open(path).read())):
+            if isinstance(cmp, ast.Compare):
+                found += [f"{os.path.relpath(path, root)}:{cmp.lineno} {n.value!r}"
+                          for side in [cmp.left, *cmp.comparators] for n in ast.walk(side)
+                          if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names]
+    assert not found, f"names compared outside their registries: {found}"
