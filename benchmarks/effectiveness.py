@@ -201,10 +201,31 @@ class Results:
                 for key in ("poisons", "cells"):
                     self.data[key] = {**disk.get(key, {}), **self.data[key]}
                 self._merge_budgets(disk)
-            tmp = f"{self.path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump(self.data, fh, indent=1)
-            os.replace(tmp, self.path)
+            self._write()
+
+    def _write(self):
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.data, fh, indent=1)
+        os.replace(tmp, self.path)
+
+    def drop_poison(self, pid: str) -> int:
+        """Remove a poison's record and its cells, here and on disk (``--drop-poison``; save()
+        would bring them back from disk). Another run still writing this file would bring them
+        back too: stop it first. Returns the number of cells removed."""
+        import fcntl
+
+        with open(self.path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            n = drop_poison(self.data, pid)
+            if os.path.exists(self.path):
+                with open(self.path) as fh:
+                    disk = json.load(fh)
+                drop_poison(disk, pid)
+                for key in ("poisons", "cells"):
+                    self.data[key] = {**disk.get(key, {}), **self.data[key]}
+            self._write()
+        return n
 
 
 def cell_id(poison: str, victim: str, seed: int, defense: str | None) -> str:
@@ -311,9 +332,10 @@ class Study:
                                     checkpoint_dir=None if method in BUDGET_FREE else os.path.join(self.cache, "ckpt", pid),
                                     **opts)
             seconds = time.perf_counter() - t0
+            images = result.images.numpy()
+            _check_same_poison(self.res.data, pid, images)  # before anything is written
             os.makedirs(os.path.dirname(path), exist_ok=True)
             result.save(path)
-            images = result.images.numpy()
             self.res.data["poisons"][pid] = {
                 "method": method, "budget": budget, "overrides": overrides, "craft_seconds": seconds,
                 "recipe": result.config.get("recipe"), "precision": result.config.get("precision"),
@@ -321,7 +343,7 @@ class Study:
                 "config": result.config, "history": result.history,
                 "pgd_steps_per_image": _pgd_steps(result), "linf_uint8": int(np.abs(
                     images.astype(np.int16) - self.train.images.astype(np.int16)).max()),
-                "images_sha256": hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
+                "images_sha256": _images_sha256(images),
                 "cpu": _environment().get("cpu"),
             }
             self.res.save()
@@ -491,6 +513,37 @@ class Study:
 
 class _OutOfTime(Exception):
     pass
+
+
+def _images_sha256(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+
+
+def _check_same_poison(data: dict, pid: str, images: np.ndarray) -> None:
+    """A poison crafted again (its cached file is gone, e.g. with its machine) may only join the
+    cells measured on the first craft if it is the same poison: the same sha256 as recorded. A
+    different or unverifiable craft would mix two draws in one crafting seed, so the run stops
+    and says how to go on (``--drop-poison``, or another crafting seed)."""
+    cells = [cid for cid, c in data["cells"].items() if c.get("poison") == pid]
+    if not cells:
+        return
+    first = data["poisons"].get(pid, {}).get("images_sha256")
+    if first is not None and first == _images_sha256(images):
+        return
+    why = "differs from the first craft" if first is not None else "cannot be checked (no sha256 recorded)"
+    raise SystemExit(f"effectiveness: poison {pid} was crafted again and {why}; its {len(cells)} measured cells "
+                     f"belong to the first craft. Rerun with --drop-poison {pid} to remove them and measure the new "
+                     f"craft, or use another crafting seed.")
+
+
+def drop_poison(data: dict, pid: str) -> int:
+    """Remove a poison's record and every cell measured on it (``--drop-poison``); returns the
+    number of cells removed."""
+    cells = [cid for cid, c in data["cells"].items() if c.get("poison") == pid]
+    for cid in cells:
+        del data["cells"][cid]
+    data["poisons"].pop(pid, None)
+    return len(cells)
 
 
 def _pgd_steps(result) -> int:
@@ -1492,6 +1545,9 @@ def main(argv=None) -> int:
                    help="with --report-only: also splice the compare stage's summary, tables and verdicts into "
                         "README.md and docs/effectiveness.md (between their markers)")
     p.add_argument("--progress", action="store_true", help="tqdm bars for crafting and victims")
+    p.add_argument("--drop-poison", action="append", default=[], metavar="PID",
+                   help="with --resume: remove this poison's record and cells from results.json first (a poison "
+                        "whose cache was lost and that crafts differently; repeatable)")
     p.add_argument("--declared-status", action="store_true",
                    help="print how far the declared comparison is (cells per row and crafting seed) and exit")
     args = p.parse_args(argv)
@@ -1521,6 +1577,10 @@ def main(argv=None) -> int:
 
     opt_in_for_this_process()  # a script's own process: the malloc tuning the CLI has (miue/_malloc.py)
     study = Study(args)
+    for pid in args.drop_poison:
+        if not args.resume:
+            p.error("--drop-poison edits the results.json of --resume")
+        print(f"--drop-poison {pid}: removed {study.res.drop_poison(pid)} cells", flush=True)
     t0 = time.perf_counter()
     print(f"effectiveness study: {len(study.train)} training / {len(study.test)} test images"
           f"{' (QUICK smoke run: not evidence)' if args.quick else ''}; results in {args.out}", flush=True)

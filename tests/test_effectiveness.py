@@ -5,6 +5,7 @@ checks, the summary over seeds, the targets and the report. The study itself run
 import importlib.util
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -638,3 +639,33 @@ def test_declared_progress_counts_cells_per_row_and_crafting_seed():
             data["cells"][cid.replace("|jpeg", "|jpeg75")] = {**c, "defense": "jpeg75"}
     rows = {line.split(" | ")[0].strip("| "): line for line in eff.declared_progress(data) if line.startswith("| ")}
     assert rows["em-published"].startswith("| em-published | 3 of 5 | 24 | 24 | 24 |")
+
+
+def test_a_recrafted_poison_joins_its_cells_only_if_it_is_the_same(tmp_path):
+    """A poison whose cache is gone is crafted again; it may stand in for the first craft only
+    with the same sha256. Otherwise the run stops and names --drop-poison, which removes the
+    record and cells here and on disk (where save() would otherwise bring them back)."""
+    import numpy as np
+
+    images = np.arange(24, dtype=np.uint8).reshape(2, 1, 3, 4)
+    other = images.copy()
+    other[0, 0, 0, 0] += 1
+    pid = eff.compare_id("miue-cpu", 6)
+    cid, c = _cell(pid, "cnn-sgd", 0, 0.3, method="miue-cpu")
+    data = {"setup": {}, "poisons": {pid: {"images_sha256": eff._images_sha256(images)}}, "cells": {cid: c}}
+    eff._check_same_poison(data, pid, images)  # the same poison: its cells stand
+    with pytest.raises(SystemExit, match=re.escape(f"--drop-poison {pid}")):
+        eff._check_same_poison(data, pid, other)
+    del data["poisons"][pid]["images_sha256"]
+    with pytest.raises(SystemExit, match="cannot be checked"):
+        eff._check_same_poison(data, pid, images)
+    eff._check_same_poison({"poisons": {}, "cells": {}}, pid, other)  # nothing measured: nothing to mix
+    # --drop-poison: gone from memory and from disk, other cells kept
+    keep_id, keep = _cell(eff.compare_id("em-published", 6), "cnn-sgd", 0, 0.4, method="em-published")
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"setup": {}, "poisons": {pid: {}}, "cells": {cid: c, keep_id: keep}}))
+    res = eff.Results(str(path), {}, resume=True)
+    assert res.drop_poison(pid) == 1
+    res.save()
+    on_disk = json.loads(path.read_text())
+    assert list(on_disk["cells"]) == [keep_id] and pid not in on_disk["poisons"]
