@@ -1067,18 +1067,21 @@ def plots(data: dict, out: str) -> list[str]:
 def compare_rows(data: dict) -> dict:
     """row -> column -> {crafting seed: accuracy} for the compare stage's poisons (and clean); a
     column is a victim (no defense) or ``victim+defense``; also ``peak:`` columns (the best epoch's
-    accuracy). A crafting seed's value is the mean over the victim seeds measured for it (issue 46:
-    the crafting seed is the unit; victim seeds are averaged within it)."""
+    accuracy). This is the earlier (2026-12-05) three-seed study: crafting seeds below
+    DECLARED_FIRST_CRAFT_SEED with victim seed 0, so that the cells of the declared comparison
+    (its own tables: ``declared_lines``) never change these tables when they are regenerated."""
     runs = {}
     for cid, c in data["cells"].items():
         pid = c["poison"]
-        if cid.count("|") > 3:  # (the plateau check's 2E cells carry a tag)
+        if cid.count("|") > 3 or c.get("seed", 0) != 0:  # (the plateau check's 2E cells carry a tag)
             continue
         if pid == "clean":
             row, cs = "clean", 0
         elif pid.startswith("cmp-"):
             row, cs = split_craft_seed(pid[4:])
         else:
+            continue
+        if cs >= DECLARED_FIRST_CRAFT_SEED:
             continue
         col = c["victim"] + (f"+{c['defense']}" if c["defense"] else "")
         runs.setdefault((row, col, cs), []).append(c["test_acc"])
@@ -1196,16 +1199,24 @@ def declared_comparison(data: dict) -> dict:
                           "diff": float(np.mean(b) - np.mean(a)) if a and b else None,
                           "ci": welch_interval(a, b),
                           "complete": len(a) >= DECLARED_MIN_SEEDS and len(b) >= DECLARED_MIN_SEEDS})
+    # Holm runs over the whole declared family. A test that is not complete yet (or has no p) enters
+    # as p = 1: that can only raise the others' adjusted p, so while the family is unfinished a
+    # complete test's Holm p is an upper bound on its final one, and "better" is never said early.
     for primary in (True, False):
         group = [t for t in tests if t["primary"] == primary]
-        for t, adj in zip(group, holm([t["welch_p"] for t in group])):
-            t["holm_p"] = adj
+        counted = [t["welch_p"] if t["complete"] and t["welch_p"] is not None else 1.0 for t in group]
+        done = sum(t["complete"] for t in group)
+        for t, adj in zip(group, holm(counted)):
+            t["holm_p"] = adj if t["complete"] and t["welch_p"] is not None else None
+            t["family_done"], t["family_size"] = done, len(group)
     for t in tests:
         me, them = SUMMARY_LABELS.get(t["ref"], t["ref"]), SUMMARY_LABELS.get(t["row"], t["row"])
         if not t["complete"]:
             t["verdict"] = f"not judged yet (n = {len(t['a'])} and {len(t['b'])} of {DECLARED_MIN_SEEDS} crafting seeds)"
         elif t["holm_p"] is None or t["holm_p"] >= 0.05:
-            t["verdict"] = "not separated"
+            t["verdict"] = "not separated" + ("" if t["family_done"] == t["family_size"] else
+                                             f" so far ({t['family_done']} of {t['family_size']} tests of its "
+                                             f"family complete; Holm p is an upper bound)")
         else:
             t["verdict"] = f"{me} better" if t["diff"] > 0 else f"{them} better than {me}"
     return {"values": vals, "tests": tests}
@@ -1221,7 +1232,9 @@ def declared_lines(data: dict) -> list[str]:
              f"mean ± std over crafting seeds (n). Difference: the row minus MI-UE in points, with Welch's 95% "
              f"interval (positive: MI-UE lower, i.e. better). Holm over the {len(DECLARED_PAIRS) * len(DECLARED_PRIMARY)} "
              f"primary tests (no defense, JPEG-10); JPEG-75 is secondary (Holm within it). A verdict needs "
-             f"n >= {DECLARED_MIN_SEEDS} on both sides.", "",
+             f"n >= {DECLARED_MIN_SEEDS} on both sides. Until every test of a family is complete, each "
+             f"unfinished one enters Holm as p = 1, so a Holm p shown is an upper bound on its final value "
+             f"(shown only for complete tests; the Welch and permutation p of an unfinished test are interim).", "",
              "| column | MI-UE row | baseline | MI-UE | baseline | difference [95% CI] | Welch p | Holm p | "
              "permutation p | verdict |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for t in res["tests"]:
@@ -1238,6 +1251,40 @@ def declared_lines(data: dict) -> list[str]:
                      + " | ".join("–" if t[k] is None else _fmt_p(t[k]) for k in ("welch_p", "holm_p", "perm_p"))
                      + f" | {t['verdict']} |")
     return lines
+
+
+def declared_summary(data: dict) -> str:
+    """The README's short form of the declared comparison: each declared row's endpoint per column,
+    then one verdict line per pair with both primary effects and their Holm p (``--write-docs``)."""
+    res = declared_comparison(data)
+    rows = list(dict.fromkeys(r for pair in DECLARED_PAIRS for r in pair))
+    names = {None: "no defense", "jpeg": "JPEG-10", "jpeg75": "JPEG-75 (secondary)"}
+    cols = DECLARED_PRIMARY + DECLARED_SECONDARY
+
+    def fmt(xs):
+        m, sd = _mean_std(xs)
+        return "–" if m is None else f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if len(xs) > 1 else "") + f" (n={len(xs)})"
+
+    lines = ["| release | " + " | ".join(names[d] for d in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for row in rows:
+        lines.append(f"| {SUMMARY_LABELS.get(row, row)} | "
+                     + " | ".join(fmt(list(res["values"].get(row, {}).get(d, {}).values())) for d in cols) + " |")
+    lines.append("")
+    for ref, row in DECLARED_PAIRS:
+        tests = [t for t in res["tests"] if (t["ref"], t["row"]) == (ref, row) and t["primary"]]
+        verdicts = list(dict.fromkeys(t["verdict"] for t in tests))
+        parts = []
+        for t in tests:
+            if t["diff"] is None:
+                continue
+            ci = f" [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}]" if t["ci"] else ""
+            holm_p = "" if t["holm_p"] is None else f", Holm p {_fmt_p(t['holm_p'])}"
+            own = "" if len(verdicts) == 1 else f": {t['verdict']}"
+            parts.append(f"{names[t['defense']]} {100 * t['diff']:+.1f}{ci}{holm_p}{own}")
+        body = "; ".join(parts) + (f": {verdicts[0]}" if len(verdicts) == 1 and parts else "") \
+            if parts else verdicts[0]
+        lines.append(f"- {SUMMARY_LABELS.get(ref, ref)} vs {SUMMARY_LABELS.get(row, row)}: {body}")
+    return "\n".join(lines)
 
 
 def declared_progress(data: dict) -> list[str]:
@@ -1270,6 +1317,18 @@ def declared_progress(data: dict) -> list[str]:
     return lines
 
 
+def earlier_craft_seconds(data: dict) -> dict:
+    """row -> crafting seconds of each poison of the earlier study (crafting seeds below
+    DECLARED_FIRST_CRAFT_SEED, like ``compare_rows``)."""
+    secs = {}
+    for pid, p in data["poisons"].items():
+        if pid.startswith("cmp-"):
+            row, cs = split_craft_seed(pid[4:])
+            if cs < DECLARED_FIRST_CRAFT_SEED:
+                secs.setdefault(row, []).append(craft_seconds(p))
+    return secs
+
+
 def compare_lines(data: dict) -> list[str]:
     table = compare_rows(data)
     if len(table) < 2:
@@ -1277,12 +1336,9 @@ def compare_lines(data: dict) -> list[str]:
     cols = ["mean"] + [v for v in COMPARE_VICTIMS] + [x for d in COMPARE_DEFENSES
                                                      for x in [f"mean+{d}"] + [f"{v}+{d}" for v in COMPARE_DEFENDED]]
     extra = sorted({c for r in table.values() for c in r if not c.startswith("peak:")} - set(cols))
-    cols = [c for c in cols + extra if any(c in r for r in table.values())]
+    cols = [c for c in cols + extra if any(c in r for k, r in table.items() if k != "clean")]
     order = ["clean"] + [r for r in COMPARE if r in table]
-    secs = {}
-    for pid, p in data["poisons"].items():
-        if pid.startswith("cmp-"):
-            secs.setdefault(split_craft_seed(pid[4:])[0], []).append(craft_seconds(p))
+    secs = earlier_craft_seconds(data)
     lines = ["", "## The seeded comparison (compare stage)", "",
              "Victim clean test accuracy (%, lower = more unlearnable): mean ± sample std over crafting seeds "
              "(n = crafting seeds; victim seed 0). Columns: victim, or victim + the defense applied to its training "
@@ -1371,10 +1427,7 @@ def compare_summary(data: dict, ref: str = "miue-demo") -> str:
     cols = [c for c in ["mean"] + [f"mean+{d}" for d in COMPARE_DEFENSES] if c in table.get(ref, {})]
     head = ["no defense" if c == "mean" else DEFENSE_LABELS.get(c.split("+", 1)[1], c) for c in cols]
     lines = ["| training data | crafting s | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(cols)]
-    secs = {}
-    for pid, p in data["poisons"].items():
-        if pid.startswith("cmp-"):
-            secs.setdefault(split_craft_seed(pid[4:])[0], []).append(craft_seconds(p))
+    secs = earlier_craft_seconds(data)
     for row in ["clean"] + [r for r in COMPARE if r in table]:
         cells = []
         for c in cols:
@@ -1407,6 +1460,7 @@ def write_docs(data: dict, root: str) -> list[str]:
     """Splice the compare stage's summary, tables and verdicts into README.md and
     docs/effectiveness.md between their markers (``--write-docs``)."""
     parts = {"readme-compare": compare_summary(data), "compare-summary": compare_summary(data),
+             "readme-declared": declared_summary(data),
              "declared-results": "\n".join(declared_lines(data)) or "(no crafting seed complete yet)",
              "compare-table": "\n".join(compare_lines(data)[2:]),
              "compare-verdicts": all_verdicts(data)}
@@ -1439,7 +1493,7 @@ def compare_plot(data: dict, out: str) -> str | None:
     import matplotlib.pyplot as plt
 
     cols = [c for c in list(COMPARE_VICTIMS) + [f"{v}+{d}" for d in COMPARE_DEFENSES for v in COMPARE_DEFENDED]
-            if any(c in r for r in table.values())]
+            if any(c in r for k, r in table.items() if k != "clean")]
     rows = ["clean"] + [r for r in COMPARE if r in table]
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(cols) * len(rows) / 4), 4.5))
     w = 0.8 / len(rows)

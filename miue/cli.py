@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", choices=DEMO_PRESETS, default="demo",
                    help="crafting preset for every method (default demo: a ResNet-8 surrogate, 50 PGD steps per "
                         "image, bf16 where the CPU has it; cpu: the same surrogate at 200 steps, about 4x the "
-                        "crafting time; cnn: the small-CNN 25-step schedule, cheaper, where EM beats MI-UE)")
+                        "crafting time; cnn: the small-CNN 25-step schedule, cheaper; EM was lower than MI-UE "
+                        "with it on one crafting seed, an untested difference)")
     s.add_argument("--train-per-class", type=int, default=None,
                    help=f"class-balanced training subset per class (default {TRAIN_PER_CLASS}, i.e. 10,000 images; "
                         "6000 = all 60,000; --quick: " + str(QUICK["train_per_class"]) + ")")

@@ -244,7 +244,7 @@ def run_demo(out_dir: str = "demo_out", quick: bool = False, device=None, progre
     print("One run is one crafting seed: the crafting seed alone moves a cell by several points, so this table "
           "ranks nothing. Which method is better is decided by the declared comparison in docs/effectiveness.md "
           "(five crafting seeds or more, two victim seeds, four victims, Holm-corrected p, effects with "
-          "intervals); until it has, no row is called better than another.")
+          "intervals), and its verdicts are there; this run alone calls no row better than another.")
     return report
 
 

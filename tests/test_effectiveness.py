@@ -549,9 +549,14 @@ def test_compare_table_means_per_seed_and_welch_p():
             add(pid, "cnn-adam", b)
             add(pid, "cnn-sgd", a + 0.05, "jpeg")
             add(pid, "cnn-adam", b + 0.05, "jpeg")
+    # the declared comparison's cells (crafting seeds >= 3, victim seed 1) stay out of these tables
+    add(eff.compare_id("miue-demo", eff.DECLARED_FIRST_CRAFT_SEED), "cnn-sgd", 0.9)
+    cid, c = _cell(eff.compare_id("miue-demo", 0), "cnn-sgd", 1, 0.9, method="miue-demo")
+    cells[cid] = c
     data = {"setup": {"train_images": 100}, "cells": cells, "poisons": {}}
     table = eff.compare_rows(data)
     assert table["miue-demo"]["mean"] == {0: pytest.approx(0.25), 1: pytest.approx(0.28), 2: pytest.approx(0.28)}
+    assert eff.DECLARED_FIRST_CRAFT_SEED not in table["miue-demo"]["cnn-sgd"]
     assert table["em-published"]["mean+jpeg"][2] == pytest.approx(0.57)
     assert table["miue-demo"]["peak:cnn-sgd"][1] == pytest.approx(0.32)
     text = "\n".join(eff.compare_lines(data))
@@ -611,8 +616,25 @@ def test_declared_comparison_averages_victim_seeds_corrects_and_waits_for_five_s
     t = next(t for t in res["tests"] if t["ref"] == "miue-cpu" and t["row"] == "em-published" and t["defense"] is None)
     assert t["complete"] and t["diff"] == pytest.approx(0.202) and t["holm_p"] >= t["welch_p"]
     assert t["verdict"] == "MI-UE (`cpu`) better" and t["perm_p"] == pytest.approx(2 / 252)
+    # Holm runs over all 12 declared primary tests; the 10 unfinished ones count as p = 1
+    prim = [u for u in res["tests"] if u["primary"] and u["complete"]]
+    assert len(prim) == 2 and t["family_done"] == 2 and t["family_size"] == 12
+    p1, p2 = sorted(u["welch_p"] for u in prim)
+    assert sorted(u["holm_p"] for u in prim) == [pytest.approx(12 * p1), pytest.approx(max(12 * p1, 11 * p2))]
+    assert all(u["holm_p"] is None for u in res["tests"] if not u["complete"])
+    # p = 0.0X at 5 seeds is not enough against a 12-test family: "not separated so far"
+    close = eff.declared_comparison(_declared_data([0.20, 0.25, 0.22, 0.27, 0.21], [0.26, 0.30, 0.25, 0.33, 0.28]))
+    c = next(u for u in close["tests"] if u["ref"] == "miue-cpu" and u["row"] == "em-published" and u["defense"] is None)
+    assert c["welch_p"] < 0.05 <= c["holm_p"]
+    assert c["verdict"].startswith("not separated so far (2 of 12 tests")
     text = "\n".join(eff.declared_lines(data))
     assert "+20.2 [" in text and "MI-UE (`cpu`) better" in text
+    summary = eff.declared_summary(data)
+    assert "| MI-UE (`cpu`) | 21.5 ± 1.6 (n=5) | 21.5 ± 1.6 (n=5) | – |" in summary
+    line = next(x for x in summary.splitlines() if x.startswith("- MI-UE (`cpu`) vs EM (published):"))
+    assert line.startswith("- MI-UE (`cpu`) vs EM (published): no defense +20.2 [") and "JPEG-10 +20.2 [" in line
+    assert line.endswith(": MI-UE (`cpu`) better") and line.count("Holm p") == 2
+    assert "- MI-UE (`demo`) vs PIL (published): not judged yet (n = 0 and 0 of 5 crafting seeds)" in summary
     # four crafting seeds: no verdict, whatever p says
     few = eff.declared_comparison(_declared_data([0.20, 0.22, 0.21, 0.23], [0.40, 0.42, 0.45, 0.38]))
     assert all("not judged yet" in t["verdict"] for t in few["tests"] if t["a"] and t["b"])
