@@ -1287,6 +1287,10 @@ def declared_summary(data: dict) -> str:
     return "\n".join(lines)
 
 
+# a row without a craft yet is costed like the row on the same crafting schedule
+COMPARE_SAME_SCHEDULE = {"em-matched-cpu": "miue-cpu", "em-matched": "miue-demo"}
+
+
 def declared_progress(data: dict) -> list[str]:
     """How far the declared comparison is: per declared row, each crafting seed's measured cells
     out of the 24 (four victims x the declared victim seeds x no defense, JPEG-10, JPEG-75), and
@@ -1306,14 +1310,31 @@ def declared_progress(data: dict) -> list[str]:
     last = max([DECLARED_FIRST_CRAFT_SEED + DECLARED_MIN_SEEDS - 1] + [cs for _, cs in measured])
     seeds = list(range(DECLARED_FIRST_CRAFT_SEED, last + 1))
     crafted = {split_craft_seed(p[4:]) for p in data.get("poisons", {}) if p.startswith("cmp-")}
+    craft_cost = {}
+    for pid, p in data.get("poisons", {}).items():
+        if pid.startswith("cmp-") and craft_seconds(p) > 0:
+            craft_cost.setdefault(split_craft_seed(pid[4:])[0], []).append(craft_seconds(p))
+    craft_cost = {row: float(np.median(v)) for row, v in craft_cost.items()}
+    secs = [c["seconds"] for c in data["cells"].values() if c["poison"].startswith("cmp-") and c.get("seconds")]
+    cell_cost = float(np.median(secs)) if secs else np.nan
     lines = [f"Declared comparison: measured cells per crafting seed (of {need}; * = poison crafted, "
-             f"no cell yet)", "", "| row | complete | " + " | ".join(f"seed {cs}" for cs in seeds) + " |",
-             "|---|---:|" + "---:|" * len(seeds)]
+             f"no cell yet)", "", "| row | complete | " + " | ".join(f"seed {cs}" for cs in seeds)
+             + " | core-h left |", "|---|---:|" + "---:|" * (len(seeds) + 1)]
+    total = 0.0
     for row in rows:
         counts = [len(measured.get((row, cs), ())) for cs in seeds]
         cells = [str(n) if n else ("*" if (row, cs) in crafted else "–") for n, cs in zip(counts, seeds)]
         complete = sum(n == need for n in counts)
-        lines.append(f"| {row} | {complete} of {DECLARED_MIN_SEEDS} | " + " | ".join(cells) + " |")
+        todo = [cs for cs, n in zip(seeds, counts) if n < need][:max(0, DECLARED_MIN_SEEDS - complete)]
+        crafts = sum((row, cs) not in crafted for cs in todo)
+        left = crafts * craft_cost.get(row, craft_cost.get(COMPARE_SAME_SCHEDULE.get(row), np.nan)) \
+            + sum(need - n for cs, n in zip(seeds, counts) if cs in todo) * cell_cost
+        total += 0.0 if np.isnan(left) else left
+        hours = "?" if np.isnan(left) else f"{left / 3600:.1f}"
+        lines.append(f"| {row} | {complete} of {DECLARED_MIN_SEEDS} | " + " | ".join(cells) + f" | {hours} |")
+    lines += ["", f"Left to reach {DECLARED_MIN_SEEDS} crafting seeds per row: about {total / 3600:.1f} core-hours "
+              f"(crafts at each row's median so far, {need} cells a seed at {cell_cost / 60:.1f} min each: the "
+              f"median measured cell, one torch thread; rows marked ? not counted)."]
     return lines
 
 

@@ -647,14 +647,21 @@ def test_declared_comparison_averages_victim_seeds_corrects_and_waits_for_five_s
 
 def test_declared_progress_counts_cells_per_row_and_crafting_seed():
     data = _declared_data([0.2] * 2, [0.4] * 3)  # no defense and JPEG-10 only: 16 of the 24 cells
-    data["poisons"] = {eff.compare_id("pil", eff.DECLARED_FIRST_CRAFT_SEED): {}}
+    first = eff.DECLARED_FIRST_CRAFT_SEED
+    for c in data["cells"].values():
+        c["seconds"] = 60.0
+    data["poisons"] = {eff.compare_id("pil", first): {"craft_seconds": 6.0},
+                       **{eff.compare_id("miue-cpu", cs): {"craft_seconds": 1800.0} for cs in (first, first + 1)}}
     lines = eff.declared_progress(data)
     rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
-    first = eff.DECLARED_FIRST_CRAFT_SEED
     assert "of 24;" in lines[0] and f"seed {first + 4}" in lines[2]
-    assert rows["miue-cpu"] == "| miue-cpu | 0 of 5 | 16 | 16 | – | – | – |"
-    assert rows["em-published"] == "| em-published | 0 of 5 | 16 | 16 | 16 | – | – |"
-    assert rows["pil"].endswith("| * | – | – | – | – |")  # crafted, nothing measured
+    # what is left: 3 crafts at the row's median (1,800 s) + 8 + 8 + 3 x 24 cells at 60 s = 2.97 h
+    assert rows["miue-cpu"] == "| miue-cpu | 0 of 5 | 16 | 16 | – | – | – | 3.0 |"
+    assert rows["em-published"] == "| em-published | 0 of 5 | 16 | 16 | 16 | – | – | ? |"  # no craft time known
+    assert rows["pil"].endswith("| * | – | – | – | – | 2.0 |")  # crafted, nothing measured
+    assert rows["em-matched-cpu"].endswith("| 4.5 |")  # costed like miue-cpu, the same schedule
+    assert lines[-1].startswith("Left to reach 5 crafting seeds per row: about 9.5 core-hours")
+    assert "rows marked ? not counted" in lines[-1]
     # with JPEG-75 too, a crafting seed is complete
     for cid, c in list(data["cells"].items()):
         if c["defense"] == "jpeg":
