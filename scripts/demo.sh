@@ -7,7 +7,7 @@
 # fresh machine (Debian's dataset-fashion-mnist, a .venv with torch 2.14.1 and this package).
 #
 #   bash scripts/demo.sh             # the full demo (about 15 minutes on 2 CPU cores; README has the measured time)
-#   bash scripts/demo.sh --preset cpu  # 200 PGD steps per image: the strongest MI-UE measured, still a tie with EM (about 4x the crafting)
+#   bash scripts/demo.sh --preset cpu  # 200 PGD steps per image (about 4x the crafting): the lowest MI-UE measured; against EM see the declared comparison (docs/effectiveness.md)
 #   bash scripts/demo.sh --quick     # a shortened configuration (3,000 images), flagged as such
 set -euo pipefail
 cd "$(dirname "$0")/.."

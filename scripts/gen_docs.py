@@ -51,9 +51,9 @@ miue demo --quick
 schedule and surrogate and trains the same two victims on each (default `miue em random`, which
 keeps the full demo within 15 minutes on 2 cores; `rem` alone costs about 8× EM).
 `--preset cpu` crafts every method with the `cpu` preset instead (the ResNet-8 surrogate at
-200 PGD steps per image, the strongest MI-UE measured; it ties EM over crafting seeds): about 4× the crafting time
-(`bash scripts/demo.sh --preset cpu`); `--preset cnn` with the small-CNN schedule (cheapest;
-EM wins there). `--train-per-class 6000` crafts on all 60,000 images. With `--quick` the rounds
+200 PGD steps per image, the lowest MI-UE measured; against EM see the declared comparison in
+[effectiveness.md](effectiveness.md)): about 4× the crafting time (`bash scripts/demo.sh --preset cpu`);
+`--preset cnn` with the small-CNN schedule (cheapest; EM was lower there on one crafting seed). `--train-per-class 6000` crafts on all 60,000 images. With `--quick` the rounds
 are cut to 2.
 
 Datasets by name (`fashion-mnist`, `mnist`, `cifar10`, `cifar100`, `svhn`, `digits`) or by
