@@ -1269,7 +1269,14 @@ def declared_summary(data: dict) -> str:
     for row in rows:
         lines.append(f"| {SUMMARY_LABELS.get(row, row)} | "
                      + " | ".join(fmt(list(res["values"].get(row, {}).get(d, {}).values())) for d in cols) + " |")
-    lines.append("")
+    return "\n".join(lines + [""] + declared_verdicts(res))
+
+
+def declared_verdicts(res: dict) -> list[str]:
+    """One line per declared pair: both primary effects with their intervals and Holm p, and the
+    verdict (the words README and docs use)."""
+    names = {None: "no defense", "jpeg": "JPEG-10"}
+    lines = []
     for ref, row in DECLARED_PAIRS:
         tests = [t for t in res["tests"] if (t["ref"], t["row"]) == (ref, row) and t["primary"]]
         verdicts = list(dict.fromkeys(t["verdict"] for t in tests))
@@ -1284,7 +1291,7 @@ def declared_summary(data: dict) -> str:
         body = "; ".join(parts) + (f": {verdicts[0]}" if len(verdicts) == 1 and parts else "") \
             if parts else verdicts[0]
         lines.append(f"- {SUMMARY_LABELS.get(ref, ref)} vs {SUMMARY_LABELS.get(row, row)}: {body}")
-    return "\n".join(lines)
+    return lines
 
 
 # a row without a craft yet is costed like the row on the same crafting schedule
@@ -1482,6 +1489,7 @@ def write_docs(data: dict, root: str) -> list[str]:
     docs/effectiveness.md between their markers (``--write-docs``)."""
     parts = {"readme-compare": compare_summary(data), "compare-summary": compare_summary(data),
              "readme-declared": declared_summary(data),
+             "declared-verdicts": "\n".join(declared_verdicts(declared_comparison(data))),
              "declared-results": "\n".join(declared_lines(data)) or "(no crafting seed complete yet)",
              "compare-table": "\n".join(compare_lines(data)[2:]),
              "compare-verdicts": all_verdicts(data)}

@@ -698,3 +698,17 @@ def test_a_recrafted_poison_joins_its_cells_only_if_it_is_the_same(tmp_path):
     res.save()
     on_disk = json.loads(path.read_text())
     assert list(on_disk["cells"]) == [keep_id] and pid not in on_disk["poisons"]
+
+
+def test_write_docs_splices_the_declared_blocks_and_leaves_the_rest(tmp_path):
+    data = _declared_data([0.20, 0.22, 0.21, 0.23, 0.19], [0.40, 0.42, 0.45, 0.38, 0.41])
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("intro\n<!-- readme-declared:start -->\nold\n<!-- readme-declared:end -->\nend\n")
+    (tmp_path / "docs" / "effectiveness.md").write_text(
+        "a\n<!-- declared-verdicts:start -->\nold\n<!-- declared-verdicts:end -->\nb\n")
+    eff.write_docs(data, str(tmp_path))
+    readme = (tmp_path / "README.md").read_text()
+    docs = (tmp_path / "docs" / "effectiveness.md").read_text()
+    assert readme.startswith("intro\n<!-- readme-declared:start -->\n| release | no defense |") and readme.endswith("end\n")
+    assert "old" not in readme and "old" not in docs
+    assert "- MI-UE (`cpu`) vs EM (published): no defense +20.2 [" in docs and docs.endswith("b\n")
