@@ -1214,7 +1214,9 @@ def declared_comparison(data: dict) -> dict:
         if not t["complete"]:
             t["verdict"] = f"not judged yet (n = {len(t['a'])} and {len(t['b'])} of {DECLARED_MIN_SEEDS} crafting seeds)"
         elif t["holm_p"] is None or t["holm_p"] >= 0.05:
-            t["verdict"] = "not separated" + ("" if t["family_done"] == t["family_size"] else
+            # Holm never lowers a p: with Welch's p >= 0.05 the verdict is final whatever the rest gives
+            final = t["family_done"] == t["family_size"] or t["welch_p"] is None or t["welch_p"] >= 0.05
+            t["verdict"] = "not separated" + ("" if final else
                                              f" so far ({t['family_done']} of {t['family_size']} tests of its "
                                              f"family complete; Holm p is an upper bound)")
         else:
@@ -1248,7 +1250,9 @@ def declared_lines(data: dict) -> list[str]:
         lines.append(f"| {names[t['defense']]}{'' if t['primary'] else ' (secondary)'} | "
                      f"{SUMMARY_LABELS.get(t['ref'], t['ref'])} | {SUMMARY_LABELS.get(t['row'], t['row'])} | "
                      f"{fmt(t['a'])} | {fmt(t['b'])} | {diff} | "
-                     + " | ".join("–" if t[k] is None else _fmt_p(t[k]) for k in ("welch_p", "holm_p", "perm_p"))
+                     + " | ".join("–" if t[k] is None else ("≤ " if k == "holm_p" and t["family_done"] < t["family_size"]
+                                                            else "") + _fmt_p(t[k])
+                                  for k in ("welch_p", "holm_p", "perm_p"))
                      + f" | {t['verdict']} |")
     return lines
 
@@ -1285,7 +1289,8 @@ def declared_verdicts(res: dict) -> list[str]:
             if t["diff"] is None:
                 continue
             ci = f" [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}]" if t["ci"] else ""
-            holm_p = "" if t["holm_p"] is None else f", Holm p {_fmt_p(t['holm_p'])}"
+            bound = "≤ " if t["family_done"] < t["family_size"] else ""
+            holm_p = "" if t["holm_p"] is None else f", Welch p {_fmt_p(t['welch_p'])}, Holm p {bound}{_fmt_p(t['holm_p'])}"
             own = "" if len(verdicts) == 1 else f": {t['verdict']}"
             parts.append(f"{names[t['defense']]} {100 * t['diff']:+.1f}{ci}{holm_p}{own}")
         body = "; ".join(parts) + (f": {verdicts[0]}" if len(verdicts) == 1 and parts else "") \

@@ -627,6 +627,10 @@ def test_declared_comparison_averages_victim_seeds_corrects_and_waits_for_five_s
     c = next(u for u in close["tests"] if u["ref"] == "miue-cpu" and u["row"] == "em-published" and u["defense"] is None)
     assert c["welch_p"] < 0.05 <= c["holm_p"]
     assert c["verdict"].startswith("not separated so far (2 of 12 tests")
+    # Welch's p >= 0.05: Holm cannot lower it, so "not separated" is final with the family unfinished
+    far = eff.declared_comparison(_declared_data([0.20, 0.25, 0.22, 0.27, 0.21], [0.22, 0.26, 0.21, 0.28, 0.24]))
+    f = next(u for u in far["tests"] if u["ref"] == "miue-cpu" and u["row"] == "em-published" and u["defense"] is None)
+    assert f["welch_p"] >= 0.05 and f["verdict"] == "not separated"
     text = "\n".join(eff.declared_lines(data))
     assert "+20.2 [" in text and "MI-UE (`cpu`) better" in text
     summary = eff.declared_summary(data)
