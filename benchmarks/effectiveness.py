@@ -1224,6 +1224,19 @@ def declared_comparison(data: dict) -> dict:
     return {"values": vals, "tests": tests}
 
 
+def _fmt_seeds(xs) -> str:
+    """Per-crafting-seed values as ``mean ± std (n=…)`` in %, or – when there are none."""
+    m, sd = _mean_std(xs)
+    if m is None:
+        return "–"
+    return f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if len(xs) > 1 else "") + f" (n={len(xs)})"
+
+
+def _fmt_holm(t: dict) -> str:
+    """A test's Holm p, marked ≤ while its family is unfinished (an upper bound then)."""
+    return ("≤ " if t["family_done"] < t["family_size"] else "") + _fmt_p(t["holm_p"])
+
+
 def declared_lines(data: dict) -> list[str]:
     res = declared_comparison(data)
     if not any(res["values"].values()):
@@ -1240,18 +1253,12 @@ def declared_lines(data: dict) -> list[str]:
              "| column | MI-UE row | baseline | MI-UE | baseline | difference [95% CI] | Welch p | Holm p | "
              "permutation p | verdict |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for t in res["tests"]:
-        def fmt(xs):
-            m, sd = _mean_std(xs)
-            if m is None:
-                return "–"
-            return f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if len(xs) > 1 else "") + f" (n={len(xs)})"
         diff = "–" if t["diff"] is None else f"{100 * t['diff']:+.1f}" + (
             f" [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}]" if t["ci"] else "")
         lines.append(f"| {names[t['defense']]}{'' if t['primary'] else ' (secondary)'} | "
                      f"{SUMMARY_LABELS.get(t['ref'], t['ref'])} | {SUMMARY_LABELS.get(t['row'], t['row'])} | "
-                     f"{fmt(t['a'])} | {fmt(t['b'])} | {diff} | "
-                     + " | ".join("–" if t[k] is None else ("≤ " if k == "holm_p" and t["family_done"] < t["family_size"]
-                                                            else "") + _fmt_p(t[k])
+                     f"{_fmt_seeds(t['a'])} | {_fmt_seeds(t['b'])} | {diff} | "
+                     + " | ".join("–" if t[k] is None else _fmt_holm(t) if k == "holm_p" else _fmt_p(t[k])
                                   for k in ("welch_p", "holm_p", "perm_p"))
                      + f" | {t['verdict']} |")
     return lines
@@ -1264,15 +1271,10 @@ def declared_summary(data: dict) -> str:
     rows = list(dict.fromkeys(r for pair in DECLARED_PAIRS for r in pair))
     names = {None: "no defense", "jpeg": "JPEG-10", "jpeg75": "JPEG-75 (secondary)"}
     cols = DECLARED_PRIMARY + DECLARED_SECONDARY
-
-    def fmt(xs):
-        m, sd = _mean_std(xs)
-        return "–" if m is None else f"{100 * m:.1f}" + (f" ± {100 * sd:.1f}" if len(xs) > 1 else "") + f" (n={len(xs)})"
-
     lines = ["| release | " + " | ".join(names[d] for d in cols) + " |", "|---|" + "---:|" * len(cols)]
     for row in rows:
         lines.append(f"| {SUMMARY_LABELS.get(row, row)} | "
-                     + " | ".join(fmt(list(res["values"].get(row, {}).get(d, {}).values())) for d in cols) + " |")
+                     + " | ".join(_fmt_seeds(list(res["values"].get(row, {}).get(d, {}).values())) for d in cols) + " |")
     return "\n".join(lines + [""] + declared_verdicts(res))
 
 
@@ -1289,8 +1291,7 @@ def declared_verdicts(res: dict) -> list[str]:
             if t["diff"] is None:
                 continue
             ci = f" [{100 * t['ci'][0]:+.1f}, {100 * t['ci'][1]:+.1f}]" if t["ci"] else ""
-            bound = "≤ " if t["family_done"] < t["family_size"] else ""
-            holm_p = "" if t["holm_p"] is None else f", Welch p {_fmt_p(t['welch_p'])}, Holm p {bound}{_fmt_p(t['holm_p'])}"
+            holm_p = "" if t["holm_p"] is None else f", Welch p {_fmt_p(t['welch_p'])}, Holm p {_fmt_holm(t)}"
             own = "" if len(verdicts) == 1 else f": {t['verdict']}"
             parts.append(f"{names[t['defense']]} {100 * t['diff']:+.1f}{ci}{holm_p}{own}")
         body = "; ".join(parts) + (f": {verdicts[0]}" if len(verdicts) == 1 and parts else "") \
@@ -1492,7 +1493,7 @@ def all_verdicts(data: dict) -> str:
 def write_docs(data: dict, root: str) -> list[str]:
     """Splice the compare stage's summary, tables and verdicts into README.md and
     docs/effectiveness.md between their markers (``--write-docs``)."""
-    parts = {"readme-compare": compare_summary(data), "compare-summary": compare_summary(data),
+    parts = {"compare-summary": compare_summary(data),
              "readme-declared": declared_summary(data),
              "declared-verdicts": "\n".join(declared_verdicts(declared_comparison(data))),
              "declared-results": "\n".join(declared_lines(data)) or "(no crafting seed complete yet)",
