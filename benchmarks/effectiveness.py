@@ -1448,7 +1448,7 @@ def compare_verdicts(data: dict, ref: str = "miue-demo") -> list[str]:
 
 
 SUMMARY_LABELS = {"miue-demo": "MI-UE (`demo`)", "miue-cpu": "MI-UE (`cpu`)", "em-published": "EM (published)",
-                  "em-matched": "EM (MI-UE's schedule)",
+                  "em-matched": "EM (MI-UE `demo`'s schedule)",
                   "em-matched-cpu": "EM (MI-UE `cpu`'s schedule)", "pil": "PIL (published)",
                   "tap-published-r1": "TAP (1 of 8 restarts)", "rem-published": "REM (published)",
                   "random": "random noise", "clean": "clean"}
