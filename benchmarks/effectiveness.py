@@ -1515,7 +1515,11 @@ def write_docs(data: dict, root: str) -> list[str]:
 
 
 def _fmt_p(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+    """Two decimals, three below 0.01 and wherever two would round across 0.05 (0.048 stays 0.048,
+    not 0.05, beside a verdict that reads it as below 0.05)."""
+    if p < 0.001:
+        return "<0.001"
+    return f"{p:.3f}" if p < 0.01 or 0.045 <= p < 0.055 else f"{p:.2f}"
 
 
 def compare_plot(data: dict, out: str) -> str | None:
