@@ -11,6 +11,7 @@ What matches the single-process run and what does not (README "Scaling out"):
 
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -43,15 +44,28 @@ def _worker(rank, world, port, out_dir, kwargs):
     try:
         x, y = _data()
         r = miue.craft_fast(x, y, device="cpu", progress=False, **kwargs)
-        torch.save({"delta": r.delta, "images": r.images, "history": r.history}, os.path.join(out_dir, f"r{rank}.pt"))
+        path = os.path.join(out_dir, f"r{rank}.pt")
+        torch.save({"delta": r.delta, "images": r.images, "history": r.history}, path + ".tmp")
+        os.replace(path + ".tmp", path)  # whole or absent, even if a sibling's crash gets this rank killed
+        dist.barrier()  # no rank tears its gloo pairs down while the other still talks on them
     finally:
         dist.destroy_process_group()
+    # Skip interpreter finalization: gloo's worker threads can outlive destroy_process_group, and a
+    # CI run once died here with SIGABRT ("terminate called without an active exception") after
+    # both ranks had saved their results. Nothing of ours runs after this point.
+    os._exit(0)
 
 
 def run_2proc(tmp_path, **kwargs):
     out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
     out.mkdir()
-    mp.start_processes(_worker, args=(2, _free_port(), str(out), kwargs), nprocs=2, join=True, start_method="spawn")
+    try:
+        mp.start_processes(_worker, args=(2, _free_port(), str(out), kwargs), nprocs=2, join=True, start_method="spawn")
+    except mp.ProcessExitedException as e:  # killed by a signal (not a Python exception in our code)
+        if not all((out / f"r{r}.pt").exists() for r in range(2)):
+            raise
+        # every rank finished crafting and saved: the crash is in torch's gloo teardown, not under test
+        warnings.warn(f"a worker died after saving its result (gloo teardown): {e}", stacklevel=2)
     return [torch.load(out / f"r{r}.pt", weights_only=False) for r in range(2)]
 
 
