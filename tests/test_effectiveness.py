@@ -565,6 +565,7 @@ def test_compare_table_means_per_seed_and_welch_p():
     assert f"| em-published | − {eff._fmt_p(p)} |" in text  # MI-UE lower on the mean, with its p
     assert eff._fmt_p(0.0004) == "<0.001" and eff._fmt_p(0.004) == "0.004" and eff._fmt_p(0.25) == "0.25"
     assert eff._fmt_p(0.0484) == "0.048" and eff._fmt_p(0.0504) == "0.050" and eff._fmt_p(0.056) == "0.06"  # never 0.05 beside a verdict
+    assert eff._fmt_pts(-0.0004) == "+0.0" and eff._fmt_pts(-0.0123) == "-1.2" and eff._fmt_pts(0.051) == "+5.1"  # no -0.0
     verdicts = eff.compare_verdicts(data)
     assert len(verdicts) == 2 and verdicts[0].startswith("- no defense, em-published: MI-UE 27.0 ± 1.7 (n = 3)")
     assert verdicts[0].endswith("MI-UE lower (better)") and verdicts[1].startswith("- under JPEG-10, em-published")
