@@ -1253,8 +1253,7 @@ def declared_lines(data: dict) -> list[str]:
              "| column | MI-UE row | baseline | MI-UE | baseline | difference [95% CI] | Welch p | Holm p | "
              "permutation p | verdict |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for t in res["tests"]:
-        diff = "–" if t["diff"] is None else _fmt_pts(t["diff"]) + (
-            f" [{_fmt_pts(t['ci'][0])}, {_fmt_pts(t['ci'][1])}]" if t["ci"] else "")
+        diff = "–" if t["diff"] is None else _fmt_effect(t)
         lines.append(f"| {names[t['defense']]}{'' if t['primary'] else ' (secondary)'} | "
                      f"{SUMMARY_LABELS.get(t['ref'], t['ref'])} | {SUMMARY_LABELS.get(t['row'], t['row'])} | "
                      f"{_fmt_seeds(t['a'])} | {_fmt_seeds(t['b'])} | {diff} | "
@@ -1290,10 +1289,9 @@ def declared_verdicts(res: dict) -> list[str]:
         for t in tests:
             if t["diff"] is None:
                 continue
-            ci = f" [{_fmt_pts(t['ci'][0])}, {_fmt_pts(t['ci'][1])}]" if t["ci"] else ""
             holm_p = "" if t["holm_p"] is None else f", Welch p {_fmt_p(t['welch_p'])}, Holm p {_fmt_holm(t)}"
             own = "" if len(verdicts) == 1 else f": {t['verdict']}"
-            parts.append(f"{names[t['defense']]} {_fmt_pts(t['diff'])}{ci}{holm_p}{own}")
+            parts.append(f"{names[t['defense']]} {_fmt_effect(t)}{holm_p}{own}")
         body = "; ".join(parts) + (f": {verdicts[0]}" if len(verdicts) == 1 and parts else "") \
             if parts else verdicts[0]
         lines.append(f"- {SUMMARY_LABELS.get(ref, ref)} vs {SUMMARY_LABELS.get(row, row)}: {body}")
@@ -1518,6 +1516,11 @@ def _fmt_pts(frac: float) -> str:
     """A signed difference of accuracies in points, one decimal; one that rounds to zero reads +0.0,
     never -0.0."""
     return f"{round(100 * frac, 1) + 0.0:+.1f}"
+
+
+def _fmt_effect(t: dict) -> str:
+    """A declared test's difference in points, with its 95% interval where there is one."""
+    return _fmt_pts(t["diff"]) + (f" [{_fmt_pts(t['ci'][0])}, {_fmt_pts(t['ci'][1])}]" if t["ci"] else "")
 
 
 def _fmt_p(p: float) -> str:
